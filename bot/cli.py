@@ -1,0 +1,33 @@
+"""The `connect-access` command: wires settings, database and adapters; no business logic.
+
+Each area registers its commands from its own module under bot/commands, so the command
+line grows without this file becoming a second home for logic.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# Each module has `register(app: typer.Typer) -> None`.
+COMMAND_MODULES = (
+    "bot.commands.catalog_cmds",
+)
+
+
+def build_cli() -> typer.Typer:
+    app = typer.Typer(
+        name="connect-access",
+        help="Just-in-time, time-boxed access to the Amazon Connect console.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(app)
+    return app
+
+
+def main() -> None:
+    build_cli()()

@@ -1,0 +1,128 @@
+"""The small interfaces through which the core (lifecycle, scheduler logic) reaches the
+outside world. Each has a real adapter (bot/aws, bot/slack) and an in-memory one for tests.
+
+The core never imports boto3 or slack_bolt; it only sees these Protocols and plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+PolicyKind = Literal["inline", "managed"]
+
+
+@dataclass(frozen=True)
+class PolicyDocument:
+    """One IAM policy to put on a principal: its name and its JSON document."""
+
+    name: str
+    document: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GrantPlan:
+    """What the granter must attach for one grant (made by the policy compiler)."""
+
+    grant_id: str
+    principal_arn: str
+    kind: PolicyKind
+    policies: tuple[PolicyDocument, ...]
+    expires_at: datetime
+    instance_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class AttachedPolicy:
+    name: str
+    arn: str | None  # managed policies only
+    document_hash: str  # sha256 of the canonical document as read back from IAM
+
+
+class GrantError(Exception):
+    """An IAM call for a grant failed. `transient` faults (throttling, service failure,
+    time-outs) may succeed when retried; permanent ones (limits, access denied, malformed
+    policy) will not, and need a person."""
+
+    def __init__(self, message: str, *, transient: bool, code: str = "") -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+class Granter(Protocol):
+    def attach(self, plan: GrantPlan) -> tuple[AttachedPolicy, ...]:
+        """Put the plan's policies on the principal; attaching the same plan twice is a
+        no-op. Raises GrantError."""
+        ...
+
+    def revoke(self, principal_arn: str, kind: PolicyKind, policy_names: Sequence[str]) -> None:
+        """Remove the named policies; already gone is success. Raises GrantError."""
+        ...
+
+    def inline_usage(self, principal_arn: str, exclude: Sequence[str] = ()) -> int:
+        """Characters (whitespace not counted) the principal's other inline policies use,
+        so the compiler can tell whether one more fits the aggregate quota."""
+        ...
+
+
+class PrincipalDirectory(Protocol):
+    def principal_for(self, slack_user_id: str) -> str:
+        """The IAM principal ARN that receives grants for this Slack user.
+        Raises PrincipalError with a message for the user when there is none."""
+        ...
+
+
+class PrincipalError(Exception):
+    """No usable IAM principal for a Slack user; the message says why and what to do."""
+
+
+class ApproverDirectory(Protocol):
+    def members(self, approver_ids: Sequence[str]) -> frozenset[str]:
+        """Slack user ids named directly or through user groups (S...) in approver_ids."""
+        ...
+
+
+NotificationEvent = Literal[
+    "submitted",
+    "vote",
+    "approved",
+    "denied",
+    "cancelled",
+    "timed_out",
+    "granted",
+    "failed",
+    "revoked",
+    "extension_requested",
+    "extended",
+    "expiring_soon",
+    "irrevocable",
+    "pending_reminder",
+    "reconcile_finding",
+]
+
+
+@dataclass(frozen=True)
+class Notification:
+    event: NotificationEvent
+    request_id: int | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Notifier(Protocol):
+    def notify(self, notification: Notification) -> None:
+        """Tell the people concerned. Must not raise for delivery problems: log them."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
