@@ -95,7 +95,7 @@ def slug(text: str) -> str:
 
 
 def short_name(use_case: str) -> str:
-    """The use case without its explanation: 'Describe instance: View ...' -> 'Describe instance'."""
+    """The use case without its explanation: 'Describe instance: View ...' -> 'Describe ...'."""
     return re.split(r"[:(]", use_case, maxsplit=1)[0].strip()
 
 

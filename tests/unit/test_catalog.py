@@ -204,7 +204,7 @@ def test_requires_cycle_fails(tmp_path: Path) -> None:
         tmp_path,
         lambda es: _entry(es, "home/list-instance")["requires"].append("home/describe-instance"),
     )
-    with pytest.raises(CatalogError, match="requires cycle: .*home/list-instance"):
+    with pytest.raises(CatalogError, match=r"requires cycle: .*home/list-instance"):
         load_catalog(path)
 
 
