@@ -1,0 +1,477 @@
+"""IamGranter: puts a grant's policies on an IAM principal and takes them off again.
+
+Every IAM call goes through one retry loop: transient faults (throttling, service failure,
+time-outs) are retried with exponential backoff and full jitter, on top of botocore's own
+`standard` retries; permanent ones surface at once as GrantError with the AWS code. Every
+call is safe to repeat, so a retry after a time-out whose request did reach IAM does no harm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bot.aws.errors import error_code, is_transient, to_grant_error
+from bot.aws.principals import IamPrincipal, parse_principal_arn
+from bot.ports import (
+    AttachedPolicy,
+    GrantError,
+    GrantPlan,
+    PolicyDocument,
+    PolicyKind,
+    PrincipalError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+
+log = logging.getLogger(__name__)
+
+POLICY_PREFIX = "connect-access-"
+MANAGED_PATH = "/connect-access/"
+GRANT_ID_TAG = "connect-access:grant-id"
+EXPIRES_AT_TAG = "connect-access:expires-at"
+MAX_POLICY_VERSIONS = 5  # IAM keeps at most five versions of a managed policy
+
+
+def canonical_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def document_hash(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON, so key order and whitespace do not count as changes."""
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+def decode_document(raw: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A policy document as IAM returned it: boto3 hands back a dict, the raw API (and
+    some SDK paths) a URL-encoded JSON string."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw if raw.lstrip().startswith("{") else unquote(raw)
+    decoded = json.loads(text)
+    if not isinstance(decoded, dict):
+        raise ValueError("policy document is not a JSON object")
+    return decoded
+
+
+def iam_policy_size(document: Mapping[str, Any]) -> int:
+    """Characters IAM counts against the size quotas: the JSON without any whitespace."""
+    return len("".join(canonical_json(document).split()))
+
+
+def managed_policy_arn(principal: IamPrincipal, name: str, path: str = MANAGED_PATH) -> str:
+    return f"arn:{principal.partition}:iam::{principal.account_id}:policy{path}{name}"
+
+
+class IamGranter:
+    """Granter over IAM (see bot.ports.Granter)."""
+
+    def __init__(
+        self,
+        iam_for_principal: Callable[[str], IAMClient],
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.2,
+        max_delay: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        managed_path: str = MANAGED_PATH,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._iam_for_principal = iam_for_principal
+        self._attempts = attempts
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._sleep = sleep
+        self._jitter = jitter
+        self._managed_path = managed_path
+
+    # -- Granter port -----------------------------------------------------------------
+
+    def attach(self, plan: GrantPlan) -> tuple[AttachedPolicy, ...]:
+        principal = self._principal(plan.principal_arn)
+        for policy in plan.policies:
+            _check_name(policy.name)
+        iam = self._client(principal)
+        created: list[str] = []
+        attached: list[AttachedPolicy] = []
+        try:
+            for policy in plan.policies:
+                if plan.kind == "inline":
+                    attached.append(self._attach_inline(iam, principal, policy, created))
+                else:
+                    attached.append(self._attach_managed(iam, principal, policy, plan, created))
+        except GrantError:
+            # Leave nothing behind that this call added; policies that existed before (an
+            # extension updating an active grant) stay, so a failed update never cuts access.
+            self._roll_back(iam, principal, plan.kind, created)
+            raise
+        return tuple(attached)
+
+    def revoke(self, principal_arn: str, kind: PolicyKind, policy_names: Sequence[str]) -> None:
+        principal = self._principal(principal_arn)
+        for name in policy_names:
+            _check_name(name)
+        iam = self._client(principal)
+        for name in policy_names:
+            if kind == "inline":
+                self._revoke_inline(iam, principal, name)
+            else:
+                self._revoke_managed(iam, principal, name)
+
+    def inline_usage(self, principal_arn: str, exclude: Sequence[str] = ()) -> int:
+        principal = self._principal(principal_arn)
+        iam = self._client(principal)
+        total = 0
+        for name in self.inline_policy_names(principal_arn):
+            if name in exclude:
+                continue
+            document = self._get_inline(iam, principal, name)
+            if document is not None:
+                total += iam_policy_size(document)
+        return total
+
+    # -- reads used by reconcile ------------------------------------------------------
+
+    def inline_policy_names(self, principal_arn: str) -> list[str]:
+        principal = self._principal(principal_arn)
+        iam = self._client(principal)
+        method = getattr(iam, f"list_{principal.kind}_policies")
+        names: list[str] = []
+        marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {principal.name_param: principal.name}
+            if marker:
+                kwargs["Marker"] = marker
+            page = self._call(f"list inline policies of {principal.arn}", method, **kwargs)
+            names.extend(page["PolicyNames"])
+            if not page.get("IsTruncated"):
+                return names
+            marker = page["Marker"]
+
+    def inline_document(self, principal_arn: str, name: str) -> Mapping[str, Any] | None:
+        principal = self._principal(principal_arn)
+        return self._get_inline(self._client(principal), principal, name)
+
+    def attached_managed_arns(self, principal_arn: str) -> list[str]:
+        principal = self._principal(principal_arn)
+        iam = self._client(principal)
+        method = getattr(iam, f"list_attached_{principal.kind}_policies")
+        arns: list[str] = []
+        marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                principal.name_param: principal.name,
+                "PathPrefix": self._managed_path,
+            }
+            if marker:
+                kwargs["Marker"] = marker
+            page = self._call(f"list managed policies of {principal.arn}", method, **kwargs)
+            arns.extend(p["PolicyArn"] for p in page["AttachedPolicies"])
+            if not page.get("IsTruncated"):
+                return arns
+            marker = page["Marker"]
+
+    def unattached_managed_names(self, principal_arn: str) -> list[str]:
+        """Names of managed policies under the bot's path, in the principal's account,
+        attached to nothing."""
+        iam = self._client(self._principal(principal_arn))
+        names: list[str] = []
+        marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Scope": "Local", "PathPrefix": self._managed_path}
+            if marker:
+                kwargs["Marker"] = marker
+            page = self._call("list the bot's managed policies", iam.list_policies, **kwargs)
+            names.extend(
+                p["PolicyName"] for p in page["Policies"] if p.get("AttachmentCount", 0) == 0
+            )
+            if not page.get("IsTruncated"):
+                return names
+            marker = page["Marker"]
+
+    def managed_document(self, principal_arn: str, policy_arn: str) -> Mapping[str, Any] | None:
+        iam = self._client(self._principal(principal_arn))
+        return self._get_managed_document(iam, policy_arn)
+
+    def managed_policy_arn(self, principal_arn: str, name: str) -> str:
+        return managed_policy_arn(self._principal(principal_arn), name, self._managed_path)
+
+    # -- inline -----------------------------------------------------------------------
+
+    def _attach_inline(
+        self, iam: IAMClient, principal: IamPrincipal, policy: PolicyDocument, created: list[str]
+    ) -> AttachedPolicy:
+        want = document_hash(policy.document)
+        current = self._get_inline(iam, principal, policy.name)
+        if current is None or document_hash(current) != want:
+            put = getattr(iam, f"put_{principal.kind}_policy")
+            self._call(
+                f"put inline policy {policy.name} on {principal.arn}",
+                put,
+                **_named(principal),
+                PolicyName=policy.name,
+                PolicyDocument=json.dumps(policy.document),
+            )
+            if current is None:
+                created.append(policy.name)
+        got = self._read_back(
+            f"inline policy {policy.name} on {principal.arn}",
+            lambda: self._get_inline(iam, principal, policy.name),
+        )
+        return self._verified(policy, None, got, want, principal)
+
+    def _get_inline(
+        self, iam: IAMClient, principal: IamPrincipal, name: str
+    ) -> Mapping[str, Any] | None:
+        get = getattr(iam, f"get_{principal.kind}_policy")
+        response = self._call(
+            f"read inline policy {name} of {principal.arn}",
+            get,
+            missing_ok=True,
+            **_named(principal),
+            PolicyName=name,
+        )
+        return None if response is None else decode_document(response["PolicyDocument"])
+
+    def _revoke_inline(self, iam: IAMClient, principal: IamPrincipal, name: str) -> None:
+        delete = getattr(iam, f"delete_{principal.kind}_policy")
+        self._call(
+            f"delete inline policy {name} from {principal.arn}",
+            delete,
+            missing_ok=True,
+            **_named(principal),
+            PolicyName=name,
+        )
+
+    # -- managed ----------------------------------------------------------------------
+
+    def _attach_managed(
+        self,
+        iam: IAMClient,
+        principal: IamPrincipal,
+        policy: PolicyDocument,
+        plan: GrantPlan,
+        created: list[str],
+    ) -> AttachedPolicy:
+        arn = managed_policy_arn(principal, policy.name, self._managed_path)
+        want = document_hash(policy.document)
+        tags = [
+            {"Key": GRANT_ID_TAG, "Value": plan.grant_id},
+            {"Key": EXPIRES_AT_TAG, "Value": plan.expires_at.isoformat()},
+        ]
+        current = self._get_managed_document(iam, arn)
+        if current is None:
+            try:
+                self._call(
+                    f"create managed policy {arn}",
+                    iam.create_policy,
+                    PolicyName=policy.name,
+                    Path=self._managed_path,
+                    PolicyDocument=json.dumps(policy.document),
+                    Description=f"connect-access grant {plan.grant_id}",
+                    Tags=tags,
+                )
+                created.append(policy.name)
+            except GrantError as exc:
+                # A retried create whose first try reached IAM: carry on with the update path.
+                if exc.code != "EntityAlreadyExists":
+                    raise
+                current = self._get_managed_document(iam, arn)
+        if current is not None and document_hash(current) != want:
+            self._replace_default_version(iam, arn, policy)
+            self._call(f"tag managed policy {arn}", iam.tag_policy, PolicyArn=arn, Tags=tags)
+        # A policy that already existed may already be attached: then there is nothing to
+        # do (a repeated attach changes nothing, not even CloudTrail).
+        if current is None or arn not in self.attached_managed_arns(principal.arn):
+            attach = getattr(iam, f"attach_{principal.kind}_policy")
+            self._call(
+                f"attach {arn} to {principal.arn}",
+                attach,
+                **_named(principal),
+                PolicyArn=arn,
+            )
+        got = self._read_back(f"managed policy {arn}", lambda: self._get_managed_document(iam, arn))
+        return self._verified(policy, arn, got, want, principal)
+
+    def _replace_default_version(self, iam: IAMClient, arn: str, policy: PolicyDocument) -> None:
+        versions = self._call(f"list versions of {arn}", iam.list_policy_versions, PolicyArn=arn)
+        old = [v for v in versions["Versions"] if not v["IsDefaultVersion"]]
+        if len(versions["Versions"]) >= MAX_POLICY_VERSIONS and old:
+            oldest = min(old, key=lambda v: v["CreateDate"])
+            self._call(
+                f"delete old version of {arn}",
+                iam.delete_policy_version,
+                missing_ok=True,
+                PolicyArn=arn,
+                VersionId=oldest["VersionId"],
+            )
+        self._call(
+            f"update managed policy {arn}",
+            iam.create_policy_version,
+            PolicyArn=arn,
+            PolicyDocument=json.dumps(policy.document),
+            SetAsDefault=True,
+        )
+
+    def _get_managed_document(self, iam: IAMClient, arn: str) -> Mapping[str, Any] | None:
+        got = self._call(
+            f"read managed policy {arn}", iam.get_policy, missing_ok=True, PolicyArn=arn
+        )
+        if got is None:
+            return None
+        version = self._call(
+            f"read default version of {arn}",
+            iam.get_policy_version,
+            missing_ok=True,
+            PolicyArn=arn,
+            VersionId=got["Policy"]["DefaultVersionId"],
+        )
+        return None if version is None else decode_document(version["PolicyVersion"]["Document"])
+
+    def _revoke_managed(self, iam: IAMClient, principal: IamPrincipal, name: str) -> None:
+        arn = managed_policy_arn(principal, name, self._managed_path)
+        detach = getattr(iam, f"detach_{principal.kind}_policy")
+        self._call(
+            f"detach {arn} from {principal.arn}",
+            detach,
+            missing_ok=True,
+            **_named(principal),
+            PolicyArn=arn,
+        )
+        versions = self._call(
+            f"list versions of {arn}", iam.list_policy_versions, missing_ok=True, PolicyArn=arn
+        )
+        if versions is None:
+            return
+        # IAM refuses to delete a policy that still has non-default versions.
+        for version in versions["Versions"]:
+            if not version["IsDefaultVersion"]:
+                self._call(
+                    f"delete version {version['VersionId']} of {arn}",
+                    iam.delete_policy_version,
+                    missing_ok=True,
+                    PolicyArn=arn,
+                    VersionId=version["VersionId"],
+                )
+        self._call(
+            f"delete managed policy {arn}", iam.delete_policy, missing_ok=True, PolicyArn=arn
+        )
+
+    # -- shared -----------------------------------------------------------------------
+
+    def _principal(self, arn: str) -> IamPrincipal:
+        try:
+            return parse_principal_arn(arn)
+        except PrincipalError as exc:
+            raise GrantError(str(exc), transient=False, code="InvalidPrincipal") from exc
+
+    def _client(self, principal: IamPrincipal) -> IAMClient:
+        # Getting the client may call sts:AssumeRole, which can throttle like anything else.
+        client: IAMClient = self._call(
+            f"get credentials for account {principal.account_id}",
+            self._iam_for_principal,
+            principal.arn,
+        )
+        return client
+
+    def _call(
+        self,
+        action: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        missing_ok: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """fn(*args, **kwargs) with retries; None when missing_ok and IAM says NoSuchEntity."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                if missing_ok and error_code(exc) == "NoSuchEntity":
+                    return None
+                if not is_transient(exc) or attempt == self._attempts:
+                    raise to_grant_error(exc, action, attempt) from exc
+                delay = self._backoff(attempt)
+                log.warning("%s: %s, retry %d in %.2fs", action, error_code(exc), attempt, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+        return self._jitter() * min(self._max_delay, self._base_delay * 2.0 ** (attempt - 1))
+
+    def _read_back(
+        self, what: str, read: Callable[[], Mapping[str, Any] | None]
+    ) -> Mapping[str, Any]:
+        """Read a policy just written. IAM is eventually consistent, so a miss right after
+        a successful put is retried before it counts as a failure."""
+        for attempt in range(1, self._attempts + 1):
+            document = read()
+            if document is not None:
+                return document
+            if attempt < self._attempts:
+                self._sleep(self._backoff(attempt))
+        raise GrantError(
+            f"{what} was written but IAM does not return it; it will be retried",
+            transient=True,
+            code="ReadBackMissing",
+        )
+
+    @staticmethod
+    def _verified(
+        policy: PolicyDocument,
+        arn: str | None,
+        got: Mapping[str, Any],
+        want: str,
+        principal: IamPrincipal,
+    ) -> AttachedPolicy:
+        got_hash = document_hash(got)
+        if got_hash != want:
+            raise GrantError(
+                f"policy {policy.name} on {principal.arn} reads back different from what was "
+                "written (changed concurrently by someone else?); nothing was granted",
+                transient=False,
+                code="ReadBackMismatch",
+            )
+        return AttachedPolicy(policy.name, arn, got_hash)
+
+    def _roll_back(
+        self, iam: IAMClient, principal: IamPrincipal, kind: PolicyKind, names: list[str]
+    ) -> None:
+        for name in names:
+            try:
+                if kind == "inline":
+                    self._revoke_inline(iam, principal, name)
+                else:
+                    self._revoke_managed(iam, principal, name)
+            except GrantError as exc:
+                # Reconcile removes it later: the grant is not active, so it is an orphan.
+                log.error("could not roll back %s on %s: %s", name, principal.arn, exc)
+
+
+def _named(principal: IamPrincipal) -> dict[str, Any]:
+    """The RoleName=/UserName=/GroupName= argument for the principal's IAM calls."""
+    return {principal.name_param: principal.name}
+
+
+def _check_name(name: str) -> None:
+    # The bot only ever touches policies it named, so an operator's own policies are safe
+    # from attach, revoke and reconcile alike.
+    if not name.startswith(POLICY_PREFIX):
+        raise GrantError(
+            f"policy name {name!r} does not start with {POLICY_PREFIX!r}; the bot only "
+            "manages policies it named",
+            transient=False,
+            code="InvalidPolicyName",
+        )

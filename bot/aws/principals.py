@@ -1,0 +1,195 @@
+"""Slack user -> IAM principal, checked against IAM before anything is granted to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bot.aws.errors import error_code
+from bot.ports import PrincipalError
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+
+SLACK_USER_TAG = "connect-access:slack-user"
+MANAGED_TAG = "connect-access:managed"
+SERVICE_ROLE_PATH = "/aws-service-role/"
+
+PrincipalKind = Literal["role", "user", "group"]
+
+# Given an account id (None: the bot's own account), the IAM client that can read it.
+IamClientFactory = Callable[[str | None], "IAMClient"]
+
+
+@dataclass(frozen=True)
+class IamPrincipal:
+    arn: str
+    partition: str
+    account_id: str
+    kind: PrincipalKind
+    name: str
+    path: str  # "/" or "/a/b/"
+
+    @property
+    def name_param(self) -> str:
+        """The parameter IAM APIs use for this principal: RoleName, UserName, GroupName."""
+        return f"{self.kind.capitalize()}Name"
+
+
+def parse_principal_arn(arn: str) -> IamPrincipal:
+    """Split `arn:aws:iam::123456789012:role/path/name`; PrincipalError if it is not an
+    IAM role, user or group ARN."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "iam" or not parts[4].isdigit():
+        raise PrincipalError(
+            f"{arn!r} is not an IAM principal ARN; expected something like "
+            "arn:aws:iam::123456789012:role/NAME (a role, user or group)"
+        )
+    kind, _, rest = parts[5].partition("/")
+    if kind not in ("role", "user", "group") or not rest:
+        raise PrincipalError(
+            f"{arn!r} names a {kind!r}, but grants go to IAM roles, users or groups only"
+        )
+    path, _, name = rest.rpartition("/")
+    path = f"/{path}/" if path else "/"
+    return IamPrincipal(arn, parts[1], parts[4], kind, name, path)  # type: ignore[arg-type]
+
+
+class IamPrincipalDirectory:
+    """PrincipalDirectory over the operator's mapping and, optionally, IAM tags.
+
+    The mapping wins; tag lookup (`connect-access:slack-user=<id>` on roles and users) is
+    tried only when the user is not mapped. Every answer is checked against IAM: the
+    principal must exist, must not be a service-linked role, and, when
+    `require_managed_tag`, must carry `connect-access:managed=true` (groups cannot carry
+    tags in IAM, so they are refused in that mode).
+    """
+
+    def __init__(
+        self,
+        iam_client_factory: IamClientFactory,
+        mapping: Mapping[str, str],
+        *,
+        tag_lookup: bool = False,
+        require_managed_tag: bool = False,
+        tag_lookup_accounts: Sequence[str | None] = (None,),
+    ) -> None:
+        self._iam = iam_client_factory
+        self._mapping = dict(mapping)
+        self._tag_lookup = tag_lookup
+        self._require_managed_tag = require_managed_tag
+        self._tag_lookup_accounts = tuple(tag_lookup_accounts)
+
+    def principal_for(self, slack_user_id: str) -> str:
+        arn = self._mapping.get(slack_user_id)
+        if arn is None and self._tag_lookup:
+            arn = self._find_by_tag(slack_user_id)
+        if arn is None:
+            how = (
+                f" or tag your IAM role/user with {SLACK_USER_TAG}={slack_user_id}"
+                if self._tag_lookup
+                else ""
+            )
+            raise PrincipalError(
+                f"No IAM principal is set up for Slack user {slack_user_id}. Ask an "
+                f"administrator to map you under `principals:` in the bot's config{how}."
+            )
+        self.check(arn)
+        return arn
+
+    def check(self, arn: str) -> IamPrincipal:
+        """Raise PrincipalError unless grants may go to `arn`."""
+        principal = parse_principal_arn(arn)
+        if principal.kind == "role" and principal.path.startswith(SERVICE_ROLE_PATH):
+            raise PrincipalError(
+                f"{arn} is a service-linked role, which AWS manages and nobody signs in as; "
+                "map the Slack user to their own role instead."
+            )
+        iam = self._iam(principal.account_id)
+        try:
+            tags = self._tags(iam, principal)
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchEntity":
+                raise PrincipalError(
+                    f"The IAM {principal.kind} {arn} does not exist. Fix the principal "
+                    "mapping (it may have been renamed or deleted)."
+                ) from exc
+            raise PrincipalError(
+                f"Could not look up {arn} in IAM ({error_code(exc)}); try again, and tell an "
+                "administrator if it keeps failing."
+            ) from exc
+        except BotoCoreError as exc:
+            raise PrincipalError(
+                f"Could not reach IAM to look up {arn} ({type(exc).__name__}); try again."
+            ) from exc
+        if self._require_managed_tag:
+            if principal.kind == "group":
+                raise PrincipalError(
+                    f"{arn} is an IAM group; groups cannot carry the "
+                    f"{MANAGED_TAG}=true tag this bot requires, so map a role or user instead."
+                )
+            if tags.get(MANAGED_TAG, "").lower() != "true":
+                raise PrincipalError(
+                    f"{arn} is not tagged {MANAGED_TAG}=true, and this bot only grants to "
+                    "principals carrying that tag. Ask an administrator to add it."
+                )
+        return principal
+
+    # -- internals --------------------------------------------------------------------
+
+    @staticmethod
+    def _tags(iam: IAMClient, principal: IamPrincipal) -> dict[str, str]:
+        """Tags of the principal; also proves it exists (NoSuchEntity otherwise)."""
+        if principal.kind == "group":
+            iam.get_group(GroupName=principal.name, MaxItems=1)
+            return {}
+        if principal.kind == "role":
+            role = iam.get_role(RoleName=principal.name)["Role"]
+            if role.get("Path", "/").startswith(SERVICE_ROLE_PATH):
+                raise PrincipalError(f"{principal.arn} is a service-linked role; refused.")
+            pages = iam.get_paginator("list_role_tags").paginate(RoleName=principal.name)
+        else:
+            iam.get_user(UserName=principal.name)
+            pages = iam.get_paginator("list_user_tags").paginate(UserName=principal.name)
+        return {tag["Key"]: tag["Value"] for page in pages for tag in page["Tags"]}
+
+    def _find_by_tag(self, slack_user_id: str) -> str | None:
+        found: list[str] = []
+        for account in self._tag_lookup_accounts:
+            iam = self._iam(account)
+            for arn, tags in tagged_principals(iam):
+                if tags.get(SLACK_USER_TAG) == slack_user_id:
+                    found.append(arn)
+        if len(found) > 1:
+            raise PrincipalError(
+                f"{len(found)} IAM principals are tagged {SLACK_USER_TAG}={slack_user_id} "
+                f"({', '.join(sorted(found))}); keep the tag on one of them or map the user "
+                "explicitly in the config."
+            )
+        return found[0] if found else None
+
+
+def tagged_principals(iam: IAMClient) -> Iterator[tuple[str, dict[str, str]]]:
+    """(arn, tags) of every role and user carrying a connect-access:* tag.
+
+    ListRoles/ListUsers do not return tags, so this asks per principal: fine for the
+    hundreds of principals an account usually has, and only used on lookup misses and by
+    reconcile.
+    """
+    for page in iam.get_paginator("list_roles").paginate():
+        for role in page["Roles"]:
+            if role.get("Path", "/").startswith(SERVICE_ROLE_PATH):
+                continue
+            tag_pages = iam.get_paginator("list_role_tags").paginate(RoleName=role["RoleName"])
+            tags = {t["Key"]: t["Value"] for p in tag_pages for t in p["Tags"]}
+            if any(key.startswith("connect-access:") for key in tags):
+                yield role["Arn"], tags
+    for users_page in iam.get_paginator("list_users").paginate():
+        for user in users_page["Users"]:
+            tag_pages = iam.get_paginator("list_user_tags").paginate(UserName=user["UserName"])
+            tags = {t["Key"]: t["Value"] for p in tag_pages for t in p["Tags"]}
+            if any(key.startswith("connect-access:") for key in tags):
+                yield user["Arn"], tags

@@ -1,0 +1,380 @@
+"""Reconcile: compare what IAM holds with what the database says is granted, and repair it.
+
+The database is the intent, IAM the fact. A crash between an IAM call and the commit, a
+revoke that never finished, or a person editing a policy by hand all show up here as
+findings:
+
+- orphan:   a connect-access policy that no live grant accounts for -> removed;
+- missing:  an active grant whose policy is gone -> re-attached (or the grant marked failed);
+- tampered: an active grant whose document differs from what was granted -> restored;
+- stranded: a grant left in `granting` (the process died mid-attach) -> whatever reached IAM
+            is removed and the grant marked failed, since its requester was never told it
+            worked;
+- ok.
+
+`reconcile(...)` is the whole job; the CLI only builds its arguments and prints
+`format_summary`. In dry-run nothing is changed, in IAM or in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from bot.aws.granter import POLICY_PREFIX, IamGranter, document_hash
+from bot.ports import GrantError, GrantPlan, Notification, Notifier, PolicyDocument, PolicyKind
+
+log = logging.getLogger(__name__)
+
+FindingKind = Literal["ok", "orphan", "missing", "tampered", "stranded"]
+GrantState = Literal["active", "granting"]
+
+
+@dataclass(frozen=True)
+class ExpectedGrant:
+    """A grant the database holds as live, with the documents it put on the principal."""
+
+    grant_id: str
+    principal_arn: str
+    kind: PolicyKind
+    policies: tuple[PolicyDocument, ...]
+    expires_at: datetime
+    state: GrantState = "active"
+    state_since: datetime | None = None  # when it entered `state`; used for `granting`
+    instance_arn: str | None = None
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.policies)
+
+    def expected_hash(self, name: str) -> str:
+        return next(document_hash(p.document) for p in self.policies if p.name == name)
+
+    def plan(self) -> GrantPlan:
+        return GrantPlan(
+            grant_id=self.grant_id,
+            principal_arn=self.principal_arn,
+            kind=self.kind,
+            policies=self.policies,
+            expires_at=self.expires_at,
+            instance_arn=self.instance_arn,
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    principal_arn: str
+    policy_kind: PolicyKind
+    policy_name: str
+    grant_id: str | None
+    action: str  # what was (or, in dry-run, would be) done
+    applied: bool
+    error: str = ""  # set when the repair itself failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "finding": self.kind,
+            "principal_arn": self.principal_arn,
+            "policy_kind": self.policy_kind,
+            "policy_name": self.policy_name,
+            "grant_id": self.grant_id,
+            "action": self.action,
+            "applied": self.applied,
+            "error": self.error,
+        }
+
+
+class ReconcileStore(Protocol):
+    """The database side of reconcile (implemented by the lead over models/audit)."""
+
+    def expected_grants(self) -> Sequence[ExpectedGrant]:
+        """Grants in `active` or `granting`."""
+        ...
+
+    def principals_ever_granted(self) -> Sequence[str]:
+        """Every principal ARN the bot has ever granted to."""
+        ...
+
+    def record_finding(self, finding: Finding) -> None:
+        """Append the finding as an audit event (called for every non-ok finding)."""
+        ...
+
+    def mark_failed(self, grant_id: str, reason: str) -> None:
+        """Move the grant to `failed` (from `active` or `granting`) with the reason."""
+        ...
+
+
+@dataclass
+class InMemoryReconcileStore:
+    """ReconcileStore over plain lists, for tests and the demo."""
+
+    grants: list[ExpectedGrant] = field(default_factory=list)
+    principals: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def expected_grants(self) -> Sequence[ExpectedGrant]:
+        return [g for g in self.grants if g.grant_id not in self.failed]
+
+    def principals_ever_granted(self) -> Sequence[str]:
+        return list(self.principals)
+
+    def record_finding(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    def mark_failed(self, grant_id: str, reason: str) -> None:
+        self.failed[grant_id] = reason
+
+
+@dataclass(frozen=True)
+class _Present:
+    principal_arn: str
+    kind: PolicyKind
+    name: str
+    hash: str
+
+
+def reconcile(
+    granter: IamGranter,
+    store: ReconcileStore,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    extra_principals: Iterable[str] = (),
+    granting_grace: timedelta = timedelta(minutes=5),
+    notifier: Notifier | None = None,
+) -> list[Finding]:
+    """Scan every principal the bot has granted to (plus `extra_principals`, e.g. the
+    tagged ones from principals.tagged_principals) and repair what differs from the store.
+
+    Grants in `granting` for less than `granting_grace` are left alone: an attach may be
+    running right now.
+    """
+    expected = list(store.expected_grants())
+    principals = sorted(
+        set(store.principals_ever_granted())
+        | set(extra_principals)
+        | {g.principal_arn for g in expected}
+    )
+    in_flight = {
+        g.grant_id
+        for g in expected
+        if g.state == "granting" and g.state_since and now - g.state_since < granting_grace
+    }
+    by_policy: dict[tuple[str, PolicyKind, str], ExpectedGrant] = {
+        (g.principal_arn, g.kind, name): g for g in expected for name in g.policy_names
+    }
+    # Every read happens before any change, so an IAM failure while scanning (GrantError
+    # raised to the caller) leaves nothing half-repaired.
+    present = {
+        (p.principal_arn, p.kind, p.name): p
+        for principal in principals
+        for p in _scan(granter, principal)
+    }
+    expected_managed = {name for (_, kind, name) in by_policy if kind == "managed"}
+    detached = [
+        _Present(principal, "managed", name, "")
+        for principal in _one_principal_per_account(principals)
+        for name in granter.unattached_managed_names(principal)
+        if name.startswith(POLICY_PREFIX) and name not in expected_managed
+    ]
+    findings: list[Finding] = []
+
+    def act(finding: Finding) -> None:
+        findings.append(finding)
+        if finding.kind != "ok" and finding.applied:
+            store.record_finding(finding)
+            if notifier is not None:
+                notifier.notify(Notification("reconcile_finding", None, finding.as_dict()))
+
+    # Policies in IAM that no live grant explains.
+    for key, item in sorted(present.items()):
+        if key not in by_policy:
+            act(_remove(granter, item, None, "orphan", dry_run))
+    # Managed policies left behind detached (a revoke that died between detach and delete).
+    for item in detached:
+        act(_remove(granter, item, None, "orphan", dry_run))
+
+    # Live grants, checked against IAM.
+    for grant in expected:
+        if grant.grant_id in in_flight:
+            continue
+        if grant.state == "granting":
+            act_all = _resolve_stranded(granter, store, grant, present, dry_run)
+            for finding in act_all:
+                act(finding)
+            continue
+        for policy in grant.policies:
+            key = (grant.principal_arn, grant.kind, policy.name)
+            held = present.get(key)
+            if held is None:
+                act(_restore(granter, store, grant, policy.name, "missing", now, dry_run))
+            elif held.hash != grant.expected_hash(policy.name):
+                act(_restore(granter, store, grant, policy.name, "tampered", now, dry_run))
+            else:
+                act(
+                    Finding(
+                        "ok",
+                        grant.principal_arn,
+                        grant.kind,
+                        policy.name,
+                        grant.grant_id,
+                        "none",
+                        applied=False,
+                    )
+                )
+    return findings
+
+
+def _one_principal_per_account(principals: Iterable[str]) -> list[str]:
+    by_account: dict[str, str] = {}
+    for arn in principals:
+        by_account.setdefault(arn.split(":")[4], arn)
+    return sorted(by_account.values())
+
+
+def _scan(granter: IamGranter, principal_arn: str) -> list[_Present]:
+    found: list[_Present] = []
+    try:
+        names = granter.inline_policy_names(principal_arn)
+    except GrantError as exc:
+        if exc.code == "NoSuchEntity":  # the principal itself is gone: nothing to hold access
+            return []
+        raise
+    for name in names:
+        if name.startswith(POLICY_PREFIX):
+            document = granter.inline_document(principal_arn, name)
+            if document is not None:
+                found.append(_Present(principal_arn, "inline", name, document_hash(document)))
+    for arn in granter.attached_managed_arns(principal_arn):
+        name = arn.rsplit("/", 1)[-1]
+        if name.startswith(POLICY_PREFIX):
+            document = granter.managed_document(principal_arn, arn)
+            if document is not None:
+                found.append(_Present(principal_arn, "managed", name, document_hash(document)))
+    return found
+
+
+def _remove(
+    granter: IamGranter,
+    item: _Present,
+    grant_id: str | None,
+    kind: FindingKind,
+    dry_run: bool,
+) -> Finding:
+    action = f"remove {item.kind} policy"
+    error = ""
+    if not dry_run:
+        try:
+            granter.revoke(item.principal_arn, item.kind, [item.name])
+        except GrantError as exc:
+            error = str(exc)
+    return Finding(
+        kind, item.principal_arn, item.kind, item.name, grant_id, action, not dry_run, error
+    )
+
+
+def _restore(
+    granter: IamGranter,
+    store: ReconcileStore,
+    grant: ExpectedGrant,
+    name: str,
+    kind: FindingKind,
+    now: datetime,
+    dry_run: bool,
+) -> Finding:
+    if grant.expires_at <= now:
+        # Past its expiry the policy should be gone anyway; the sweep closes the grant.
+        return Finding(
+            kind,
+            grant.principal_arn,
+            grant.kind,
+            name,
+            grant.grant_id,
+            "none: grant has expired, left to the expiry sweep",
+            applied=False,
+        )
+    action = "re-attach the granted document" if kind == "missing" else "restore the document"
+    error = ""
+    if not dry_run:
+        try:
+            granter.attach(grant.plan())
+        except GrantError as exc:
+            error = str(exc)
+            action += "; failed, grant marked failed"
+            store.mark_failed(grant.grant_id, f"reconcile could not {action}: {exc}")
+    return Finding(
+        kind, grant.principal_arn, grant.kind, name, grant.grant_id, action, not dry_run, error
+    )
+
+
+def _resolve_stranded(
+    granter: IamGranter,
+    store: ReconcileStore,
+    grant: ExpectedGrant,
+    present: Mapping[tuple[str, PolicyKind, str], _Present],
+    dry_run: bool,
+) -> list[Finding]:
+    findings: list[Finding] = []
+    for name in grant.policy_names:
+        item = present.get((grant.principal_arn, grant.kind, name))
+        if item is not None:
+            finding = _remove(granter, item, grant.grant_id, "stranded", dry_run)
+        elif grant.kind == "managed":
+            # The crash may have come between create_policy and attach: the policy exists,
+            # attached to nothing. Revoke is idempotent, so just run it.
+            leftover = _Present(grant.principal_arn, "managed", name, "")
+            finding = _remove(granter, leftover, grant.grant_id, "stranded", dry_run)
+        else:
+            finding = Finding(
+                "stranded",
+                grant.principal_arn,
+                grant.kind,
+                name,
+                grant.grant_id,
+                "nothing reached IAM",
+                applied=not dry_run,
+            )
+        findings.append(finding)
+    if not dry_run and not any(f.error for f in findings):
+        store.mark_failed(
+            grant.grant_id,
+            "the bot stopped while attaching this grant; reconcile removed whatever reached "
+            "IAM, so nothing is granted. Request it again.",
+        )
+    return findings
+
+
+def summary_rows(findings: Sequence[Finding]) -> list[tuple[str, ...]]:
+    return [
+        (
+            f.kind,
+            f.principal_arn,
+            f"{f.policy_kind}:{f.policy_name}",
+            f.grant_id or "-",
+            f.action + ("" if f.applied or f.kind == "ok" else " (dry-run)"),
+            f.error or "",
+        )
+        for f in findings
+    ]
+
+
+def format_summary(findings: Sequence[Finding]) -> str:
+    """A plain-text table of the findings plus a count per kind, for the CLI."""
+    header = ("FINDING", "PRINCIPAL", "POLICY", "GRANT", "ACTION", "ERROR")
+    rows = [header, *summary_rows(findings)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing found")
+    return "\n".join(lines)

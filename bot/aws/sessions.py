@@ -1,0 +1,195 @@
+"""Where every boto3 client in the bot comes from.
+
+One AwsSessions object is built by the CLI from settings and handed to the adapters; nothing
+creates a client at import time. It adds three things boto3 does not do on its own here:
+
+- the same botocore Config (standard retry mode, short timeouts) on every client;
+- the endpoint passed in by the caller (AWS_ENDPOINT_URL, e.g. moto's server), not read
+  from the environment at import;
+- per-instance `sts:AssumeRole` with an external id for Connect instances in other
+  accounts, with the temporary credentials cached until shortly before they expire.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+from botocore.config import Config
+
+from bot.aws.errors import AwsConfigError
+
+if TYPE_CHECKING:
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_sts import STSClient
+
+
+class InstanceAccess(Protocol):
+    """The part of an operator's instance config that says how to reach its account.
+    Structural, so the settings model can be passed as it is."""
+
+    @property
+    def arn(self) -> str: ...
+
+    @property
+    def assume_role_arn(self) -> str | None: ...
+
+    @property
+    def external_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """A plain InstanceAccess, for tests and scripts."""
+
+    arn: str
+    assume_role_arn: str | None = None
+    external_id: str | None = None
+    alias: str = ""
+
+
+def account_of(arn: str) -> str:
+    """The account id field of an ARN (`arn:partition:service:region:ACCOUNT:...`)."""
+    parts = arn.split(":", 5)
+    if len(parts) < 6 or parts[0] != "arn" or not parts[4].isdigit():
+        raise AwsConfigError(f"{arn!r} is not an ARN with an account id")
+    return parts[4]
+
+
+@dataclass
+class _CachedCredentials:
+    session: boto3.Session
+    expires_at: datetime
+    clients: dict[str, Any]
+
+
+class AwsSessions:
+    """Builds boto3 sessions and clients for the bot's own account and, through
+    sts:AssumeRole, for the accounts of configured Connect instances."""
+
+    def __init__(
+        self,
+        region: str,
+        endpoint_url: str | None = None,
+        *,
+        instances: Sequence[InstanceAccess] = (),
+        max_attempts: int = 3,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
+        session_name: str = "connect-access-bot",
+        refresh_margin: timedelta = timedelta(minutes=5),
+        assume_duration_seconds: int = 3600,
+        base_session: boto3.Session | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url or None
+        self.config = Config(
+            region_name=region,
+            # total_max_attempts counts the first try; botocore's `max_attempts` would not.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        self._instances = tuple(instances)
+        self._session_name = session_name
+        self._refresh_margin = refresh_margin
+        self._assume_duration = assume_duration_seconds
+        self._base = base_session or boto3.Session(region_name=region)
+        self._now = now
+        self._lock = threading.Lock()
+        self._base_clients: dict[str, Any] = {}
+        self._assumed: dict[str, _CachedCredentials] = {}
+        self.assume_role_calls = 0  # visible so tests can see the cache working
+        for instance in self._instances:
+            if instance.external_id and not instance.assume_role_arn:
+                raise AwsConfigError(
+                    f"instance {instance.arn}: external_id is set but assume_role_arn is not; "
+                    "add the role to assume in that account or remove the external id"
+                )
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def session_for(self, instance: InstanceAccess | None) -> boto3.Session:
+        """The session for an instance's account: assumed-role credentials when the
+        instance names a role, the bot's own credentials otherwise (or for None)."""
+        if instance is None or not instance.assume_role_arn:
+            return self._base
+        with self._lock:
+            return self._assumed_locked(instance.assume_role_arn, instance.external_id).session
+
+    def instance_for_account(self, account_id: str) -> InstanceAccess | None:
+        """The configured instance whose assume-role lives in `account_id`, if any."""
+        for instance in self._instances:
+            if instance.assume_role_arn and account_of(instance.assume_role_arn) == account_id:
+                return instance
+        return None
+
+    # -- clients ----------------------------------------------------------------------
+
+    def client(self, service: str, instance: InstanceAccess | None = None) -> Any:
+        """A client for `service`, cached per credentials (boto3 clients are thread-safe,
+        sessions are not, so creation happens under the lock)."""
+        with self._lock:
+            if instance is None or not instance.assume_role_arn:
+                cached = self._base_clients.get(service)
+                if cached is None:
+                    cached = self._make_client(self._base, service)
+                    self._base_clients[service] = cached
+                return cached
+            entry = self._assumed_locked(instance.assume_role_arn, instance.external_id)
+            cached = entry.clients.get(service)
+            if cached is None:
+                cached = self._make_client(entry.session, service)
+                entry.clients[service] = cached
+            return cached
+
+    def iam(self, instance: InstanceAccess | None = None) -> IAMClient:
+        client: IAMClient = self.client("iam", instance)
+        return client
+
+    def iam_for_account(self, account_id: str | None) -> IAMClient:
+        """The IAM client that can change principals in `account_id`: through the
+        instance's assumed role when one lives there, else the bot's own credentials."""
+        instance = self.instance_for_account(account_id) if account_id else None
+        return self.iam(instance)
+
+    def iam_for_principal(self, principal_arn: str) -> IAMClient:
+        return self.iam_for_account(account_of(principal_arn))
+
+    # -- internals --------------------------------------------------------------------
+
+    def _make_client(self, session: boto3.Session, service: str) -> Any:
+        return session.client(  # type: ignore[call-overload]
+            service, region_name=self.region, endpoint_url=self.endpoint_url, config=self.config
+        )
+
+    def _assumed_locked(self, role_arn: str, external_id: str | None) -> _CachedCredentials:
+        cached = self._assumed.get(role_arn)
+        if cached is not None and cached.expires_at - self._refresh_margin > self._now():
+            return cached
+        sts: STSClient = self._base_clients.get("sts") or self._make_client(self._base, "sts")
+        self._base_clients["sts"] = sts
+        kwargs: dict[str, Any] = {
+            "RoleArn": role_arn,
+            "RoleSessionName": self._session_name,
+            "DurationSeconds": self._assume_duration,
+        }
+        if external_id:
+            kwargs["ExternalId"] = external_id
+        response = sts.assume_role(**kwargs)
+        self.assume_role_calls += 1
+        credentials = response["Credentials"]
+        session = boto3.Session(
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            region_name=self.region,
+        )
+        entry = _CachedCredentials(session, credentials["Expiration"], {})
+        self._assumed[role_arn] = entry
+        return entry

@@ -1,0 +1,214 @@
+"""Faults injected at each IAM call the granter makes (botocore event hooks on the real
+client, so everything above the HTTP layer runs for real against moto).
+
+Transient faults are retried with backoff and then succeed; if they never stop the caller
+gets GrantError(transient=True) and, for an attach, nothing is left on the principal.
+Permanent faults are not retried. NoSuchEntity while removing means already removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_testkit import (
+    HOME_ACCOUNT,
+    OTHER_INSTANCE,
+    Fault,
+    FaultFactory,
+    SleepRecorder,
+    connect_document,
+    make_plan,
+    make_principal,
+)
+
+from bot.aws.granter import IamGranter
+from bot.aws.sessions import AwsSessions
+from bot.ports import GrantError
+
+NAME = "connect-access-f1"
+POLICY_ARN = f"arn:aws:iam::{HOME_ACCOUNT}:policy/connect-access/{NAME}"
+ATTEMPTS = 4  # the granter fixture's setting
+
+# (flow, IAM operation the flow calls)
+ATTACH_CALLS = [
+    ("attach-inline", "GetRolePolicy"),
+    ("attach-inline", "PutRolePolicy"),
+    ("attach-managed", "GetPolicy"),
+    ("attach-managed", "CreatePolicy"),
+    ("attach-managed", "AttachRolePolicy"),
+    ("attach-managed", "GetPolicyVersion"),
+]
+REVOKE_CALLS = [
+    ("revoke-inline", "DeleteRolePolicy"),
+    ("revoke-managed", "DetachRolePolicy"),
+    ("revoke-managed", "ListPolicyVersions"),
+    ("revoke-managed", "DeletePolicyVersion"),
+    ("revoke-managed", "DeletePolicy"),
+]
+TRANSIENT = ["Throttling", "ServiceFailure", "ReadTimeout"]
+
+
+class Scene:
+    """A role with, for revoke flows, a grant already in place (managed: two versions,
+    so DeletePolicyVersion is really called)."""
+
+    def __init__(self, iam: Any, granter: IamGranter, flow: str) -> None:
+        self.iam = iam
+        self.granter = granter
+        self.flow = flow
+        self.arn = make_principal(iam, "role", "target")
+        self.kind: Any = "inline" if flow.endswith("inline") else "managed"
+        if flow.startswith("revoke"):
+            granter.attach(self.plan("old"))
+            if self.kind == "managed":
+                granter.attach(self.plan("new"))
+
+    def plan(self, marker: str = "a") -> Any:
+        return make_plan(self.arn, self.kind, "f1", {NAME: connect_document(marker)})
+
+    def run(self) -> None:
+        if self.flow.startswith("attach"):
+            self.granter.attach(self.plan())
+        else:
+            self.granter.revoke(self.arn, self.kind, [NAME])
+
+    def policy_present(self) -> bool:
+        inline = self.iam.list_role_policies(RoleName="target")["PolicyNames"]
+        attached = self.iam.list_attached_role_policies(RoleName="target")["AttachedPolicies"]
+        local = self.iam.list_policies(Scope="Local")["Policies"]
+        return bool(inline or attached or local)
+
+
+@pytest.mark.parametrize("code", TRANSIENT)
+@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
+def test_a_transient_fault_is_retried_and_the_call_succeeds(
+    iam: Any,
+    granter: IamGranter,
+    inject: FaultFactory,
+    sleeps: SleepRecorder,
+    flow: str,
+    operation: str,
+    code: str,
+) -> None:
+    scene = Scene(iam, granter, flow)
+    sleeps.delays.clear()
+    fault = inject(operation, code, times=2)
+
+    scene.run()
+
+    assert fault.calls >= 3  # two failures, then the call that went through
+    assert len(sleeps.delays) == 2
+    assert all(0 <= d <= 0.1 * 2**i for i, d in enumerate(sleeps.delays))
+    assert scene.policy_present() is flow.startswith("attach")
+
+
+@pytest.mark.parametrize("code", TRANSIENT)
+@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
+def test_a_fault_that_never_clears_becomes_a_transient_grant_error(
+    iam: Any,
+    granter: IamGranter,
+    inject: FaultFactory,
+    flow: str,
+    operation: str,
+    code: str,
+) -> None:
+    scene = Scene(iam, granter, flow)
+    fault = inject(operation, code, times=None)
+
+    with pytest.raises(GrantError) as caught:
+        scene.run()
+
+    assert caught.value.transient
+    assert caught.value.code == ("ReadTimeoutError" if code == "ReadTimeout" else code)
+    assert fault.calls >= ATTEMPTS
+    # A failed attach leaves nothing behind; a failed revoke leaves the grant in place
+    # for the caller to retry (the lifecycle marks it irrevocable and alerts).
+    if flow.startswith("attach"):
+        assert not scene.policy_present()
+    else:
+        assert scene.policy_present()
+
+
+@pytest.mark.parametrize("code", ["LimitExceeded", "MalformedPolicyDocument", "AccessDenied"])
+@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS)
+def test_a_permanent_fault_on_attach_is_not_retried_and_leaves_nothing(
+    iam: Any,
+    granter: IamGranter,
+    inject: FaultFactory,
+    sleeps: SleepRecorder,
+    flow: str,
+    operation: str,
+    code: str,
+) -> None:
+    scene = Scene(iam, granter, flow)
+    fault = inject(operation, code, times=None)
+
+    with pytest.raises(GrantError) as caught:
+        scene.run()
+
+    assert not caught.value.transient
+    assert caught.value.code == code
+    assert fault.calls == 1
+    assert sleeps.delays == []
+    assert code in str(caught.value)
+    assert not scene.policy_present()
+
+
+@pytest.mark.parametrize(("flow", "operation"), REVOKE_CALLS)
+def test_a_permanent_fault_on_revoke_is_reported(
+    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+) -> None:
+    scene = Scene(iam, granter, flow)
+    inject(operation, "LimitExceeded", times=None)
+
+    with pytest.raises(GrantError) as caught:
+        scene.run()
+
+    assert (caught.value.transient, caught.value.code) == (False, "LimitExceeded")
+    assert scene.policy_present()
+
+
+@pytest.mark.parametrize(("flow", "operation"), REVOKE_CALLS)
+def test_no_such_entity_while_revoking_means_already_gone(
+    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+) -> None:
+    scene = Scene(iam, granter, flow)
+    fault = inject(operation, "NoSuchEntity", times=None)
+
+    scene.run()  # no error
+
+    assert fault.calls >= 1
+
+
+def test_no_such_entity_when_putting_is_a_permanent_error(
+    iam: Any, granter: IamGranter, inject: FaultFactory
+) -> None:
+    scene = Scene(iam, granter, "attach-inline")
+    inject("PutRolePolicy", "NoSuchEntity", times=None)
+
+    with pytest.raises(GrantError) as caught:
+        scene.run()
+
+    assert (caught.value.transient, caught.value.code) == (False, "NoSuchEntity")
+    assert "principal mapping" in str(caught.value)
+
+
+def test_throttled_assume_role_is_retried(
+    sessions: AwsSessions, granter: IamGranter, sleeps: SleepRecorder
+) -> None:
+    # Set the other account up with separate sessions, so the granter's own first
+    # sts:AssumeRole happens inside attach.
+    setup = AwsSessions("us-east-1", instances=[OTHER_INSTANCE], max_attempts=1)
+    arn = make_principal(setup.iam(OTHER_INSTANCE), "role", "remote")
+    fault = Fault("AssumeRole", "Throttling", times=1)
+    sts = sessions.client("sts")  # the client AwsSessions assumes roles with
+    sts.meta.events.register("before-call.sts.AssumeRole", fault.error_response)
+
+    granter.attach(make_plan(arn, "inline", "f2"))
+
+    assert fault.calls == 2  # throttled, then assumed
+    assert len(sleeps.delays) == 1
+    assert sessions.assume_role_calls == 1
+    remote_iam = sessions.iam(OTHER_INSTANCE)
+    assert remote_iam.list_role_policies(RoleName="remote")["PolicyNames"] == ["connect-access-f2"]
