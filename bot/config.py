@@ -1,0 +1,341 @@
+"""The operator's YAML (CONNECT_ACCESS_CONFIG): instances, principal mapping, approval
+routing and timings, validated with errors that name the key path and the fault.
+
+Tier defaults come from catalog/routing.yaml; the operator file overrides them key by key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.catalog import DEFAULT_CATALOG_DIR, CatalogEntry
+from bot.tiers import TIERS, Tier
+
+DEFAULT_ROUTING_FILE = DEFAULT_CATALOG_DIR / "routing.yaml"
+
+_DURATION = re.compile(r"(\d+)\s*(d|h|m|s)")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_APPROVER_ID = re.compile(r"[US][A-Z0-9]{2,}")
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
+_INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[A-Za-z0-9-]+")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(role|user|group)/[\w+=,.@/-]+")
+
+
+class ConfigError(ValueError):
+    """A fault in the operator config file, naming the key path."""
+
+    def __init__(self, source: str, key_path: str, fault: str) -> None:
+        super().__init__(f"{source}: {key_path}: {fault}" if source else f"{key_path}: {fault}")
+        self.source = source
+        self.key_path = key_path
+        self.fault = fault
+
+
+def parse_duration_text(text: str) -> timedelta:
+    """'4h', '30m', '1h30m', '2d' -> timedelta; ValueError on anything else."""
+    cleaned = text.strip().lower()
+    position, seconds = 0, 0
+    for match in _DURATION.finditer(cleaned):
+        if match.start() != position:
+            break
+        seconds += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if not cleaned or position != len(cleaned) or seconds <= 0:
+        raise ValueError(f"must be a positive duration like 30m, 4h or 1h30m, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Instance:
+    alias: str
+    arn: str
+    assume_role_arn: str | None = None
+    external_id: str | None = None
+
+    @property
+    def account(self) -> str:
+        return self.arn.split(":")[4]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request for one entry goes and what it needs."""
+
+    tier: Tier
+    channel: str | None
+    approvers: tuple[str, ...]
+    approvals: int
+    max_duration: timedelta
+    auto_approve: bool
+
+
+@dataclass(frozen=True)
+class Override:
+    entry_id: str | None
+    page: str | None
+    changes: Mapping[str, Any]
+
+    def matches(self, entry: CatalogEntry) -> bool:
+        if self.entry_id is not None and self.entry_id != entry.id:
+            return False
+        return self.page is None or self.page.lower() == entry.page.lower()
+
+
+@dataclass(frozen=True)
+class Timings:
+    pending_ttl: timedelta = timedelta(hours=24)
+    remind_before_expiry: timedelta = timedelta(minutes=10)
+    pending_reminder_after: timedelta = timedelta(hours=1)
+    sweep_interval: timedelta = timedelta(seconds=30)
+    irrevocable_retry: timedelta = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class ApprovalRouter:
+    tiers: Mapping[Tier, Route]
+    overrides: tuple[Override, ...] = ()
+
+    def route_for(self, entry: CatalogEntry) -> Route:
+        """The tier's route, changed by the first override that matches the entry."""
+        route = self.tiers[entry.tier]
+        for override in self.overrides:
+            if override.matches(entry):
+                return _apply(route, override.changes)
+        return route
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    instances: tuple[Instance, ...] = ()
+    principals: Mapping[str, str] = field(default_factory=dict)
+    principal_tag_lookup: bool = False
+    require_managed_tag: bool = False
+    router: ApprovalRouter = field(default_factory=lambda: load_router({}))
+    timings: Timings = Timings()
+
+    def instance(self, alias_or_arn: str | None = None) -> Instance:
+        """The named instance, or the only/first one when none is named."""
+        if not self.instances:
+            raise ConfigError("", "instances", "no instance is configured")
+        if alias_or_arn is None:
+            return self.instances[0]
+        for instance in self.instances:
+            if alias_or_arn in (instance.alias, instance.arn):
+                return instance
+        known = ", ".join(i.alias for i in self.instances)
+        raise ConfigError("", "instances", f"no instance {alias_or_arn!r} (known: {known})")
+
+
+def _apply(route: Route, changes: Mapping[str, Any]) -> Route:
+    return Route(
+        tier=route.tier,
+        channel=changes.get("channel", route.channel),
+        approvers=changes.get("approvers", route.approvers),
+        approvals=changes.get("approvals", route.approvals),
+        max_duration=changes.get("max_duration", route.max_duration),
+        auto_approve=changes.get("auto_approve", route.auto_approve),
+    )
+
+
+class _Reader:
+    """Checks values at a key path and raises ConfigError naming it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, fault: str) -> ConfigError:
+        return ConfigError(self.source, path, fault)
+
+    def mapping(self, path: str, value: Any) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+    def sequence(self, path: str, value: Any) -> Sequence[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {type(value).__name__}")
+        return value
+
+    def boolean(self, path: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, path: str, value: Any, pattern: re.Pattern[str] | None = None,
+               what: str = "") -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"must be a non-empty string, got {value!r}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise self.fail(path, f"must be {what}, got {value!r}")
+        return value
+
+    def duration(self, path: str, value: Any) -> timedelta:
+        try:
+            return parse_duration_text(str(value)) if value is not None else parse_duration_text("")
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
+
+    def unknown_keys(self, path: str, raw: Mapping[str, Any], allowed: Sequence[str]) -> None:
+        for key in raw:
+            if key not in allowed:
+                raise self.fail(f"{path}.{key}" if path else str(key),
+                                f"unknown key (allowed: {', '.join(allowed)})")
+
+
+_ROUTE_KEYS = ("channel", "approvers", "approvals", "max_duration", "auto_approve")
+
+
+def _route_changes(reader: _Reader, path: str, raw: Mapping[str, Any],
+                   extra_keys: Sequence[str] = ()) -> dict[str, Any]:
+    reader.unknown_keys(path, raw, (*_ROUTE_KEYS, *extra_keys))
+    changes: dict[str, Any] = {}
+    if "channel" in raw:
+        channel = raw["channel"]
+        changes["channel"] = None if channel is None else reader.string(
+            f"{path}.channel", channel, _CHANNEL_ID, "a Slack channel id like C0APPROVALS")
+    if "approvers" in raw:
+        approvers = reader.sequence(f"{path}.approvers", raw["approvers"])
+        changes["approvers"] = tuple(
+            reader.string(f"{path}.approvers[{i}]", a, _APPROVER_ID,
+                          "a Slack user id (U...) or user-group id (S...)")
+            for i, a in enumerate(approvers)
+        )
+    if "approvals" in raw:
+        approvals = raw["approvals"]
+        if isinstance(approvals, bool) or not isinstance(approvals, int) or approvals < 1:
+            raise reader.fail(f"{path}.approvals",
+                              f"must be a whole number >= 1, got {approvals!r}")
+        changes["approvals"] = approvals
+    if "max_duration" in raw:
+        changes["max_duration"] = reader.duration(f"{path}.max_duration", raw["max_duration"])
+    if "auto_approve" in raw:
+        changes["auto_approve"] = reader.boolean(f"{path}.auto_approve", raw["auto_approve"])
+    return changes
+
+
+def load_router(operator_routing: Mapping[str, Any], source: str = "",
+                defaults_file: Path = DEFAULT_ROUTING_FILE) -> ApprovalRouter:
+    """Merge the operator's `routing` section over the shipped tier defaults."""
+    defaults_reader = _Reader(str(defaults_file))
+    defaults = defaults_reader.mapping("", yaml.safe_load(defaults_file.read_text()))
+    reader = _Reader(source)
+    reader.unknown_keys("routing", operator_routing, ("tiers", "overrides"))
+    default_tiers = defaults_reader.mapping("tiers", defaults.get("tiers"))
+    operator_tiers = reader.mapping("routing.tiers", operator_routing.get("tiers"))
+    for tier_name in operator_tiers:
+        if tier_name not in TIERS:
+            raise reader.fail(f"routing.tiers.{tier_name}",
+                              f"unknown tier (tiers: {', '.join(TIERS)})")
+    tiers: dict[Tier, Route] = {}
+    for tier in TIERS:
+        base = _route_changes(defaults_reader, f"tiers.{tier}",
+                              defaults_reader.mapping(f"tiers.{tier}", default_tiers.get(tier)))
+        missing = [k for k in _ROUTE_KEYS if k not in base]
+        if missing:
+            raise defaults_reader.fail(f"tiers.{tier}", f"missing {', '.join(missing)}")
+        path = f"routing.tiers.{tier}"
+        base.update(_route_changes(reader, path,
+                                   reader.mapping(path, operator_tiers.get(tier))))
+        if base["auto_approve"] and tier != "read":
+            raise reader.fail(f"{path}.auto_approve",
+                              "only the read tier may be auto-approved")
+        tiers[tier] = Route(tier=tier, **base)
+    overrides: list[Override] = []
+    raw_overrides = reader.sequence("routing.overrides", operator_routing.get("overrides"))
+    for index, raw_override in enumerate(raw_overrides):
+        path = f"routing.overrides[{index}]"
+        raw = reader.mapping(path, raw_override)
+        match = reader.mapping(f"{path}.match", raw.get("match"))
+        reader.unknown_keys(f"{path}.match", match, ("entry", "id", "page"))
+        entry_id = match.get("entry", match.get("id"))
+        page = match.get("page")
+        if entry_id is None and page is None:
+            raise reader.fail(f"{path}.match", "must name an entry id (entry:) or a page (page:)")
+        changes = _route_changes(reader, path, raw, extra_keys=("match",))
+        if changes.get("auto_approve"):
+            raise reader.fail(f"{path}.auto_approve",
+                              "overrides may not auto-approve (only the read tier may)")
+        overrides.append(Override(
+            entry_id=None if entry_id is None else reader.string(f"{path}.match.entry", entry_id),
+            page=None if page is None else reader.string(f"{path}.match.page", page),
+            changes=changes,
+        ))
+    return ApprovalRouter(tiers=tiers, overrides=tuple(overrides))
+
+
+def parse_config(raw: Any, source: str = "") -> OperatorConfig:
+    reader = _Reader(source)
+    top = reader.mapping("(top level)", raw)
+    reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
+                                  "require_managed_tag", "routing", "timings"))
+    instances: list[Instance] = []
+    for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
+        path = f"instances[{index}]"
+        item = reader.mapping(path, raw_instance)
+        reader.unknown_keys(path, item, ("alias", "arn", "assume_role_arn", "external_id"))
+        role = item.get("assume_role_arn")
+        external_id = item.get("external_id")
+        instances.append(Instance(
+            alias=reader.string(f"{path}.alias", item.get("alias")),
+            arn=reader.string(f"{path}.arn", item.get("arn"), _INSTANCE_ARN,
+                              "an Amazon Connect instance ARN"),
+            assume_role_arn=None if role is None else reader.string(
+                f"{path}.assume_role_arn", role, _ROLE_ARN, "an IAM role ARN"),
+            external_id=None if external_id is None else reader.string(
+                f"{path}.external_id", external_id),
+        ))
+    aliases = [i.alias for i in instances]
+    for alias in aliases:
+        if aliases.count(alias) > 1:
+            raise reader.fail("instances", f"alias {alias!r} is used more than once")
+    principals: dict[str, str] = {}
+    for user_id, arn in reader.mapping("principals", top.get("principals")).items():
+        path = f"principals.{user_id}"
+        reader.string(path, str(user_id), _SLACK_USER_ID, "keyed by a Slack user id (U...)")
+        principals[str(user_id)] = reader.string(path, arn, _PRINCIPAL_ARN,
+                                                 "an IAM role, user or group ARN")
+    raw_timings = reader.mapping("timings", top.get("timings"))
+    timing_keys = tuple(Timings.__dataclass_fields__)
+    reader.unknown_keys("timings", raw_timings, timing_keys)
+    timings = Timings(**{
+        key: reader.duration(f"timings.{key}", value) for key, value in raw_timings.items()
+    })
+    return OperatorConfig(
+        instances=tuple(instances),
+        principals=principals,
+        principal_tag_lookup=reader.boolean("principal_tag_lookup",
+                                            top.get("principal_tag_lookup", False)),
+        require_managed_tag=reader.boolean("require_managed_tag",
+                                           top.get("require_managed_tag", False)),
+        router=load_router(reader.mapping("routing", top.get("routing")), source),
+        timings=timings,
+    )
+
+
+def load_config(path: Path | str | None) -> OperatorConfig:
+    """Read the operator file; None means shipped defaults only."""
+    if path is None:
+        return parse_config({})
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "(file)", f"not valid YAML: {exc}") from None
+    return parse_config(raw, source)

@@ -1,0 +1,902 @@
+"""The request state machine. Pure core: it reaches IAM, Slack and the clock only through
+the ports in bot.ports, and the database through a session factory.
+
+    pending --(enough approvals)--> approved --> granting --> active --> revoking --> revoked
+    pending --> denied | cancelled | timed_out      approved|granting --> failed
+    revoking --> irrevocable --> revoked            active --(extension approved)--> active
+
+Every transition runs in one transaction that locks the request row (SELECT ... FOR UPDATE
+on PostgreSQL; SQLite writers are serialised by BEGIN IMMEDIATE, see bot.db) and appends
+its audit event. IAM calls happen outside the lock, after the intent is committed, so a
+crash in between leaves a row that reconciliation can finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.exc import StaleDataError
+
+from bot.audit import append_event
+from bot.catalog import Catalog, CatalogEntry
+from bot.config import ConfigError, OperatorConfig, Route
+from bot.db import SessionFactory
+from bot.models import AccessRequest, Grant, Vote
+from bot.ports import (
+    ApproverDirectory,
+    Clock,
+    Granter,
+    GrantError,
+    GrantPlan,
+    Notification,
+    NotificationEvent,
+    Notifier,
+    PolicyKind,
+    PrincipalDirectory,
+    PrincipalError,
+)
+
+log = logging.getLogger(__name__)
+
+PENDING, APPROVED, DENIED, CANCELLED, TIMED_OUT = (
+    "pending", "approved", "denied", "cancelled", "timed_out")
+GRANTING, ACTIVE, FAILED, REVOKING, REVOKED, IRREVOCABLE = (
+    "granting", "active", "failed", "revoking", "revoked", "irrevocable")
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    PENDING: frozenset({APPROVED, DENIED, CANCELLED, TIMED_OUT}),
+    # approved -> failed: the policy could not even be built, so nothing was attached.
+    APPROVED: frozenset({GRANTING, FAILED}),
+    GRANTING: frozenset({ACTIVE, FAILED}),
+    ACTIVE: frozenset({REVOKING}),
+    REVOKING: frozenset({REVOKED, IRREVOCABLE}),
+    IRREVOCABLE: frozenset({REVOKED}),
+}
+FINAL_STATES = frozenset({DENIED, CANCELLED, TIMED_OUT, FAILED, REVOKED})
+# Requests that hold (or are about to hold) access: a second one for the same entry and
+# principal is refused.
+OPEN_STATES = (PENDING, APPROVED, GRANTING, ACTIVE, REVOKING, IRREVOCABLE)
+
+SYSTEM = "system"
+AUTO_APPROVER = "system:auto-approve"
+RevokeReason = Literal["done", "approver", "expiry"]
+
+
+class LifecycleError(Exception):
+    """A request operation that cannot be done; the message is for the Slack user."""
+
+
+class NotFound(LifecycleError):
+    pass
+
+
+class InvalidRequest(LifecycleError):
+    """The request itself is malformed (reason, duration, entry, instance)."""
+
+
+class NotAllowed(LifecycleError):
+    """This person may not do this to this request."""
+
+
+class SelfApproval(NotAllowed):
+    pass
+
+
+class InvalidTransition(LifecycleError):
+    """The request is not in a state where this makes sense (e.g. already decided)."""
+
+
+class DuplicateVote(LifecycleError):
+    pass
+
+
+class AlreadyActive(LifecycleError):
+    """The principal already has an open request for this entry; extend it instead."""
+
+    def __init__(self, message: str, existing_request_id: int) -> None:
+        super().__init__(message)
+        self.existing_request_id = existing_request_id
+
+
+class ConcurrentChange(LifecycleError):
+    pass
+
+
+class GrantFailed(LifecycleError):
+    pass
+
+
+@dataclass(frozen=True)
+class GrantContext:
+    """Everything the policy compiler needs to build the plan for one grant."""
+
+    grant_id: str
+    entry_id: str
+    principal_arn: str
+    instance_arn: str | None
+    start: datetime
+    expires_at: datetime
+    inline_usage: int  # characters other inline policies already use on the principal
+    existing_policy_names: tuple[str, ...] = ()  # set when re-attaching for an extension
+
+
+PlanBuilder = Callable[[GrantContext], GrantPlan]
+
+
+@dataclass(frozen=True)
+class RevocationOutcome:
+    grant_id: str
+    request_id: int
+    state: str  # revoked | revoking (will retry) | irrevocable
+    error: str | None = None
+
+
+def new_grant_id() -> str:
+    """Short, unique and safe in IAM policy names and URLs."""
+    return uuid.uuid4().hex[:12]
+
+
+def _fmt_duration(seconds: float) -> str:
+    minutes = int(seconds) // 60
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+
+
+class RequestService:
+    def __init__(
+        self,
+        *,
+        sessions: SessionFactory,
+        catalog: Catalog,
+        config: OperatorConfig,
+        granter: Granter,
+        notifier: Notifier,
+        approvers: ApproverDirectory,
+        principals: PrincipalDirectory,
+        clock: Clock,
+        plan_builder: PlanBuilder,
+        max_revoke_attempts: int = 5,
+        revoke_backoff: timedelta = timedelta(seconds=30),
+        revoke_backoff_cap: timedelta = timedelta(minutes=10),
+        claim_lease: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+        self.config = config
+        self.granter = granter
+        self.notifier = notifier
+        self.approvers = approvers
+        self.principals = principals
+        self.clock = clock
+        self.plan_builder = plan_builder
+        self.max_revoke_attempts = max_revoke_attempts
+        self.revoke_backoff = revoke_backoff
+        self.revoke_backoff_cap = revoke_backoff_cap
+        self.claim_lease = claim_lease
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """One transaction; lost races and constraint hits become domain errors."""
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except StaleDataError:
+            raise ConcurrentChange(
+                "Someone else changed this request at the same moment; please try again."
+            ) from None
+
+    def _entry(self, entry_id: str) -> CatalogEntry:
+        try:
+            return self.catalog.get(entry_id)
+        except KeyError:
+            raise InvalidRequest(
+                f"There is no catalog entry {entry_id!r}; try `/connect-access` with a "
+                "description of what you need."
+            ) from None
+
+    def _route(self, request: AccessRequest) -> Route:
+        return self.config.router.route_for(self._entry(request.entry_id))
+
+    @staticmethod
+    def _lock(session: Session, request_id: int, *, skip_locked: bool = False
+              ) -> AccessRequest | None:
+        query = select(AccessRequest).where(AccessRequest.id == request_id)
+        query = query.with_for_update(skip_locked=skip_locked)
+        return session.execute(
+            query.execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+
+    def _locked(self, session: Session, request_id: int) -> AccessRequest:
+        request = self._lock(session, request_id)
+        if request is None:
+            raise NotFound(f"There is no request #{request_id}.")
+        return request
+
+    def _move(self, session: Session, request: AccessRequest, to_state: str, *, actor: str,
+              action: str, details: Mapping[str, Any] | None = None) -> None:
+        """Change state (checked against TRANSITIONS), stamp it and audit it."""
+        if to_state not in TRANSITIONS.get(request.state, frozenset()):
+            raise InvalidTransition(
+                f"Request #{request.id} is {request.state.replace('_', ' ')}; "
+                f"it cannot become {to_state.replace('_', ' ')}."
+            )
+        now = self.clock.now()
+        request.state = to_state
+        request.updated_at = now
+        stamp = {APPROVED: "approved_at", DENIED: "denied_at", CANCELLED: "cancelled_at",
+                 TIMED_OUT: "timed_out_at", GRANTING: "granting_at", ACTIVE: "granted_at",
+                 FAILED: "failed_at", REVOKING: "revoke_requested_at", REVOKED: "revoked_at"}
+        if to_state in stamp:
+            setattr(request, stamp[to_state], now)
+        self._audit(session, request, actor, action, {"to": to_state, **(details or {})})
+
+    def _audit(self, session: Session, request: AccessRequest | None, actor: str, action: str,
+               details: Mapping[str, Any]) -> None:
+        append_event(session, at=self.clock.now(), actor=actor, action=action,
+                     request_id=None if request is None else request.id, details=details)
+
+    def _notify(self, event: NotificationEvent, request: AccessRequest, **detail: Any) -> None:
+        base = {"requester": request.requester, "entry_id": request.entry_id,
+                "tier": request.tier, "state": request.state,
+                "principal_arn": request.principal_arn,
+                "approval_channel": request.approval_channel, "approval_ts": request.approval_ts}
+        self.notifier.notify(Notification(event=event, request_id=request.id,
+                                          detail={**base, **detail}))
+
+    def _check_approver(self, request: AccessRequest, approver: str) -> Route:
+        if approver == request.requester:
+            raise SelfApproval("You cannot approve or deny your own request.")
+        route = self._route(request)
+        if not route.approvers:
+            raise NotAllowed(
+                f"No approvers are configured for {request.tier} requests; ask an operator "
+                "to set routing in the bot's config."
+            )
+        if approver not in self.approvers.members(route.approvers):
+            raise NotAllowed(
+                f"You are not an approver for {request.tier}-tier requests like "
+                f"#{request.id}."
+            )
+        return route
+
+    @staticmethod
+    def _active_grant(request: AccessRequest, session: Session) -> Grant | None:
+        return session.execute(
+            select(Grant).where(Grant.request_id == request.id,
+                                Grant.state.in_((ACTIVE, REVOKING, IRREVOCABLE, GRANTING)))
+            .order_by(Grant.created_at.desc()).limit(1)
+        ).scalar_one_or_none()
+
+    @staticmethod
+    def _serialise_on(session: Session, key: str) -> None:
+        """PostgreSQL: a transaction-scoped advisory lock so two submissions for the same
+        entry and principal cannot both pass the 'already open' check."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": zlib.crc32(key.encode())})
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, request_id: int) -> AccessRequest:
+        """The request with its votes and grants loaded (detached, read-only use)."""
+        with self.sessions() as session:
+            request = session.execute(
+                select(AccessRequest).where(AccessRequest.id == request_id)
+                .options(selectinload(AccessRequest.votes), selectinload(AccessRequest.grants))
+            ).scalar_one_or_none()
+            if request is None:
+                raise NotFound(f"There is no request #{request_id}.")
+            return request
+
+    def set_approval_message(self, request_id: int, channel: str, ts: str) -> None:
+        """Remember where the approval message was posted (Slack calls this)."""
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            request.approval_channel, request.approval_ts = channel, ts
+
+    # -- submit / decide -----------------------------------------------------------------
+
+    def submit(self, *, requester: str, entry_id: str, reason: str, duration: timedelta,
+               instance: str | None = None) -> AccessRequest:
+        entry = self._entry(entry_id)
+        route = self.config.router.route_for(entry)
+        reason = reason.strip()
+        if not reason:
+            raise InvalidRequest("Please say why you need this access (the reason is empty).")
+        if len(reason) > 2000:
+            raise InvalidRequest("Please keep the reason under 2,000 characters.")
+        seconds = int(duration.total_seconds())
+        if seconds < 60:
+            raise InvalidRequest("The duration must be at least one minute.")
+        if duration > route.max_duration:
+            raise InvalidRequest(
+                f"{entry.name} can be granted for at most "
+                f"{_fmt_duration(route.max_duration.total_seconds())}; you asked for "
+                f"{_fmt_duration(seconds)}."
+            )
+        instance_arn = instance_alias = None
+        if self.config.instances or instance is not None:
+            try:
+                chosen = self.config.instance(instance)
+            except ConfigError as exc:
+                raise InvalidRequest(exc.fault) from None
+            instance_arn, instance_alias = chosen.arn, chosen.alias
+        try:
+            principal_arn = self.principals.principal_for(requester)
+        except PrincipalError as exc:
+            raise NotAllowed(str(exc)) from None
+
+        now = self.clock.now()
+        with self._transaction() as session:
+            self._serialise_on(session, f"{principal_arn}|{entry.id}")
+            existing = session.execute(
+                select(AccessRequest).where(AccessRequest.principal_arn == principal_arn,
+                                            AccessRequest.entry_id == entry.id,
+                                            AccessRequest.state.in_(OPEN_STATES))
+                .limit(1)
+            ).scalar_one_or_none()
+            if existing is not None:
+                hint = ("ask for an extension on it instead"
+                        if existing.state == ACTIVE else "wait for it to finish")
+                raise AlreadyActive(
+                    f"You already have request #{existing.id} for {entry.name} "
+                    f"({existing.state.replace('_', ' ')}); {hint}.",
+                    existing.id,
+                )
+            request = AccessRequest(
+                requester=requester, principal_arn=principal_arn, entry_id=entry.id,
+                entry_hash=entry.content_hash(), tier=route.tier, instance_arn=instance_arn,
+                instance_alias=instance_alias, reason=reason, duration_seconds=seconds,
+                state=PENDING, required_approvals=route.approvals, approval_round=0,
+                created_at=now, updated_at=now,
+            )
+            session.add(request)
+            session.flush()
+            self._audit(session, request, requester, "submitted", {
+                "entry_id": entry.id, "entry_hash": request.entry_hash, "tier": route.tier,
+                "principal_arn": principal_arn, "instance_arn": instance_arn,
+                "reason": reason, "duration_seconds": seconds,
+                "required_approvals": route.approvals})
+        self._notify("submitted", request, reason=reason, duration_seconds=seconds,
+                     channel=route.channel, approvers=list(route.approvers),
+                     required_approvals=route.approvals, auto_approve=route.auto_approve)
+        if route.auto_approve:
+            with self._transaction() as session:
+                request = self._locked(session, request.id)
+                self._move(session, request, APPROVED, actor=AUTO_APPROVER, action="approved",
+                           details={"auto_approve": True})
+            self._notify("approved", request, auto_approve=True)
+            return self.grant(request.id)
+        return request
+
+    def approve(self, request_id: int, approver: str, comment: str | None = None
+                ) -> AccessRequest:
+        """Record an approval. The vote that reaches the tier's count approves the request
+        (or the pending extension) and this call goes on to grant it."""
+        extended_to: datetime | None = None
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            extending = request.state == ACTIVE and request.extension_seconds is not None
+            if request.state != PENDING and not extending:
+                raise InvalidTransition(self._nothing_to_decide(request))
+            route = self._check_approver(request, approver)
+            approvals = self._vote(session, request, approver, "approve", comment)
+            approved = approvals >= request.required_approvals
+            if approved and extending:
+                extended_to = self._apply_extension(session, request, approver)
+            elif approved:
+                self._move(session, request, APPROVED, actor=approver, action="approved",
+                           details={"approvals": approvals})
+        self._notify("vote", request, approver=approver, decision="approve", comment=comment,
+                     approvals=approvals, required_approvals=request.required_approvals,
+                     extension=extending, channel=route.channel)
+        if extended_to is not None:
+            self._notify("extended", request, approver=approver,
+                         expires_at=extended_to.isoformat())
+            return request
+        if approved:
+            self._notify("approved", request, approver=approver)
+            return self.grant(request.id)
+        return request
+
+    def deny(self, request_id: int, approver: str, comment: str | None = None
+             ) -> AccessRequest:
+        """Any one deny ends the request (or its pending extension)."""
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            extending = request.state == ACTIVE and request.extension_seconds is not None
+            if request.state != PENDING and not extending:
+                raise InvalidTransition(self._nothing_to_decide(request))
+            self._check_approver(request, approver)
+            self._vote(session, request, approver, "deny", comment)
+            if extending:
+                request.extension_seconds = None
+                request.extension_requested_at = None
+                request.updated_at = self.clock.now()
+                self._audit(session, request, approver, "extension_denied",
+                            {"comment": comment})
+            else:
+                self._move(session, request, DENIED, actor=approver, action="denied",
+                           details={"comment": comment})
+        self._notify("denied", request, approver=approver, comment=comment, extension=extending)
+        return request
+
+    @staticmethod
+    def _nothing_to_decide(request: AccessRequest) -> str:
+        return (f"Request #{request.id} is already {request.state.replace('_', ' ')}; "
+                "there is nothing to approve or deny.")
+
+    def _vote(self, session: Session, request: AccessRequest, approver: str, decision: str,
+              comment: str | None) -> int:
+        """Add one vote in the current round; return the round's approval count."""
+        already = session.execute(
+            select(Vote.id).where(Vote.request_id == request.id,
+                                  Vote.approval_round == request.approval_round,
+                                  Vote.approver == approver)
+        ).first()
+        if already is not None:
+            raise DuplicateVote(f"You have already voted on request #{request.id}.")
+        try:
+            with session.begin_nested():
+                session.add(Vote(request_id=request.id, approval_round=request.approval_round,
+                                 approver=approver, decision=decision, comment=comment,
+                                 at=self.clock.now()))
+        except IntegrityError:
+            raise DuplicateVote(f"You have already voted on request #{request.id}.") from None
+        request.updated_at = self.clock.now()
+        self._audit(session, request, approver, "vote",
+                    {"decision": decision, "comment": comment, "round": request.approval_round})
+        count = session.execute(
+            select(func.count()).select_from(Vote).where(
+                Vote.request_id == request.id, Vote.approval_round == request.approval_round,
+                Vote.decision == "approve")
+        ).scalar_one()
+        return int(count)
+
+    def cancel(self, request_id: int, actor: str) -> AccessRequest:
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            if actor != request.requester:
+                raise NotAllowed("Only the person who asked can cancel a request.")
+            if request.state != PENDING:
+                raise InvalidTransition(
+                    f"Request #{request.id} is {request.state.replace('_', ' ')}; only a "
+                    "pending request can be cancelled" + (
+                        " (use “I'm done” to give up active access)."
+                        if request.state == ACTIVE else "."))
+            self._move(session, request, CANCELLED, actor=actor, action="cancelled")
+        self._notify("cancelled", request)
+        return request
+
+    def expire_pending(self, now: datetime | None = None) -> list[int]:
+        """Time out pending requests older than timings.pending_ttl; return their ids."""
+        now = now or self.clock.now()
+        cutoff = now - self.config.timings.pending_ttl
+        with self.sessions() as session:
+            ids = list(session.execute(
+                select(AccessRequest.id).where(AccessRequest.state == PENDING,
+                                               AccessRequest.created_at <= cutoff)
+                .order_by(AccessRequest.id)
+            ).scalars())
+        timed_out: list[int] = []
+        for request_id in ids:
+            with self._transaction() as session:
+                request = self._lock(session, request_id, skip_locked=True)
+                if request is None or request.state != PENDING or request.created_at > cutoff:
+                    continue  # decided meanwhile, or another worker has it
+                self._move(session, request, TIMED_OUT, actor=SYSTEM, action="timed_out",
+                           details={"pending_ttl_seconds":
+                                    int(self.config.timings.pending_ttl.total_seconds())})
+            timed_out.append(request_id)
+            self._notify("timed_out", request)
+        return timed_out
+
+    def pending_reminders(self, now: datetime | None = None) -> list[int]:
+        """Nudge approvers once about requests pending longer than pending_reminder_after."""
+        now = now or self.clock.now()
+        cutoff = now - self.config.timings.pending_reminder_after
+        reminded: list[AccessRequest] = []
+        with self._transaction() as session:
+            for request in session.execute(
+                select(AccessRequest).where(AccessRequest.state == PENDING,
+                                            AccessRequest.reminded_at.is_(None),
+                                            AccessRequest.created_at <= cutoff)
+                .with_for_update(skip_locked=True)
+            ).scalars():
+                request.reminded_at = now
+                reminded.append(request)
+        for request in reminded:
+            self._notify("pending_reminder", request)
+        return [r.id for r in reminded]
+
+    def expiring_soon(self, now: datetime | None = None) -> list[str]:
+        """Tell requesters once that their access ends within remind_before_expiry."""
+        now = now or self.clock.now()
+        horizon = now + self.config.timings.remind_before_expiry
+        told: list[tuple[AccessRequest, Grant]] = []
+        with self._transaction() as session:
+            for grant in session.execute(
+                select(Grant).where(Grant.state == ACTIVE, Grant.expires_at <= horizon,
+                                    Grant.expires_at > now, Grant.expiry_reminded_at.is_(None))
+                .with_for_update(skip_locked=True)
+            ).scalars():
+                grant.expiry_reminded_at = now
+                told.append((grant.request, grant))
+        for request, grant in told:
+            self._notify("expiring_soon", request, grant_id=grant.id,
+                         expires_at=grant.expires_at.isoformat())
+        return [g.id for _, g in told]
+
+    # -- grant ---------------------------------------------------------------------------
+
+    def grant(self, request_id: int) -> AccessRequest:
+        """approved -> granting (committed with the planned policy names) -> IAM attach ->
+        active, or failed with nothing left attached."""
+        with self.sessions() as session:
+            request = session.get(AccessRequest, request_id)
+            if request is None:
+                raise NotFound(f"There is no request #{request_id}.")
+            if request.state != APPROVED:
+                raise InvalidTransition(
+                    f"Request #{request.id} is {request.state.replace('_', ' ')}, not approved; "
+                    "it cannot be granted now.")
+        start = self.clock.now()
+        context = GrantContext(
+            grant_id=new_grant_id(), entry_id=request.entry_id,
+            principal_arn=request.principal_arn, instance_arn=request.instance_arn,
+            start=start, expires_at=start + timedelta(seconds=request.duration_seconds),
+            inline_usage=0,
+        )
+        try:
+            context = replace(context,
+                              inline_usage=self.granter.inline_usage(request.principal_arn))
+            plan = self.plan_builder(context)
+        except GrantError as exc:
+            return self._fail_before_attach(request_id, f"could not read the principal: {exc}")
+        except Exception as exc:
+            # Whatever stops the plan being built (a policy over quota, a bad entry) must
+            # end the request as failed, never leave it approved with nobody told.
+            log.exception("building the grant plan for request %s failed", request_id)
+            return self._fail_before_attach(request_id, str(exc) or type(exc).__name__)
+
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            self._move(session, request, GRANTING, actor=SYSTEM, action="granting", details={
+                "grant_id": plan.grant_id, "policy_names": [p.name for p in plan.policies],
+                "kind": plan.kind, "expires_at": context.expires_at.isoformat()})
+            grant = Grant(
+                id=plan.grant_id, request_id=request.id,
+                policy_names=[p.name for p in plan.policies], kind=plan.kind,
+                principal_arn=plan.principal_arn, account=plan.principal_arn.split(":")[4],
+                state=GRANTING, created_at=start, starts_at=start,
+                expires_at=context.expires_at, revoke_attempts=0,
+            )
+            session.add(grant)
+
+        try:
+            attached = self.granter.attach(plan)
+        except GrantError as exc:
+            self._cleanup_partial(plan)
+            with self._transaction() as session:
+                request = self._locked(session, request_id)
+                grant = session.get_one(Grant, plan.grant_id)
+                grant.state, grant.last_error = FAILED, str(exc)
+                self._move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
+                           details={"grant_id": grant.id, "error": str(exc), "code": exc.code})
+            self._notify("failed", request, error=str(exc), grant_id=plan.grant_id)
+            return request
+
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            grant = session.get_one(Grant, plan.grant_id)
+            grant.state, grant.attached_at = ACTIVE, self.clock.now()
+            grant.document_hash = _combined_hash([a.document_hash for a in attached])
+            self._move(session, request, ACTIVE, actor=SYSTEM, action="granted", details={
+                "grant_id": grant.id, "policy_names": grant.policy_names,
+                "document_hash": grant.document_hash,
+                "expires_at": grant.expires_at.isoformat()})
+        self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
+                     expires_at=grant.expires_at.isoformat())
+        return request
+
+    def _cleanup_partial(self, plan: GrantPlan) -> None:
+        """After a failed attach, remove whatever part of the plan may have landed."""
+        try:
+            self.granter.revoke(plan.principal_arn, plan.kind, [p.name for p in plan.policies])
+        except GrantError:
+            log.warning("could not clean up after failed attach of grant %s", plan.grant_id)
+
+    def _fail_before_attach(self, request_id: int, error: str) -> AccessRequest:
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            self._move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
+                       details={"error": error, "attached": False})
+        self._notify("failed", request, error=error)
+        return request
+
+    def stuck_grants(self, older_than: timedelta = timedelta(minutes=5),
+                     now: datetime | None = None) -> list[Grant]:
+        """Grants left in `granting` (the process died between commit and attach, or
+        between attach and commit), for reconciliation to check against IAM."""
+        cutoff = (now or self.clock.now()) - older_than
+        with self.sessions() as session:
+            return list(session.execute(
+                select(Grant).where(Grant.state == GRANTING, Grant.created_at <= cutoff)
+                .order_by(Grant.created_at)
+            ).scalars())
+
+    def finish_stuck_grant(self, grant_id: str, *, attached: bool,
+                           actor: str = "system:reconcile") -> AccessRequest:
+        """Settle a grant stuck in `granting` after reconciliation looked at IAM: the
+        policies are there (active, expiry as planned) or not (failed)."""
+        with self._transaction() as session:
+            grant = session.get(Grant, grant_id)
+            if grant is None:
+                raise NotFound(f"There is no grant {grant_id}.")
+            request = self._locked(session, grant.request_id)
+            grant = session.get_one(Grant, grant_id, populate_existing=True)
+            if grant.state != GRANTING:
+                raise InvalidTransition(f"Grant {grant_id} is {grant.state}, not granting.")
+            if attached:
+                grant.state, grant.attached_at = ACTIVE, self.clock.now()
+                self._move(session, request, ACTIVE, actor=actor, action="granted",
+                           details={"grant_id": grant.id, "recovered": True,
+                                    "expires_at": grant.expires_at.isoformat()})
+            else:
+                grant.state, grant.last_error = FAILED, "not attached (found by reconciliation)"
+                self._move(session, request, FAILED, actor=actor, action="grant_failed",
+                           details={"grant_id": grant.id, "recovered": True})
+        if attached:
+            self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
+                         expires_at=grant.expires_at.isoformat())
+        else:
+            self._notify("failed", request, grant_id=grant.id, error=grant.last_error)
+        return request
+
+    # -- extension -----------------------------------------------------------------------
+
+    def request_extension(self, request_id: int, actor: str, extra: timedelta
+                          ) -> AccessRequest:
+        """Ask for more time on active access; it goes through the tier's approvals again."""
+        extended_to: datetime | None = None
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            if actor != request.requester:
+                raise NotAllowed("Only the person who holds the access can ask to extend it.")
+            if request.state != ACTIVE:
+                raise InvalidTransition(
+                    f"Request #{request.id} is {request.state.replace('_', ' ')}; only active "
+                    "access can be extended.")
+            if request.extension_seconds is not None:
+                raise InvalidTransition(
+                    f"An extension of request #{request.id} is already waiting for approval.")
+            route = self._route(request)
+            seconds = int(extra.total_seconds())
+            if seconds < 60 or extra > route.max_duration:
+                raise InvalidRequest(
+                    f"An extension must be between 1 minute and "
+                    f"{_fmt_duration(route.max_duration.total_seconds())}.")
+            request.extension_seconds = seconds
+            request.extension_requested_at = self.clock.now()
+            request.approval_round += 1
+            request.required_approvals = route.approvals
+            request.updated_at = self.clock.now()
+            self._audit(session, request, actor, "extension_requested",
+                        {"extension_seconds": seconds, "round": request.approval_round})
+            if route.auto_approve:
+                extended_to = self._apply_extension(session, request, AUTO_APPROVER)
+        self._notify("extension_requested", request, extension_seconds=seconds,
+                     channel=route.channel, approvers=list(route.approvers),
+                     required_approvals=route.approvals,
+                     auto_approve=extended_to is not None)
+        if extended_to is not None:
+            self._notify("extended", request, approver=AUTO_APPROVER,
+                         expires_at=extended_to.isoformat())
+        return request
+
+    def _apply_extension(self, session: Session, request: AccessRequest, actor: str
+                         ) -> datetime:
+        """Re-attach the policy with the later expiry (its aws:CurrentTime bound moves too),
+        then record it. Runs under the request lock; if IAM refuses, the whole
+        transaction (including the deciding vote) rolls back and the approver is told."""
+        grant = self._active_grant(request, session)
+        extension = request.extension_seconds
+        if grant is None or grant.state != ACTIVE or extension is None:
+            raise InvalidTransition(f"Request #{request.id} has no active grant to extend.")
+        now = self.clock.now()
+        new_expiry = max(grant.expires_at, now) + timedelta(seconds=extension)
+        names = tuple(grant.policy_names)
+        try:
+            context = GrantContext(
+                grant_id=grant.id, entry_id=request.entry_id,
+                principal_arn=request.principal_arn, instance_arn=request.instance_arn,
+                start=grant.starts_at, expires_at=new_expiry,
+                inline_usage=self.granter.inline_usage(request.principal_arn, exclude=names),
+                existing_policy_names=names,
+            )
+            attached = self.granter.attach(self.plan_builder(context))
+        except GrantError as exc:
+            raise GrantFailed(
+                f"Could not extend request #{request.id}: {exc}. Nothing changed; try again."
+            ) from None
+        old_expiry = grant.expires_at
+        grant.expires_at = new_expiry
+        grant.expiry_reminded_at = None
+        grant.document_hash = _combined_hash([a.document_hash for a in attached])
+        request.duration_seconds += extension
+        request.extension_seconds = None
+        request.extension_requested_at = None
+        request.updated_at = now
+        self._audit(session, request, actor, "extended", {
+            "grant_id": grant.id, "old_expires_at": old_expiry.isoformat(),
+            "expires_at": new_expiry.isoformat(), "extension_seconds": extension})
+        return new_expiry
+
+    # -- revoke --------------------------------------------------------------------------
+
+    def revoke(self, request_id: int, actor: str, reason: RevokeReason) -> RevocationOutcome:
+        """Take active access away: by the requester ("I'm done"), an approver, or expiry."""
+        with self._transaction() as session:
+            request = self._locked(session, request_id)
+            if reason == "done" and actor != request.requester:
+                raise NotAllowed("Only the person who holds the access can say they are done.")
+            if reason == "approver":
+                self._check_revoker(request, actor)
+            if reason == "expiry" and actor != SYSTEM:
+                raise NotAllowed("Only the bot revokes access for expiry.")
+            if request.state != ACTIVE:
+                raise InvalidTransition(
+                    f"Request #{request.id} is {request.state.replace('_', ' ')}; there is no "
+                    "active access to revoke.")
+            grant = self._start_revoking(session, request, actor, reason)
+        return self._attempt_revoke(grant.id)
+
+    def _check_revoker(self, request: AccessRequest, actor: str) -> None:
+        route = self._route(request)
+        if actor not in self.approvers.members(route.approvers):
+            raise NotAllowed(
+                f"Only the requester or an approver for {request.tier}-tier requests can "
+                f"revoke request #{request.id}.")
+
+    def _start_revoking(self, session: Session, request: AccessRequest, actor: str,
+                        reason: RevokeReason) -> Grant:
+        grant = self._active_grant(request, session)
+        if grant is None:
+            raise InvalidTransition(f"Request #{request.id} has no grant to revoke.")
+        now = self.clock.now()
+        grant.state, grant.revoke_reason, grant.revoked_by = REVOKING, reason, actor
+        # Claimed for the lease: a sweeper elsewhere leaves it alone until then.
+        grant.next_attempt_at = now + self.claim_lease
+        request.extension_seconds = request.extension_requested_at = None
+        self._move(session, request, REVOKING, actor=actor, action="revoking",
+                   details={"grant_id": grant.id, "reason": reason})
+        return grant
+
+    def due_for_revocation(self, now: datetime | None = None) -> list[str]:
+        """Grant ids the sweeper should act on: expired active ones, and revocations whose
+        next attempt is due (including irrevocable ones being re-tried)."""
+        now = now or self.clock.now()
+        with self.sessions() as session:
+            return list(session.execute(
+                select(Grant.id).where(or_(
+                    (Grant.state == ACTIVE) & (Grant.expires_at <= now),
+                    Grant.state.in_((REVOKING, IRREVOCABLE)) & (Grant.next_attempt_at <= now),
+                )).order_by(Grant.expires_at)
+            ).scalars())
+
+    def overdue(self, now: datetime | None = None) -> list[Grant]:
+        """Grants still on a principal after their expiry (for alerts and `grants list`)."""
+        now = now or self.clock.now()
+        with self.sessions() as session:
+            return list(session.execute(
+                select(Grant).where(Grant.state.in_((ACTIVE, REVOKING, IRREVOCABLE)),
+                                    Grant.expires_at <= now).order_by(Grant.expires_at)
+            ).scalars())
+
+    def revoke_due(self, grant_id: str, now: datetime | None = None
+                   ) -> RevocationOutcome | None:
+        """Claim one due grant (skipping it if another worker holds it) and revoke it.
+        None when it was not due any more or someone else has it."""
+        now = now or self.clock.now()
+        with self.sessions() as session:
+            request_id = session.execute(
+                select(Grant.request_id).where(Grant.id == grant_id)).scalar_one_or_none()
+        if request_id is None:
+            return None
+        with self._transaction() as session:
+            request = self._lock(session, request_id, skip_locked=True)
+            if request is None:
+                return None
+            grant = session.get_one(Grant, grant_id, populate_existing=True)
+            if grant.state == ACTIVE and grant.expires_at <= now and request.state == ACTIVE:
+                self._start_revoking(session, request, SYSTEM, "expiry")
+            elif (grant.state in (REVOKING, IRREVOCABLE) and grant.next_attempt_at is not None
+                  and grant.next_attempt_at <= now):
+                grant.next_attempt_at = now + self.claim_lease
+            else:
+                return None
+        return self._attempt_revoke(grant_id)
+
+    def revoke_all_due(self, now: datetime | None = None) -> list[RevocationOutcome]:
+        """The sweep: every due grant, once."""
+        outcomes = []
+        for grant_id in self.due_for_revocation(now):
+            outcome = self.revoke_due(grant_id, now)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _attempt_revoke(self, grant_id: str) -> RevocationOutcome:
+        with self.sessions() as session:
+            grant = session.get_one(Grant, grant_id)
+        error: GrantError | None = None
+        try:
+            self.granter.revoke(grant.principal_arn, cast(PolicyKind, grant.kind),
+                                grant.policy_names)
+        except GrantError as exc:
+            error = exc
+        notify: tuple[NotificationEvent, dict[str, Any]] | None = None
+        with self._transaction() as session:
+            request = self._locked(session, grant.request_id)
+            grant = session.get_one(Grant, grant_id, populate_existing=True)
+            now = self.clock.now()
+            if error is None:
+                grant.state, grant.revoked_at, grant.next_attempt_at = REVOKED, now, None
+                self._move(session, request, REVOKED, actor=SYSTEM, action="revoked", details={
+                    "grant_id": grant.id, "reason": grant.revoke_reason,
+                    "attempts": grant.revoke_attempts + 1,
+                    "lag_seconds": grant.revocation_lag_seconds})
+                notify = ("revoked", {"grant_id": grant.id, "reason": grant.revoke_reason,
+                                      "revoked_by": grant.revoked_by})
+            else:
+                grant.revoke_attempts += 1
+                grant.last_error = f"{error.code}: {error}" if error.code else str(error)
+                exhausted = (not error.transient
+                             or grant.revoke_attempts >= self.max_revoke_attempts)
+                if grant.state == REVOKING and exhausted:
+                    grant.state = IRREVOCABLE
+                    grant.next_attempt_at = now + self.config.timings.irrevocable_retry
+                    self._move(session, request, IRREVOCABLE, actor=SYSTEM,
+                               action="irrevocable", details={
+                                   "grant_id": grant.id, "error": grant.last_error,
+                                   "attempts": grant.revoke_attempts})
+                    notify = ("irrevocable", {"grant_id": grant.id, "error": grant.last_error,
+                                              "policy_names": grant.policy_names,
+                                              "attempts": grant.revoke_attempts})
+                else:
+                    if grant.state == IRREVOCABLE:
+                        delay = self.config.timings.irrevocable_retry
+                    else:
+                        delay = min(self.revoke_backoff * 2 ** (grant.revoke_attempts - 1),
+                                    self.revoke_backoff_cap)
+                    grant.next_attempt_at = now + delay
+                    self._audit(session, request, SYSTEM, "revoke_failed", {
+                        "grant_id": grant.id, "error": grant.last_error,
+                        "attempts": grant.revoke_attempts,
+                        "next_attempt_at": grant.next_attempt_at.isoformat()})
+            outcome = RevocationOutcome(grant.id, request.id, grant.state,
+                                        None if error is None else grant.last_error)
+        if notify is not None:
+            self._notify(notify[0], request, **notify[1])
+        return outcome
+
+
+def _combined_hash(hashes: list[str]) -> str | None:
+    if not hashes:
+        return None
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
