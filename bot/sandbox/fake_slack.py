@@ -1,0 +1,517 @@
+"""A fake Slack Web API over real HTTP on 127.0.0.1, for tests and the demo.
+
+It answers the methods the bot uses the way Slack does (same envelope, same error codes
+for the cases we care about), records every call, keeps the channel messages as they now
+read (after chat.update), the ephemeral messages, the views and what apps posted to
+response_urls. It can be told to answer 429 with Retry-After for a method.
+
+    with FakeSlack(usergroups={"S0LEADS": ["U0BOB"]}) as slack:
+        client = WebClient(token=slack.bot_token, base_url=slack.api_url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_BOT_TOKEN = "xoxb-fake-bot-token"
+JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
+
+
+class FakeSlackTimeout(AssertionError):
+    """What a test waited for did not show up in the fake's records in time."""
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    method: str
+    params: dict[str, Any]
+    at: float
+    status: int
+    response: dict[str, Any]
+
+
+@dataclass
+class Message:
+    """A channel (or DM) message as the channel shows it now."""
+
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+    thread_ts: str | None = None
+    edits: int = 0
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    channel: str
+    user: str
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ResponsePost:
+    """What an app posted to a response_url (Bolt's respond())."""
+
+    token: str
+    body: dict[str, Any]
+    at: float
+
+
+@dataclass
+class FakeView:
+    id: str
+    user: str
+    view: dict[str, Any]
+    opened_with: str  # views.open / views.publish
+
+
+@dataclass
+class _State:
+    calls: list[RecordedCall] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    ephemerals: list[Ephemeral] = field(default_factory=list)
+    responses: list[ResponsePost] = field(default_factory=list)
+    views: dict[str, FakeView] = field(default_factory=dict)
+    homes: dict[str, FakeView] = field(default_factory=dict)
+    rate_limits: dict[str, list[int]] = field(default_factory=dict)
+
+
+class SlackError(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class FakeSlack:
+    def __init__(
+        self,
+        *,
+        bot_token: str = DEFAULT_BOT_TOKEN,
+        bot_user_id: str = "U0CABOT",
+        team_id: str = "T0FAKE",
+        usergroups: Mapping[str, Sequence[str]] | None = None,
+        users: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.bot_token = bot_token
+        self.bot_user_id = bot_user_id
+        self.team_id = team_id
+        self._usergroups = {k: list(v) for k, v in (usergroups or {}).items()}
+        self._users = dict(users or {})  # id -> real name
+        self._host = host
+        self._port = port
+        self._state = _State()
+        self._lock = threading.Condition()
+        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> FakeSlack:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                fake._handle(self)
+
+            def do_POST(self) -> None:
+                fake._handle(self)
+
+        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-slack",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """The Web API base URL; slack_sdk needs the trailing slash."""
+        return f"{self.base_url}/api/"
+
+    def response_url(self) -> str:
+        """A fresh response_url, as Slack puts in commands and interactions."""
+        return f"{self.base_url}/response/R{next(self._ids):06d}"
+
+    # -- configuration ------------------------------------------------------------------
+
+    def set_usergroup(self, group_id: str, users: Iterable[str]) -> None:
+        with self._lock:
+            self._usergroups[group_id] = list(users)
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: int = 0) -> None:
+        """Answer the next `times` calls of `method` with 429 and Retry-After."""
+        with self._lock:
+            self._state.rate_limits[method] = [retry_after] * times
+
+    # -- what happened ------------------------------------------------------------------
+
+    def calls(self, method: str | None = None) -> list[RecordedCall]:
+        with self._lock:
+            return [c for c in self._state.calls if method is None or c.method == method]
+
+    def messages(self, channel: str | None = None) -> list[Message]:
+        """Snapshots of the messages as they read now (later edits do not change them)."""
+        with self._lock:
+            return [
+                copy.deepcopy(m)
+                for m in self._state.messages
+                if channel is None or m.channel == channel
+            ]
+
+    def message(self, channel: str, ts: str) -> Message:
+        with self._lock:
+            for message in self._state.messages:
+                if message.channel == channel and message.ts == ts:
+                    return copy.deepcopy(message)
+        raise KeyError(f"no message {ts} in {channel}")
+
+    def dm_channel(self, user_id: str) -> str:
+        return "D" + user_id.lstrip("UW")
+
+    def dms(self, user_id: str) -> list[Message]:
+        return self.messages(self.dm_channel(user_id))
+
+    def ephemerals(self, user: str | None = None) -> list[Ephemeral]:
+        with self._lock:
+            return [e for e in self._state.ephemerals if user is None or e.user == user]
+
+    def responses(self) -> list[ResponsePost]:
+        with self._lock:
+            return list(self._state.responses)
+
+    def views(self, user: str | None = None) -> list[FakeView]:
+        with self._lock:
+            return [v for v in self._state.views.values() if user is None or v.user == user]
+
+    def home(self, user: str) -> FakeView | None:
+        with self._lock:
+            return self._state.homes.get(user)
+
+    def everything_shown(self) -> list[str]:
+        """Every text and block payload the app sent anywhere, as JSON strings: what an
+        escaping check must scan."""
+        with self._lock:
+            shown = [json.dumps(c.params) for c in self._state.calls]
+            shown += [json.dumps(r.body) for r in self._state.responses]
+        return shown
+
+    def wait_for(
+        self, found: Callable[[FakeSlack], Any], timeout: float = 5.0, what: str = "condition"
+    ) -> Any:
+        """Poll until `found(self)` is truthy and return it; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = found(self)
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FakeSlackTimeout(f"timed out after {timeout}s waiting for {what}")
+            with self._lock:
+                self._lock.wait(min(remaining, 0.05))
+
+    def wait_for_calls(
+        self, method: str, count: int = 1, timeout: float = 5.0
+    ) -> list[RecordedCall]:
+        result: list[RecordedCall] = self.wait_for(
+            lambda s: (calls := s.calls(method)) and len(calls) >= count and calls,
+            timeout,
+            f"{count} {method} call(s)",
+        )
+        return result
+
+    def wait_for_responses(self, count: int = 1, timeout: float = 5.0) -> list[ResponsePost]:
+        result: list[ResponsePost] = self.wait_for(
+            lambda s: len(posts := s.responses()) >= count and posts,
+            timeout,
+            f"{count} response_url post(s)",
+        )
+        return result
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(request.path)
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length) if length else b""
+        if url.path.startswith("/response/"):
+            self._record_response(url.path.rsplit("/", 1)[-1], raw)
+            self._send(request, 200, b"ok", "text/plain")
+            return
+        if not url.path.startswith("/api/"):
+            self._send(request, 404, b"not found", "text/plain")
+            return
+        method = url.path[len("/api/") :]
+        params = _params(url.query, raw, request.headers.get("Content-Type") or "")
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        token = token or str(params.pop("token", ""))
+        status, body, headers = self._answer(method, params, token)
+        self._send(request, status, json.dumps(body).encode(), "application/json", headers)
+
+    def _answer(
+        self, method: str, params: dict[str, Any], token: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            pending = self._state.rate_limits.get(method)
+            if pending:
+                retry_after = pending.pop(0)
+                body = {"ok": False, "error": "ratelimited"}
+                self._record(method, params, 429, body)
+                return 429, body, {"Retry-After": str(retry_after)}
+        if token != self.bot_token:
+            body = {"ok": False, "error": "invalid_auth" if token else "not_authed"}
+        else:
+            handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+            if handler is None:
+                body = {"ok": False, "error": "unknown_method"}
+            else:
+                try:
+                    body = {"ok": True, **handler(params)}
+                except SlackError as exc:
+                    body = {"ok": False, "error": exc.error}
+        self._record(method, params, 200, body)
+        return 200, body, {}
+
+    def _record(
+        self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            self._state.calls.append(RecordedCall(method, params, time.time(), status, body))
+            self._lock.notify_all()
+
+    def _record_response(self, token: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"raw": raw.decode(errors="replace")}
+        with self._lock:
+            self._state.responses.append(ResponsePost(token, body, time.time()))
+            self._lock.notify_all()
+
+    @staticmethod
+    def _send(
+        request: BaseHTTPRequestHandler,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            request.send_header(name, value)
+        request.end_headers()
+        request.wfile.write(payload)
+
+    # -- methods ------------------------------------------------------------------------
+
+    def _next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def _channel(self, params: Mapping[str, Any]) -> str:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise SlackError("channel_not_found")
+        # Posting to a user id posts into the bot's DM with that user, as Slack does.
+        return self.dm_channel(channel) if channel[0] in "UW" else channel
+
+    @staticmethod
+    def _require(params: Mapping[str, Any], *names: str) -> None:
+        for name in names:
+            if not params.get(name):
+                raise SlackError(f"missing_argument:{name}" if name != "text" else "no_text")
+
+    def _m_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://fake-workspace.slack.test/",
+            "team": "Fake Workspace",
+            "user": "connect-access",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": "B0CABOT",
+            "is_enterprise_install": False,
+        }
+
+    def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("text") and not params.get("blocks"):
+            raise SlackError("no_text")
+        channel = self._channel(params)
+        message = Message(
+            channel=channel,
+            ts=self._next_ts(),
+            text=str(params.get("text") or ""),
+            blocks=list(params.get("blocks") or []),
+            thread_ts=params.get("thread_ts"),
+        )
+        with self._lock:
+            self._state.messages.append(message)
+        return {"channel": channel, "ts": message.ts, "message": _message_json(message)}
+
+    def _m_chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._require(params, "channel", "ts")
+        channel = self._channel(params)
+        with self._lock:
+            for message in self._state.messages:
+                if message.channel == channel and message.ts == params["ts"]:
+                    message.text = str(params.get("text") or message.text)
+                    if "blocks" in params:
+                        message.blocks = list(params.get("blocks") or [])
+                    message.edits += 1
+                    return {"channel": channel, "ts": message.ts, "text": message.text}
+        raise SlackError("message_not_found")
+
+    def _m_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._require(params, "channel", "user")
+        ephemeral = Ephemeral(
+            channel=self._channel(params),
+            user=str(params["user"]),
+            text=str(params.get("text") or ""),
+            blocks=list(params.get("blocks") or []),
+        )
+        with self._lock:
+            self._state.ephemerals.append(ephemeral)
+        return {"message_ts": self._next_ts()}
+
+    def _m_conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = str(params.get("users") or "")
+        if not users or "," in users:
+            raise SlackError("user_not_found" if not users else "not_implemented")
+        return {"channel": {"id": self.dm_channel(users), "is_im": True}}
+
+    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._require(params, "trigger_id", "view")
+        view = _as_view(params["view"])
+        fake_view = FakeView(
+            f"V{next(self._ids):08d}", _user_of_trigger(params), view, "views.open"
+        )
+        with self._lock:
+            self._state.views[fake_view.id] = fake_view
+        return {"view": {"id": fake_view.id, **view}}
+
+    def _m_views_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._require(params, "view")
+        view_id = str(params.get("view_id") or "")
+        with self._lock:
+            known = self._state.views.get(view_id)
+            if known is None:
+                raise SlackError("not_found")
+            known.view = _as_view(params["view"])
+        return {"view": {"id": view_id, **known.view}}
+
+    def _m_views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._require(params, "user_id", "view")
+        view = _as_view(params["view"])
+        if view.get("type") != "home":
+            raise SlackError("invalid_arguments")
+        user = str(params["user_id"])
+        with self._lock:
+            home = self._state.homes.get(user)
+            if home is None:
+                home = FakeView(f"V{next(self._ids):08d}", user, view, "views.publish")
+                self._state.homes[user] = home
+            home.view = view
+        return {"view": {"id": home.id, **view}}
+
+    def _m_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        group = str(params.get("usergroup") or "")
+        with self._lock:
+            if group not in self._usergroups:
+                raise SlackError("no_such_subteam")
+            return {"users": list(self._usergroups[group])}
+
+    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = str(params.get("user") or "")
+        if not user:
+            raise SlackError("user_not_found")
+        name = self._users.get(user, user)
+        return {
+            "user": {
+                "id": user,
+                "name": name.lower(),
+                "real_name": name,
+                "tz": "UTC",
+                "deleted": False,
+                "is_bot": False,
+            }
+        }
+
+
+def _params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:
+    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query).items()}
+    if raw:
+        if "json" in content_type:
+            params.update(json.loads(raw))
+        else:
+            params.update({k: v[-1] for k, v in parse_qs(raw.decode()).items()})
+    for name in JSON_FIELDS:
+        # Form-encoded calls carry blocks and views as JSON strings.
+        if isinstance(params.get(name), str):
+            with contextlib.suppress(json.JSONDecodeError):
+                params[name] = json.loads(params[name])
+    return params
+
+
+def _as_view(view: Any) -> dict[str, Any]:
+    if not isinstance(view, dict):
+        raise SlackError("invalid_arguments")
+    return dict(view)
+
+
+def _user_of_trigger(params: Mapping[str, Any]) -> str:
+    # The sandbox client makes trigger ids "<number>.<user id>" so views know their user.
+    return str(params.get("trigger_id", "")).rpartition(".")[2]
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "ts": message.ts,
+        "text": message.text,
+        "blocks": message.blocks,
+        "user": "U0CABOT",
+        "bot_id": "B0CABOT",
+    }

@@ -1,0 +1,160 @@
+"""The Bolt app factory and its WSGI entry.
+
+Every listener acks at once (pure functions, no I/O) and does its work in a Bolt lazy
+listener. `process_before_response=True` runs the ack function in the request thread, so
+the HTTP answer never queues behind lazy work on the listener executor (with False, Bolt
+submits the ack function to the same executor and polls for it every 10 ms); lazy
+listeners still run on the executor after the response is sent, which is what a
+long-running WSGI server such as gunicorn needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from bot.ports import ApproverDirectory, Clock, SystemClock
+from bot.slack import blocks
+from bot.slack.listeners import actions, commands, events, views
+from bot.slack.listeners.common import GENERIC_FAILURE, SlackDeps, lazy
+from bot.slack.services import SlackServices
+from bot.slack.webapi import DirectMessages, build_web_client
+
+DEFAULT_COMMAND = "/connect-access"
+EVENTS_PATH = "/slack/events"
+
+logger = logging.getLogger("bot.slack")
+
+
+def handle_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
+    """The global error handler for failures before or during the ack. (Failures in lazy
+    listeners are reported by `listeners.common.lazy`, since Bolt only logs those.)"""
+    ref = uuid.uuid4().hex[:8]
+    logger.error(
+        "listener failed before ack (ref %s): %s",
+        ref,
+        body.get("type") or "command",
+        exc_info=error,
+    )
+    message = GENERIC_FAILURE.format(ref=ref)
+    if body.get("type") == "view_submission":
+        # A 200 with a modal keeps the user's input visible and says what happened.
+        payload: dict[str, Any] = {
+            "response_action": "update",
+            "view": blocks.failure_view(message),
+        }
+    else:
+        payload = {
+            "response_type": "ephemeral",
+            "text": message,
+            "blocks": blocks.error_notice(message),
+        }
+    return BoltResponse(
+        status=200, body=json.dumps(payload), headers={"content-type": "application/json"}
+    )
+
+
+def build_app(
+    *,
+    signing_secret: str,
+    bot_token: str,
+    services: SlackServices,
+    approvers: ApproverDirectory,
+    api_url: str | None = None,
+    command: str = DEFAULT_COMMAND,
+    clock: Clock | None = None,
+    rate_limit_retries: int = 3,
+    lazy_workers: int = 8,
+    seen_events: events.SeenEvents | None = None,
+) -> App:
+    """A Bolt App with every listener registered. Calls `auth.test` on `api_url` at once
+    (Bolt verifies the token), so the Web API must answer by then."""
+    if not signing_secret:
+        raise ValueError(
+            "SLACK_SIGNING_SECRET is empty; copy it from the Slack app's Basic Information page."
+        )
+    if not bot_token:
+        raise ValueError(
+            "SLACK_BOT_TOKEN is empty; copy the Bot User OAuth Token (xoxb-...) from the Slack app."
+        )
+    client = build_web_client(bot_token, api_url, rate_limit_retries=rate_limit_retries)
+    app = App(
+        signing_secret=signing_secret,
+        client=client,
+        process_before_response=True,
+        listener_executor=ThreadPoolExecutor(
+            max_workers=lazy_workers, thread_name_prefix="slack-lazy"
+        ),
+        name="connect-access",
+    )
+    deps = SlackDeps(
+        services=services,
+        approvers=approvers,
+        clock=clock or SystemClock(),
+        command=command,
+        dms=DirectMessages(client),
+    )
+    app.error(handle_error)
+    app.middleware(events.skip_repeated_events(seen_events or events.SeenEvents()))
+
+    app.command(command)(ack=commands.ack_command, lazy=[lazy(commands.run_command, deps)])
+
+    button_handlers = {
+        blocks.REQUEST_BUTTON: actions.run_open_request_modal,
+        blocks.PICK_ENTRY: actions.run_pick_entry,
+        blocks.APPROVE: actions.run_approve,
+        blocks.DENY: actions.run_open_deny_modal,
+        blocks.EXTEND: actions.run_open_extend_modal,
+        blocks.DONE: actions.run_end_grant,
+        blocks.CANCEL: actions.run_cancel_request,
+    }
+    for action_id, handler in button_handlers.items():
+        app.action(action_id)(ack=actions.ack_action, lazy=[lazy(handler, deps)])
+
+    app.view(blocks.REQUEST_MODAL)(
+        ack=views.ack_request_modal, lazy=[lazy(views.run_request_modal, deps)]
+    )
+    app.view(blocks.DENY_MODAL)(ack=views.ack_deny_modal, lazy=[lazy(views.run_deny_modal, deps)])
+    app.view(blocks.EXTEND_MODAL)(
+        ack=views.ack_extend_modal, lazy=[lazy(views.run_extend_modal, deps)]
+    )
+
+    app.event("app_home_opened")(
+        ack=events.ack_event, lazy=[lazy(events.run_app_home_opened, deps)]
+    )
+    return app
+
+
+def build_wsgi_app(
+    *,
+    signing_secret: str,
+    bot_token: str,
+    services: SlackServices,
+    approvers: ApproverDirectory,
+    api_url: str | None = None,
+    command: str = DEFAULT_COMMAND,
+    clock: Clock | None = None,
+    rate_limit_retries: int = 3,
+    lazy_workers: int = 8,
+) -> SlackRequestHandler:
+    """A WSGI callable for gunicorn, serving commands, interactivity and events on
+    /slack/events. Build it in the worker (gunicorn's `'module:factory()'` form), so each
+    worker has its own Bolt executor and Web API client."""
+    app = build_app(
+        signing_secret=signing_secret,
+        bot_token=bot_token,
+        services=services,
+        approvers=approvers,
+        api_url=api_url,
+        command=command,
+        clock=clock,
+        rate_limit_retries=rate_limit_retries,
+        lazy_workers=lazy_workers,
+    )
+    return SlackRequestHandler(app, path=EVENTS_PATH)

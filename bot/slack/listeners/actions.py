@@ -1,0 +1,140 @@
+"""Buttons: Request, Choose, Approve, Deny, Extend, I'm done, Cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack
+
+from bot.slack import blocks
+from bot.slack.escape import escape, mention
+from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id, tell_user
+from bot.slack.services import RequestView, ServiceError
+
+
+def ack_action(ack: Ack) -> None:
+    ack()
+
+
+def _value(incoming: Incoming) -> str:
+    actions: list[dict[str, Any]] = incoming.body.get("actions") or [{}]
+    return str(actions[0].get("value") or "")
+
+
+def _request_id(incoming: Incoming) -> int:
+    request_id = parse_request_id(_value(incoming))
+    if request_id is None:
+        raise ServiceError("That button no longer points at a request; run the command again.")
+    return request_id
+
+
+def _from_home(incoming: Incoming) -> bool:
+    return (incoming.body.get("container") or {}).get("type") == "view" and (
+        (incoming.body.get("view") or {}).get("type") == "home"
+    )
+
+
+def refresh_home(deps: SlackDeps, incoming: Incoming) -> None:
+    summary = deps.services.home(incoming.user_id)
+    incoming.client.views_publish(user_id=incoming.user_id, view=blocks.home_view(summary))
+
+
+def _say(deps: SlackDeps, incoming: Incoming, message: str) -> None:
+    tell_user(deps, incoming, message, blocks.notice(message))
+
+
+def run_open_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
+    description = deps.services.describe_entry(_value(incoming))
+    if not description.instances:
+        raise ServiceError("No Amazon Connect instance is configured; ask the bot's operator.")
+    incoming.client.views_open(
+        trigger_id=incoming.body["trigger_id"], view=blocks.request_modal(description)
+    )
+
+
+def run_pick_entry(deps: SlackDeps, incoming: Incoming) -> None:
+    description = deps.services.describe_entry(_value(incoming))
+    preview = blocks.entry_preview(description)
+    if incoming.respond is not None and incoming.body.get("response_url"):
+        incoming.respond(
+            text=description.entry.name,
+            blocks=preview,
+            replace_original=True,
+            response_type="ephemeral",
+        )
+    else:
+        deps.dms.send(incoming.user_id, description.entry.name, preview)
+
+
+def vote_refusal(deps: SlackDeps, view: RequestView, user: str) -> str | None:
+    """Why this user may not vote on this request now, in words, or None when they may.
+    The service enforces the same rules; checking first gives a precise answer without
+    touching state (and before opening the Deny modal)."""
+    if user == view.requester:
+        return (
+            f"You asked for request #{view.id}, so you cannot approve or deny it; "
+            "another approver has to."
+        )
+    if view.has_voted(user):
+        return f"You have already voted on request #{view.id}; each approver votes once."
+    if not view.open_for_votes:
+        return f"Request #{view.id} is already {view.state.replace('_', ' ')}; votes are closed."
+    if user not in deps.approvers.members(view.approvers):
+        listed = ", ".join(mention(a) for a in view.approvers) or "nobody"
+        return (
+            f"Only the approvers of request #{view.id} can vote on it ({listed}); "
+            "you are not one of them."
+        )
+    return None
+
+
+def run_approve(deps: SlackDeps, incoming: Incoming) -> None:
+    view = deps.services.request_view(_request_id(incoming))
+    refusal = vote_refusal(deps, view, incoming.user_id)
+    if refusal:
+        # Mentions in the refusal are ours (validated ids); nothing else is user text.
+        tell_user(deps, incoming, refusal, blocks.notice(f":no_entry_sign: {refusal}"))
+        return
+    deps.services.vote(view.id, incoming.user_id, True, "")
+    if _from_home(incoming):
+        refresh_home(deps, incoming)
+
+
+def run_open_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
+    view = deps.services.request_view(_request_id(incoming))
+    refusal = vote_refusal(deps, view, incoming.user_id)
+    if refusal:
+        tell_user(deps, incoming, refusal, blocks.notice(f":no_entry_sign: {refusal}"))
+        return
+    incoming.client.views_open(
+        trigger_id=incoming.body["trigger_id"], view=blocks.deny_modal(view.id)
+    )
+
+
+def run_open_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
+    view = deps.services.request_view(_request_id(incoming))
+    if view.requester != incoming.user_id:
+        raise ServiceError(f"Request #{view.id} is not yours; only its requester can extend it.")
+    if view.state != "active":
+        raise ServiceError(
+            f"Request #{view.id} is {view.state.replace('_', ' ')}; "
+            "only active access can be extended."
+        )
+    maximum = deps.services.describe_entry(view.entry.id).max_duration
+    incoming.client.views_open(
+        trigger_id=incoming.body["trigger_id"], view=blocks.extend_modal(view, maximum)
+    )
+
+
+def run_end_grant(deps: SlackDeps, incoming: Incoming) -> None:
+    view = deps.services.revoke(_request_id(incoming), incoming.user_id)
+    _say(deps, incoming, f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now.")
+    if _from_home(incoming):
+        refresh_home(deps, incoming)
+
+
+def run_cancel_request(deps: SlackDeps, incoming: Incoming) -> None:
+    view = deps.services.cancel(_request_id(incoming), incoming.user_id)
+    _say(deps, incoming, f"Cancelled request *#{view.id}* ({escape(view.entry.name)}).")
+    if _from_home(incoming):
+        refresh_home(deps, incoming)

@@ -1,0 +1,315 @@
+"""What the Slack layer needs from the core, as one Protocol over plain data.
+
+The Slack listeners and the notifier only see `SlackServices`; the database-backed
+implementation (lifecycle + models) and the in-memory one used in tests
+(bot/slack/memory_services.py) both provide it. Domain refusals surface as `ServiceError`,
+whose message is shown to the person as written (escaped).
+
+The catalog helpers at the bottom (`resolve_text`, `describe`, `list_catalog`) are pure and
+shared by every implementation, so both answer `/connect-access <text>` the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from bot.catalog import Catalog, CatalogEntry
+from bot.resolve import QueryError, Resolver
+from bot.tiers import Tier
+
+
+class ServiceError(Exception):
+    """A request the core refuses (not allowed, wrong state, bad input). The message is
+    written for the person in Slack: what was wrong and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+RequestState = Literal[
+    "pending",
+    "approved",
+    "granting",
+    "active",
+    "revoking",
+    "revoked",
+    "denied",
+    "cancelled",
+    "timed_out",
+    "failed",
+    "irrevocable",
+]
+OPEN_STATES: frozenset[str] = frozenset({"pending", "approved", "granting"})
+LIVE_STATES: frozenset[str] = frozenset({"active", "revoking", "irrevocable"})
+
+
+@dataclass(frozen=True)
+class EntryBrief:
+    id: str
+    name: str
+    page: str
+    section: str | None
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class Resolved:
+    query: str
+    status: Literal["match", "ambiguous", "none"]
+    matches: tuple[EntryBrief, ...] = ()
+    suggestions: tuple[EntryBrief, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstanceChoice:
+    alias: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class ApprovalRoute:
+    """Who approves an entry and how long it may be granted (from the operator config)."""
+
+    channel: str | None
+    approvers: tuple[str, ...]  # Slack user ids (U/W) or user-group ids (S)
+    approvals: int
+    max_duration: timedelta
+    auto_approve: bool = False
+
+
+@dataclass(frozen=True)
+class EntryDescription:
+    """What a request for the entry would grant, shown before anyone asks."""
+
+    entry: EntryBrief
+    action_count: int
+    services: tuple[str, ...]
+    max_duration: timedelta
+    requires: tuple[EntryBrief, ...]
+    instances: tuple[InstanceChoice, ...]
+    approvals_needed: int
+    approval_channel: str | None
+    auto_approve: bool
+
+
+@dataclass(frozen=True)
+class VoteRecord:
+    approver: str
+    approve: bool
+    comment: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """Everything the approval message, the DMs and App Home show about one request."""
+
+    id: int
+    requester: str
+    entry: EntryBrief
+    instance_alias: str
+    duration: timedelta
+    reason: str
+    state: RequestState
+    approvers: tuple[str, ...]
+    approvals_needed: int
+    votes: tuple[VoteRecord, ...]
+    created_at: datetime
+    expires_at: datetime | None = None
+    channel: str | None = None
+    message_ts: str | None = None
+    # The last outcome's detail in words: why it failed, what revoked it ("expired").
+    note: str | None = None
+    # An extension waiting for approval, when the tier requires re-approval.
+    extension: timedelta | None = None
+
+    @property
+    def approvals(self) -> int:
+        return sum(1 for vote in self.votes if vote.approve)
+
+    @property
+    def open_for_votes(self) -> bool:
+        """Pending, or active with an extension waiting for re-approval."""
+        return self.state == "pending" or (self.state == "active" and self.extension is not None)
+
+    def has_voted(self, user_id: str) -> bool:
+        return any(vote.approver == user_id for vote in self.votes)
+
+
+@dataclass(frozen=True)
+class HomeSummary:
+    now: datetime
+    active: tuple[RequestView, ...]
+    pending: tuple[RequestView, ...]
+    awaiting_my_approval: tuple[RequestView, ...]
+
+
+@dataclass(frozen=True)
+class PageSummary:
+    name: str
+    entry_count: int
+
+
+@dataclass(frozen=True)
+class EntryListing:
+    page: str | None  # the page listed, None for the overview of pages
+    pages: tuple[PageSummary, ...]
+    entries: tuple[EntryBrief, ...]
+
+
+class SlackServices(Protocol):
+    """The core as the Slack layer sees it. Every method may raise ServiceError."""
+
+    def resolve(self, text: str) -> Resolved: ...
+
+    def describe_entry(self, entry_id: str) -> EntryDescription: ...
+
+    def list_entries(self, page: str | None) -> EntryListing: ...
+
+    def submit_request(
+        self,
+        requester: str,
+        entry_id: str,
+        instance_alias: str,
+        duration: timedelta,
+        reason: str,
+    ) -> RequestView: ...
+
+    def vote(self, request_id: int, approver: str, approve: bool, comment: str) -> RequestView: ...
+
+    def cancel(self, request_id: int, user: str) -> RequestView: ...
+
+    def revoke(self, request_id: int, user: str) -> RequestView:
+        """The requester is done with an active grant ("I'm done")."""
+        ...
+
+    def extend(self, request_id: int, user: str, duration: timedelta) -> RequestView: ...
+
+    def status(self, user: str) -> tuple[RequestView, ...]:
+        """The user's recent requests, newest first."""
+        ...
+
+    def home(self, user: str) -> HomeSummary: ...
+
+    def request_view(self, request_id: int) -> RequestView: ...
+
+    def set_approval_message(self, request_id: int, channel: str, ts: str) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Durations as people type them: 30m, 2h, 1h30m, 90s, 1d.
+
+_DURATION_PART = re.compile(r"(\d+)\s*(d|h|m|s)")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30m`, `2h`, `1h30m`, `90s`, `1d` -> timedelta; ServiceError names the fault."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _DURATION_PART.sub("", compact):
+        raise ServiceError(
+            f"`{text.strip()}` is not a duration; write it like `30m`, `2h` or `1h30m`."
+        )
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
+    if seconds <= 0:
+        raise ServiceError("The duration must be longer than zero, e.g. `30m` or `2h`.")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(duration: timedelta) -> str:
+    """timedelta -> `1h 30m`; seconds are shown only below a minute's precision."""
+    seconds = int(duration.total_seconds())
+    if seconds <= 0:
+        return "0m"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Catalog answers shared by every implementation.
+
+
+def brief(entry: CatalogEntry) -> EntryBrief:
+    return EntryBrief(entry.id, entry.name, entry.page, entry.section, entry.tier)
+
+
+def resolve_text(resolver: Resolver, text: str) -> Resolved:
+    try:
+        resolution = resolver.resolve(text)
+    except QueryError as exc:
+        raise ServiceError(str(exc)) from None
+    return Resolved(
+        query=resolution.query,
+        status=resolution.status,
+        matches=tuple(brief(c.entry) for c in resolution.matches),
+        suggestions=tuple(brief(c.entry) for c in resolution.suggestions),
+    )
+
+
+def catalog_entry(catalog: Catalog, entry_id: str) -> CatalogEntry:
+    try:
+        return catalog.get(entry_id)
+    except KeyError:
+        raise ServiceError(
+            f"There is no use case `{entry_id}`; try `/connect-access list` to browse."
+        ) from None
+
+
+def describe(
+    catalog: Catalog,
+    entry_id: str,
+    route: ApprovalRoute,
+    instances: Sequence[InstanceChoice],
+) -> EntryDescription:
+    entry = catalog_entry(catalog, entry_id)
+    actions = catalog.granted_actions(entry.id)
+    closure = catalog.required_closure(entry.id)[1:]
+    return EntryDescription(
+        entry=brief(entry),
+        action_count=len(actions),
+        services=tuple(sorted({a.split(":", 1)[0] for a in actions})),
+        max_duration=route.max_duration,
+        requires=tuple(brief(catalog.get(d)) for d in closure),
+        instances=tuple(instances),
+        approvals_needed=route.approvals,
+        approval_channel=route.channel,
+        auto_approve=route.auto_approve,
+    )
+
+
+def list_catalog(catalog: Catalog, page: str | None) -> EntryListing:
+    counts: dict[str, int] = {}
+    for entry in catalog:
+        counts[entry.page] = counts.get(entry.page, 0) + 1
+    pages = tuple(PageSummary(name, count) for name, count in counts.items())
+    if not page or not page.strip():
+        return EntryListing(None, pages, ())
+    wanted = page.strip().lower()
+    chosen = [p for p in counts if p.lower() == wanted] or [
+        p for p in counts if wanted in p.lower()
+    ]
+    if len(chosen) != 1:
+        names = ", ".join(f"`{p}`" for p in (chosen or counts))
+        what = "matches several pages" if chosen else "matches no page"
+        raise ServiceError(f"`{page.strip()}` {what}; pick one of: {names}.")
+    entries = tuple(brief(e) for e in catalog if e.page == chosen[0])
+    return EntryListing(chosen[0], pages, entries)
+
+
+def route_for(
+    entry: CatalogEntry,
+    tiers: Mapping[str, ApprovalRoute],
+    overrides: Mapping[str, ApprovalRoute] | None = None,
+) -> ApprovalRoute:
+    """The route of an entry: an override by entry id or page, else its tier's."""
+    overrides = overrides or {}
+    return overrides.get(entry.id) or overrides.get(entry.page) or tiers[entry.tier]

@@ -1,0 +1,72 @@
+"""The app under gunicorn (the production server): lazy listeners run after the ack."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slack_harness import ALICE, SIGNING_SECRET
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.slack_client import SlackClient
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture()
+def gunicorn_app(tmp_path: Path) -> Iterator[tuple[FakeSlack, str]]:
+    with FakeSlack() as fake:
+        port = free_port()
+        env = {
+            **os.environ,
+            "TEST_SLACK_API_URL": fake.api_url,
+            "TEST_SLACK_BOT_TOKEN": fake.bot_token,
+            "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        }
+        log = (tmp_path / "gunicorn.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+             "--threads", "4", "--chdir", str(HERE), "gunicorn_app:create()"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(
+                            "gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text()
+                        ) from None
+                    time.sleep(0.05)
+            yield fake, f"http://127.0.0.1:{port}/slack/events"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            log.close()
+
+
+@pytest.mark.slow
+def test_lazy_listeners_run_under_gunicorn(gunicorn_app: tuple[FakeSlack, str]) -> None:
+    fake, url = gunicorn_app
+    client = SlackClient(url, SIGNING_SECRET, response_url_factory=fake.response_url)
+    result = client.command(ALICE, "Edit chat transcripts")
+    assert result.status == 200 and result.body == ""
+    post = fake.wait_for_responses(1, timeout=10)[0]
+    assert "Edit chat transcripts" in json.dumps(post.body["blocks"])
+    assert client.command(ALICE, "help", signature="v0=bad").status == 401
