@@ -43,14 +43,18 @@ def main() -> None:
             resolver.resolve(query)
             timings.append((time.perf_counter() - start) * 1000)
     timings.sort()
-    print(json.dumps({
-        "queries": len(queries),
-        "samples": len(timings),
-        "p50_ms": round(statistics.median(timings), 3),
-        "p99_ms": round(timings[int(len(timings) * 0.99) - 1], 3),
-        "max_ms": round(timings[-1], 3),
-        "target_p99_ms": 2.0,
-    }))
+    print(
+        json.dumps(
+            {
+                "queries": len(queries),
+                "samples": len(timings),
+                "p50_ms": round(statistics.median(timings), 3),
+                "p99_ms": round(timings[int(len(timings) * 0.99) - 1], 3),
+                "max_ms": round(timings[-1], 3),
+                "target_p99_ms": 2.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from typing import Any
 import yaml
 
 from bot.catalog import DEFAULT_CATALOG_DIR, CatalogEntry
+from bot.durations import parse_duration
 from bot.tiers import TIERS, Tier
 
 DEFAULT_ROUTING_FILE = DEFAULT_CATALOG_DIR / "routing.yaml"
 
-_DURATION = re.compile(r"(\d+)\s*(d|h|m|s)")
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _APPROVER_ID = re.compile(r"[US][A-Z0-9]{2,}")
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
@@ -41,17 +40,8 @@ class ConfigError(ValueError):
 
 
 def parse_duration_text(text: str) -> timedelta:
-    """'4h', '30m', '1h30m', '2d' -> timedelta; ValueError on anything else."""
-    cleaned = text.strip().lower()
-    position, seconds = 0, 0
-    for match in _DURATION.finditer(cleaned):
-        if match.start() != position:
-            break
-        seconds += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if not cleaned or position != len(cleaned) or seconds <= 0:
-        raise ValueError(f"must be a positive duration like 30m, 4h or 1h30m, got {text!r}")
-    return timedelta(seconds=seconds)
+    """'4h', '30m', '1h30m', '2d', '30s' -> timedelta; ValueError (DurationError) otherwise."""
+    return parse_duration(text)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Grant durations: parse what people type ("30m", "4h", "1d", "1h30m"), print them back,
-and check them against a risk tier's maximum."""
+"""Durations: parse what people type ("30m", "4h", "1d", "1h30m", "90s"), print them back,
+and check them against a risk tier's maximum. The one parser for grant durations, Slack
+input and the operator config's timings."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ DEFAULT_ROUTING_FILE = Path(__file__).resolve().parent.parent / "catalog" / "rou
 # not an OverflowError.
 LONGEST_DURATION = timedelta(days=366)
 
-_PART = re.compile(r"\s*(\d{1,9})\s*([dhm])", re.IGNORECASE)
-_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
+_PART = re.compile(r"\s*(\d{1,9})\s*([dhms])", re.IGNORECASE)
+_UNITS = {
+    "d": timedelta(days=1),
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+}
 _EXAMPLES = "30m, 4h, 1d or 1h30m"
 
 
@@ -27,7 +33,7 @@ class DurationError(ValueError):
 
 
 def parse_duration(text: str) -> timedelta:
-    """'30m' | '4h' | '1d' | '1h30m' (units d, h, m; case and spaces ignored) -> timedelta."""
+    """'30m' | '4h' | '1d' | '1h30m' | '90s' (units d, h, m, s; case and spaces ignored)."""
     if not isinstance(text, str) or not text.strip():
         raise DurationError(f"No duration given; write one like {_EXAMPLES}.")
     cleaned = text.strip()
@@ -43,7 +49,7 @@ def parse_duration(text: str) -> timedelta:
         if match is None:
             raise DurationError(
                 f"Duration {text!r} is not understood; write a number and a unit "
-                f"(d, h or m), e.g. {_EXAMPLES}."
+                f"(d, h, m or s), e.g. {_EXAMPLES}."
             )
         unit = match.group(2).lower()
         if unit in seen:
@@ -110,3 +116,8 @@ def load_default_tier_maxima(path: Path | str = DEFAULT_ROUTING_FILE) -> dict[Ti
         except DurationError as exc:
             raise DurationError(f"{path}: tiers.{tier}.max_duration: {exc}") from None
     return maxima
+
+
+def format_duration_spaced(duration: timedelta) -> str:
+    """For reading rather than typing: `1h 30m`."""
+    return " ".join(re.findall(r"\d+[dhms]", format_duration(duration)))

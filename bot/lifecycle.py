@@ -32,6 +32,7 @@ from bot.audit import append_event
 from bot.catalog import Catalog, CatalogEntry
 from bot.config import ConfigError, OperatorConfig, Route
 from bot.db import SessionFactory
+from bot.durations import format_duration
 from bot.models import AccessRequest, Grant, Vote
 from bot.ports import (
     ApproverDirectory,
@@ -148,9 +149,7 @@ def new_grant_id() -> str:
 
 
 def _fmt_duration(seconds: float) -> str:
-    minutes = int(seconds) // 60
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+    return format_duration(timedelta(seconds=int(seconds)))
 
 
 class RequestService:

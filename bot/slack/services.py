@@ -11,12 +11,12 @@ shared by every implementation, so both answer `/connect-access <text>` the same
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from bot import durations
 from bot.catalog import Catalog, CatalogEntry
 from bot.resolve import QueryError, Resolver
 from bot.tiers import Tier
@@ -202,36 +202,22 @@ class SlackServices(Protocol):
 
 
 # ---------------------------------------------------------------------------------------
-# Durations as people type them: 30m, 2h, 1h30m, 90s, 1d.
-
-_DURATION_PART = re.compile(r"(\d+)\s*(d|h|m|s)")
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# Durations as people type them (30m, 2h, 1h30m, 90s, 1d): one parser, bot.durations.
 
 
 def parse_duration(text: str) -> timedelta:
-    """`30m`, `2h`, `1h30m`, `90s`, `1d` -> timedelta; ServiceError names the fault."""
-    compact = text.strip().lower().replace(" ", "")
-    if not compact or _DURATION_PART.sub("", compact):
-        raise ServiceError(
-            f"`{text.strip()}` is not a duration; write it like `30m`, `2h` or `1h30m`."
-        )
-    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(compact))
-    if seconds <= 0:
-        raise ServiceError("The duration must be longer than zero, e.g. `30m` or `2h`.")
-    return timedelta(seconds=seconds)
+    """`30m`, `2h`, `1h30m`, `90s`, `1d` -> timedelta; ServiceError says what to type."""
+    try:
+        return durations.parse_duration(text)
+    except durations.DurationError as exc:
+        raise ServiceError(str(exc)) from None
 
 
 def format_duration(duration: timedelta) -> str:
-    """timedelta -> `1h 30m`; seconds are shown only below a minute's precision."""
-    seconds = int(duration.total_seconds())
-    if seconds <= 0:
+    """timedelta -> `1h 30m` (zero and below read `0m`)."""
+    if duration <= timedelta(0):
         return "0m"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return " ".join(parts)
+    return durations.format_duration_spaced(duration)
 
 
 # ---------------------------------------------------------------------------------------

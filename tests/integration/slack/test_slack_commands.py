@@ -147,4 +147,4 @@ def test_domain_refusals_are_told_plainly(slack_env: SlackEnv) -> None:
     post = slack_env.command(ALICE, "revoke 99")
     assert "There is no request #99" in json.dumps(post.body["blocks"])
     post = slack_env.command(ALICE, "extend 1 forever")
-    assert "`forever` is not a duration" in json.dumps(post.body["blocks"])
+    assert "Duration 'forever' is not understood" in json.dumps(post.body["blocks"])
