@@ -1,0 +1,265 @@
+"""DbReconcileStore: the database side of `connect-access reconcile` (see
+bot.aws.reconcile.ReconcileStore).
+
+The grants table records policy names, kind, window and a hash of what was attached, not
+the documents themselves. The documents are rebuilt with the same plan builder that made
+them (the policy compiler is deterministic: same entry, principal, instance and window give
+the same document) and the rebuild is checked against the recorded hash. A grant whose
+rebuild does not match (the catalog entry or the compiler changed since it was granted) is
+not compared or repaired at all: restoring it would put on the principal something nobody
+approved, and removing it would cut access that was approved. It is listed in
+`unverifiable` for the operator instead.
+
+Outcomes, consistent with the lifecycle's state machine:
+
+- a grant stuck in `granting` is settled with RequestService.finish_stuck_grant(attached=
+  False): reconcile has already removed whatever reached IAM, and the requester was never
+  told it worked, so it fails (audited, requester notified);
+- an `active` grant whose policy is gone and cannot be put back has no access left on the
+  principal. The request may only leave `active` through `revoking`, so it goes
+  active -> revoking -> revoked (reason "reconcile"), while the grant itself ends `failed`
+  with the error in last_error: the access ended because the bot could not keep it in place,
+  not because anyone revoked it. The requester is told and may simply ask again.
+
+It sits between the AWS adapter (whose reconcile() calls it) and the core, so it is not
+part of the boto3-free core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bot.audit import append_event
+from bot.aws.granter import document_hash
+from bot.aws.reconcile import ExpectedGrant, Finding
+from bot.lifecycle import (
+    ACTIVE,
+    FAILED,
+    GRANTING,
+    REVOKED,
+    REVOKING,
+    TRANSITIONS,
+    GrantContext,
+    LifecycleError,
+    RequestService,
+)
+from bot.models import AccessRequest, Grant
+from bot.ports import Notification, PolicyDocument, PolicyKind
+
+log = logging.getLogger(__name__)
+
+RECONCILE_ACTOR = "system:reconcile"
+# An inline usage no principal's quota can hold: makes the compiler choose managed
+# policies again when rebuilding a managed grant (inline fits with 0 usage when it did
+# with any usage, so inline grants rebuild with 0).
+_NO_INLINE_ROOM = 10**9
+# A `granting` state_since that is always "just now" for reconcile, so it leaves the grant
+# alone (its policy names still count as expected, so they are not orphans either).
+_HOLD = datetime.max.replace(tzinfo=UTC)
+
+
+class ReconcileStoreError(Exception):
+    """A reconcile decision cannot be recorded (the grant changed meanwhile)."""
+
+
+@dataclass(frozen=True)
+class Unverifiable:
+    grant_id: str
+    request_id: int
+    principal_arn: str
+    reason: str
+
+
+def _combined_hash(hashes: Sequence[str]) -> str | None:
+    # The lifecycle's rule for grant.document_hash (bot.lifecycle._combined_hash).
+    if not hashes:
+        return None
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
+@dataclass
+class DbReconcileStore:
+    """ReconcileStore over the request service's database, plan builder, clock and
+    notifier. `unverifiable` is filled by expected_grants(), `conflicts` by mark_failed
+    when a grant changed state while reconcile ran."""
+
+    service: RequestService
+    unverifiable: list[Unverifiable] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def expected_grants(self) -> Sequence[ExpectedGrant]:
+        self.unverifiable = []
+        with self.service.sessions() as session:
+            rows = session.execute(
+                select(Grant, AccessRequest)
+                .join(AccessRequest, AccessRequest.id == Grant.request_id)
+                .where(Grant.state.in_((ACTIVE, GRANTING)))
+                .order_by(Grant.created_at)
+            ).all()
+        expected: list[ExpectedGrant] = []
+        for grant, request in rows:
+            if grant.state == GRANTING:
+                expected.append(self._granting(grant, request))
+            else:
+                expected.append(self._active(grant, request))
+        return expected
+
+    def principals_ever_granted(self) -> Sequence[str]:
+        with self.service.sessions() as session:
+            return list(session.execute(
+                select(Grant.principal_arn).distinct().order_by(Grant.principal_arn)
+            ).scalars())
+
+    def _granting(self, grant: Grant, request: AccessRequest) -> ExpectedGrant:
+        # For a grant in `granting` reconcile only uses the names (it removes whatever of
+        # them reached IAM), so the documents are not rebuilt.
+        return ExpectedGrant(
+            grant_id=grant.id,
+            principal_arn=grant.principal_arn,
+            kind=cast(PolicyKind, grant.kind),
+            policies=tuple(PolicyDocument(name, {}) for name in grant.policy_names),
+            expires_at=grant.expires_at,
+            state="granting",
+            state_since=request.granting_at or grant.created_at,
+            instance_arn=request.instance_arn,
+        )
+
+    def _active(self, grant: Grant, request: AccessRequest) -> ExpectedGrant:
+        kind = cast(PolicyKind, grant.kind)
+        names = tuple(grant.policy_names)
+        context = GrantContext(
+            grant_id=grant.id, entry_id=request.entry_id, principal_arn=grant.principal_arn,
+            instance_arn=request.instance_arn, start=grant.starts_at,
+            expires_at=grant.expires_at,
+            inline_usage=0 if kind == "inline" else _NO_INLINE_ROOM,
+            existing_policy_names=names,
+        )
+        problem = ""
+        policies: tuple[PolicyDocument, ...] = tuple(PolicyDocument(n, {}) for n in names)
+        try:
+            plan = self.service.plan_builder(context)
+        except Exception as exc:  # any compiler refusal means: cannot rebuild
+            problem = f"the policy cannot be rebuilt any more ({exc})"
+        else:
+            rebuilt_hash = _combined_hash([document_hash(p.document) for p in plan.policies])
+            if plan.kind != kind or tuple(p.name for p in plan.policies) != names:
+                problem = (f"rebuilding gives {plan.kind} policies "
+                           f"{[p.name for p in plan.policies]}, but {kind} {list(names)} "
+                           "were granted")
+            elif grant.document_hash is not None and rebuilt_hash != grant.document_hash:
+                problem = ("the rebuilt policy differs from the one granted (the catalog "
+                           "entry or the policy compiler changed since)")
+            else:
+                policies = plan.policies
+        if problem:
+            log.warning("reconcile leaves grant %s alone: %s", grant.id, problem)
+            self.unverifiable.append(
+                Unverifiable(grant.id, request.id, grant.principal_arn,
+                             f"{problem}; left as it is in IAM. Check it by hand, or revoke "
+                             "the grant and have it requested again.")
+            )
+            return ExpectedGrant(
+                grant_id=grant.id, principal_arn=grant.principal_arn, kind=kind,
+                policies=policies, expires_at=grant.expires_at, state="granting",
+                state_since=_HOLD, instance_arn=request.instance_arn,
+            )
+        return ExpectedGrant(
+            grant_id=grant.id, principal_arn=grant.principal_arn, kind=kind,
+            policies=policies, expires_at=grant.expires_at, state="active",
+            state_since=grant.attached_at, instance_arn=request.instance_arn,
+        )
+
+    # -- writes -----------------------------------------------------------------------
+
+    def record_finding(self, finding: Finding) -> None:
+        with self.service.sessions.begin() as session:
+            request_id = None
+            if finding.grant_id is not None:
+                request_id = session.execute(
+                    select(Grant.request_id).where(Grant.id == finding.grant_id)
+                ).scalar_one_or_none()
+            append_event(session, at=self.service.clock.now(), actor=RECONCILE_ACTOR,
+                         action=f"reconcile_{finding.kind}", request_id=request_id,
+                         details=finding.as_dict())
+
+    def mark_failed(self, grant_id: str, reason: str) -> None:
+        try:
+            self._mark_failed(grant_id, reason)
+        except (LifecycleError, ReconcileStoreError) as exc:
+            # The grant moved on while reconcile ran (a slow attach finished, someone
+            # revoked it). Raising would stop the run with the other repairs undone; the
+            # next run starts from the new state, and the CLI says to run it.
+            log.warning("reconcile could not fail grant %s: %s", grant_id, exc)
+            self.conflicts.append(f"grant {grant_id} was not marked failed: {exc}")
+
+    def _mark_failed(self, grant_id: str, reason: str) -> None:
+        with self.service.sessions() as session:
+            state = session.execute(
+                select(Grant.state).where(Grant.id == grant_id)
+            ).scalar_one_or_none()
+        if state is None:
+            raise ReconcileStoreError(f"there is no grant {grant_id}")
+        if state == GRANTING:
+            self.service.finish_stuck_grant(grant_id, attached=False, actor=RECONCILE_ACTOR)
+            # finish_stuck_grant records a generic error; keep reconcile's precise one.
+            with self.service.sessions.begin() as session:
+                session.execute(update(Grant).where(Grant.id == grant_id)
+                                .values(last_error=reason))
+            return
+        if state == ACTIVE:
+            self._end_active(grant_id, reason)
+            return
+        raise ReconcileStoreError(
+            f"it is {state} now, and reconcile only fails grants that are granting or active")
+
+    def _end_active(self, grant_id: str, reason: str) -> None:
+        with self.service.sessions.begin() as session:
+            grant = session.get_one(Grant, grant_id)
+            request = session.execute(
+                select(AccessRequest).where(AccessRequest.id == grant.request_id)
+                .with_for_update().execution_options(populate_existing=True)
+            ).scalar_one()
+            grant = session.get_one(Grant, grant_id, populate_existing=True)
+            if grant.state != ACTIVE or request.state != ACTIVE:
+                raise ReconcileStoreError(
+                    f"it became {grant.state} while reconcile ran")
+            now = self.service.clock.now()
+            grant.state, grant.last_error = FAILED, reason
+            grant.revoke_reason, grant.revoked_by = "reconcile", RECONCILE_ACTOR
+            # A pending extension has nothing left to extend.
+            request.extension_seconds = request.extension_requested_at = None
+            details = {"grant_id": grant.id, "reason": "reconcile", "error": reason}
+            self._move(session, request, REVOKING, "revoking", now, details)
+            request.revoke_requested_at = now
+            self._move(session, request, REVOKED, "revoked", now, details)
+            request.revoked_at = now
+        self.service.notifier.notify(Notification("revoked", request.id, {
+            "requester": request.requester, "entry_id": request.entry_id,
+            "tier": request.tier, "state": request.state,
+            "principal_arn": request.principal_arn,
+            "approval_channel": request.approval_channel, "approval_ts": request.approval_ts,
+            "grant_id": grant_id, "reason": "reconcile", "revoked_by": RECONCILE_ACTOR,
+            "error": reason,
+        }))
+
+    @staticmethod
+    def _move(session: Session, request: AccessRequest, to_state: str, action: str,
+              now: datetime, details: Mapping[str, Any]) -> None:
+        if to_state not in TRANSITIONS.get(request.state, frozenset()):
+            raise ReconcileStoreError(
+                f"request #{request.id} is {request.state}; it cannot become {to_state}")
+        request.state, request.updated_at = to_state, now
+        append_event(session, at=now, actor=RECONCILE_ACTOR, action=action,
+                     request_id=request.id, details={"to": to_state, **details})
