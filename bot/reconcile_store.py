@@ -116,6 +116,11 @@ class DbReconcileStore:
                 expected.append(self._active(grant, request))
         return expected
 
+    def is_live(self, grant_id: str) -> bool:
+        with self.service.sessions() as session:
+            state = session.execute(select(Grant.state).where(Grant.id == grant_id)).scalar()
+        return state in (ACTIVE, GRANTING)
+
     def principals_ever_granted(self) -> Sequence[str]:
         with self.service.sessions() as session:
             return list(session.execute(

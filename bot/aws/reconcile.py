@@ -103,6 +103,11 @@ class ReconcileStore(Protocol):
         """Append the finding as an audit event (called for every non-ok finding)."""
         ...
 
+    def is_live(self, grant_id: str) -> bool:
+        """Whether the grant is `granting` or `active` now (read fresh, not from the
+        snapshot `expected_grants` took at the start of the run)."""
+        ...
+
     def mark_failed(self, grant_id: str, reason: str) -> None:
         """Move the grant to `failed` (from `active` or `granting`) with the reason."""
         ...
@@ -128,6 +133,9 @@ class InMemoryReconcileStore:
 
     def mark_failed(self, grant_id: str, reason: str) -> None:
         self.failed[grant_id] = reason
+
+    def is_live(self, grant_id: str) -> bool:
+        return any(g.grant_id == grant_id and grant_id not in self.failed for g in self.grants)
 
 
 @dataclass(frozen=True)
@@ -191,9 +199,10 @@ def reconcile(
             if notifier is not None:
                 notifier.notify(Notification("reconcile_finding", None, finding.as_dict()))
 
-    # Policies in IAM that no live grant explains.
+    # Policies in IAM that no live grant explains. A grant made after our snapshot of the
+    # database looks like an orphan here, so ask again before removing its policy.
     for key, item in sorted(present.items()):
-        if key not in by_policy:
+        if key not in by_policy and not store.is_live(grant_id_of(item.name)):
             act(_remove(granter, item, None, "orphan", dry_run))
     # Managed policies left behind detached (a revoke that died between detach and delete).
     for item in detached:
@@ -228,6 +237,13 @@ def reconcile(
                     )
                 )
     return findings
+
+
+def grant_id_of(policy_name: str) -> str:
+    """`connect-access-<grant id>` or, for split managed plans, `...-<grant id>-<n>`."""
+    grant_part = policy_name.removeprefix(POLICY_PREFIX)
+    head, sep, tail = grant_part.rpartition("-")
+    return head if sep and tail.isdigit() else grant_part
 
 
 def _one_principal_per_account(principals: Iterable[str]) -> list[str]:

@@ -276,3 +276,37 @@ def test_the_summary_table_lists_every_finding(granter: IamGranter, world: dict[
     )
     assert lines[-1] == "missing: 1, ok: 1, orphan: 1, tampered: 1"
     assert format_summary([]).endswith("nothing found")
+
+
+class SnapshotTakenTooEarly(InMemoryReconcileStore):
+    """The grant became active after reconcile read the database: its snapshot is empty,
+    but asking again shows the grant is live."""
+
+    def expected_grants(self) -> list[ExpectedGrant]:
+        return []
+
+
+def test_a_grant_made_after_the_snapshot_is_not_removed_as_an_orphan(
+    iam: Any, granter: IamGranter
+) -> None:
+    arn = make_principal(iam, "role", "latecomer")
+    plan = make_plan(arn, "inline", "fresh01")
+    granter.attach(plan)
+    store = SnapshotTakenTooEarly(grants=[expected(plan)], principals=[arn])
+    findings = reconcile(granter, store, now=NOW)
+    assert [f.kind for f in findings] == []
+    assert "connect-access-fresh01" in inline_policies(iam, "latecomer")
+    # Without the live grant the same policy is an orphan and goes.
+    findings = reconcile(granter, SnapshotTakenTooEarly(principals=[arn]), now=NOW)
+    assert [f.kind for f in findings] == ["orphan"]
+    assert inline_policies(iam, "latecomer") == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "grant_id"),
+    [("connect-access-abc123", "abc123"), ("connect-access-abc123-2", "abc123")],
+)
+def test_grant_id_of_policy_names(name: str, grant_id: str) -> None:
+    from bot.aws.reconcile import grant_id_of
+
+    assert grant_id_of(name) == grant_id
