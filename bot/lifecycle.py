@@ -169,6 +169,8 @@ class RequestService:
         revoke_backoff: timedelta = timedelta(seconds=30),
         revoke_backoff_cap: timedelta = timedelta(minutes=10),
         claim_lease: timedelta = timedelta(minutes=5),
+        # Shorter grants only make sense in the demo, which shows a whole expiry in seconds.
+        min_duration: timedelta = timedelta(minutes=1),
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -183,6 +185,7 @@ class RequestService:
         self.revoke_backoff = revoke_backoff
         self.revoke_backoff_cap = revoke_backoff_cap
         self.claim_lease = claim_lease
+        self.min_duration = min_duration
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -318,8 +321,10 @@ class RequestService:
         if len(reason) > 2000:
             raise InvalidRequest("Please keep the reason under 2,000 characters.")
         seconds = int(duration.total_seconds())
-        if seconds < 60:
-            raise InvalidRequest("The duration must be at least one minute.")
+        if duration < self.min_duration:
+            raise InvalidRequest(
+                f"The duration must be at least {_fmt_duration(self.min_duration.total_seconds())}."
+            )
         if duration > route.max_duration:
             raise InvalidRequest(
                 f"{entry.name} can be granted for at most "

@@ -82,7 +82,7 @@ def test_submit_records_request_and_audits_it(request_service: RequestService,
     ({"entry_id": "no/such-entry"}, InvalidRequest, "no catalog entry"),
     ({"reason": "   "}, InvalidRequest, "reason is empty"),
     ({"duration": timedelta(hours=5)}, InvalidRequest, "at most 4h"),
-    ({"duration": timedelta(seconds=10)}, InvalidRequest, "at least one minute"),
+    ({"duration": timedelta(seconds=10)}, InvalidRequest, "at least 1m"),
     ({"instance": "staging"}, InvalidRequest, "no instance 'staging'"),
     ({"requester": "U0STRANGER"}, NotAllowed, "No IAM principal"),
 ])
