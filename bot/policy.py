@@ -104,6 +104,11 @@ class Principal:
     def inline_quota(self) -> int:
         return INLINE_QUOTAS[self.kind]
 
+    @property
+    def name_param(self) -> str:
+        """The parameter IAM APIs use for this principal: RoleName, UserName, GroupName."""
+        return f"{self.kind.capitalize()}Name"
+
 
 def parse_principal(arn: str) -> Principal:
     """An IAM role (with any path), user or group ARN; anything else is refused with a

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.aws.errors import error_code
+from bot.policy import Principal, PrincipalArnError, parse_principal
 from bot.ports import PrincipalError
 
 if TYPE_CHECKING:
@@ -18,44 +18,22 @@ SLACK_USER_TAG = "connect-access:slack-user"
 MANAGED_TAG = "connect-access:managed"
 SERVICE_ROLE_PATH = "/aws-service-role/"
 
-PrincipalKind = Literal["role", "user", "group"]
-
 # Given an account id (None: the bot's own account), the IAM client that can read it.
 IamClientFactory = Callable[[str | None], "IAMClient"]
 
 
-@dataclass(frozen=True)
-class IamPrincipal:
-    arn: str
-    partition: str
-    account_id: str
-    kind: PrincipalKind
-    name: str
-    path: str  # "/" or "/a/b/"
-
-    @property
-    def name_param(self) -> str:
-        """The parameter IAM APIs use for this principal: RoleName, UserName, GroupName."""
-        return f"{self.kind.capitalize()}Name"
+# One parser for principal ARNs, shared with the policy compiler (which must agree on what
+# a principal is); here its refusals become PrincipalError for the person in Slack.
+IamPrincipal = Principal
 
 
 def parse_principal_arn(arn: str) -> IamPrincipal:
-    """Split `arn:aws:iam::123456789012:role/path/name`; PrincipalError if it is not an
-    IAM role, user or group ARN."""
-    parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "iam" or not parts[4].isdigit():
-        raise PrincipalError(
-            f"{arn!r} is not an IAM principal ARN; expected something like "
-            "arn:aws:iam::123456789012:role/NAME (a role, user or group)"
-        )
-    kind, _, rest = parts[5].partition("/")
-    if kind not in ("role", "user", "group") or not rest:
-        raise PrincipalError(
-            f"{arn!r} names a {kind!r}, but grants go to IAM roles, users or groups only"
-        )
-    path, _, name = rest.rpartition("/")
-    path = f"/{path}/" if path else "/"
-    return IamPrincipal(arn, parts[1], parts[4], kind, name, path)  # type: ignore[arg-type]
+    """Split `arn:aws:iam::123456789012:role/path/name`; PrincipalError if it is not an IAM
+    role, user or group ARN that may receive grants."""
+    try:
+        return parse_principal(arn)
+    except PrincipalArnError as exc:
+        raise PrincipalError(str(exc)) from None
 
 
 class IamPrincipalDirectory:
@@ -102,12 +80,8 @@ class IamPrincipalDirectory:
 
     def check(self, arn: str) -> IamPrincipal:
         """Raise PrincipalError unless grants may go to `arn`."""
+        # Refuses service-linked and Identity Center roles by their path, too.
         principal = parse_principal_arn(arn)
-        if principal.kind == "role" and principal.path.startswith(SERVICE_ROLE_PATH):
-            raise PrincipalError(
-                f"{arn} is a service-linked role, which AWS manages and nobody signs in as; "
-                "map the Slack user to their own role instead."
-            )
         iam = self._iam(principal.account_id)
         try:
             tags = self._tags(iam, principal)
