@@ -10,6 +10,7 @@ makes a second process refuse to start with a clear message instead of double-ru
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -20,8 +21,17 @@ from typing import IO, Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
-# An arbitrary, fixed 64-bit key: "connect-access scheduler".
-ADVISORY_LOCK_KEY = 0x636F6E6E656374
+# The lock is the two-int form (class, key): the class is fixed ("ca" for connect-access),
+# the key is a hash of the current schema, so deployments (or test runs) that share one
+# PostgreSQL database in separate schemas elect separate leaders. The two-int space never
+# collides with the single-bigint advisory locks the lifecycle takes.
+ADVISORY_LOCK_CLASS = 0x6361
+_TRY_LOCK = text(
+    "SELECT pg_try_advisory_lock(:lock_class, hashtext('scheduler:' || current_schema()))"
+)
+_UNLOCK = text(
+    "SELECT pg_advisory_unlock(:lock_class, hashtext('scheduler:' || current_schema()))"
+)
 
 
 class LeadershipError(RuntimeError):
@@ -39,23 +49,28 @@ class Leadership(Protocol):
 @dataclass
 class PostgresLeadership:
     engine: Engine
-    key: int = ADVISORY_LOCK_KEY
+    lock_class: int = ADVISORY_LOCK_CLASS
     _connection: Connection | None = field(default=None, init=False)
 
     def try_acquire(self) -> bool:
-        if self._connection is None:
-            self._connection = self.engine.connect()
+        if self._connection is not None:
+            # Session advisory locks are re-entrant: asking again on the connection that
+            # holds it would stack a second hold. We already lead.
+            return self.still_held()
+        self._connection = self.engine.connect()
         try:
             acquired = bool(
-                self._connection.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
-                ).scalar()
+                self._connection.execute(_TRY_LOCK, {"lock_class": self.lock_class}).scalar()
             )
             # Keep the connection out of a transaction so it is not "idle in transaction".
             self._connection.commit()
         except Exception:
             self._drop()
             raise
+        if not acquired:
+            # Give the connection back: a standby holds no connection while it waits.
+            self._connection.close()
+            self._connection = None
         return acquired
 
     def still_held(self) -> bool:
@@ -73,13 +88,12 @@ class PostgresLeadership:
 
     def release(self) -> None:
         if self._connection is not None:
-            try:
-                self._connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": self.key}
-                )
+            # Dropping the connection releases the lock anyway; unlocking first just makes
+            # the hand-over immediate when the server is still reachable.
+            with contextlib.suppress(Exception):
+                self._connection.execute(_UNLOCK, {"lock_class": self.lock_class})
                 self._connection.commit()
-            finally:
-                self._drop()
+            self._drop()
 
     def _drop(self) -> None:
         if self._connection is not None:

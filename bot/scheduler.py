@@ -7,9 +7,10 @@ It runs in its own process (`connect-access scheduler`), never inside web worker
   `coalesce=True`;
 - a sweep every `sweep_interval`, run by the leader's own loop rather than stored as a job,
   that revokes whatever is overdue, times out pending requests, retries irrevocable grants,
-  sends reminders, and adds jobs for grants the web process created since the last sweep.
-  The database, not the job store, is the truth: a lost job only delays a revoke to the
-  next sweep.
+  sends reminders, and brings the job store in line with the active grants (jobs for grants
+  the web process created since the last sweep, moved for extended ones, dropped for
+  revoked ones). The database, not the job store, is the truth: a lost job only delays a
+  revoke to the next sweep, and a job for a grant that is no longer due does nothing.
 
 Only the leader (bot/leader.py) runs APScheduler, so two schedulers never share a job store.
 """
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from bot.leader import Leadership, wait_for_leadership
 from bot.ports import Clock
@@ -79,8 +81,11 @@ def revoke_grant_job(grant_id: str) -> None:
     _current_work.revoke_grant(grant_id, reason="expired")
 
 
+JOB_PREFIX = "revoke-"
+
+
 def job_id_for(grant_id: str) -> str:
-    return f"revoke-{grant_id}"
+    return f"{JOB_PREFIX}{grant_id}"
 
 
 class ExpiryScheduler:
@@ -92,12 +97,14 @@ class ExpiryScheduler:
         clock: Clock,
         leadership: Leadership,
         sweep_interval: timedelta,
+        job_workers: int = 10,
     ) -> None:
         self.engine = engine
         self.work = work
         self.clock = clock
         self.leadership = leadership
         self.sweep_interval = sweep_interval
+        self.job_workers = job_workers
         self._scheduler: BackgroundScheduler | None = None
         self._sweep_lock = threading.Lock()
 
@@ -112,7 +119,12 @@ class ExpiryScheduler:
             timed_out = self._safely(self.work.expire_pending, now)
             retried = self._safely(self.work.retry_irrevocable, now)
             reminded = self._safely(self.work.send_reminders, now)
-            scheduled = self._schedule_missing_jobs()
+            try:
+                scheduled = self._schedule_missing_jobs()
+            except Exception:
+                # Not fatal: the sweep itself revokes overdue grants without jobs.
+                log.exception("scheduling revoke jobs failed; the next sweep tries again")
+                scheduled = 0
             result = SweepResult(revoked, timed_out, retried, reminded, scheduled)
             if any((revoked, timed_out, retried, reminded, scheduled)):
                 log.info("sweep: %s", result)
@@ -128,27 +140,42 @@ class ExpiryScheduler:
             return 0
 
     def _schedule_missing_jobs(self) -> int:
-        if self._scheduler is None:
+        """Make the job store match the database: a job for every active grant at its
+        current expiry (new grants from the web process, extended ones), none for grants
+        that are no longer active. Returns how many jobs were added or moved."""
+        scheduler = self._scheduler
+        if scheduler is None:
             return 0
-        existing = {job.id for job in self._scheduler.get_jobs()}
-        added = 0
-        for grant_id, expires_at in self.work.active_expiries():
-            if job_id_for(grant_id) not in existing:
-                self._scheduler.add_job(
-                    revoke_grant_job,
-                    trigger="date",
-                    run_date=expires_at,
-                    args=[grant_id],
-                    id=job_id_for(grant_id),
-                    replace_existing=True,
+        # Read ids and run times straight from the table: get_jobs() would unpickle every
+        # job on every sweep, which is slow with thousands of grants.
+        with self.engine.connect() as connection:
+            stored = {
+                str(job_id): float(run_at) if run_at is not None else None
+                for job_id, run_at in connection.execute(
+                    text(f"SELECT id, next_run_time FROM {JOB_TABLE}")
                 )
-                added += 1
-        return added
-
-    def forget(self, grant_id: str) -> None:
-        if self._scheduler is not None:
-            with contextlib.suppress(JobLookupError):
-                self._scheduler.remove_job(job_id_for(grant_id))
+            }
+        wanted = {job_id_for(grant_id): (grant_id, expires_at)
+                  for grant_id, expires_at in self.work.active_expiries()}
+        changed = 0
+        for job_id, (grant_id, expires_at) in wanted.items():
+            run_at = stored.get(job_id)
+            if run_at is not None and abs(run_at - expires_at.timestamp()) < 1:
+                continue
+            scheduler.add_job(
+                revoke_grant_job,
+                trigger="date",
+                run_date=expires_at,
+                args=[grant_id],
+                id=job_id,
+                replace_existing=True,
+            )
+            changed += 1
+        for job_id in stored.keys() - wanted.keys():
+            if job_id.startswith(JOB_PREFIX):
+                with contextlib.suppress(JobLookupError):
+                    scheduler.remove_job(job_id)
+        return changed
 
     # --- running -------------------------------------------------------------------------
 
@@ -156,20 +183,28 @@ class ExpiryScheduler:
         """Catch up first (revoke everything overdue), then schedule the rest."""
         global _current_work
         _current_work = self.work
-        self._safely(self.work.revoke_overdue, self.clock.now())
+        caught_up = self._safely(self.work.revoke_overdue, self.clock.now())
+        if caught_up:
+            log.info("caught up on start: revoked %d overdue grant(s)", caught_up)
         scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOB_TABLE)},
+            executors={"default": ThreadPoolExecutor(max_workers=self.job_workers)},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone="UTC",
         )
         self._scheduler = scheduler
-        scheduler.start()
+        # Paused while the first sweep fills the job store, so thousands of add_job calls
+        # do not each wake the scheduler thread; due jobs run as soon as it resumes.
+        scheduler.start(paused=True)
         self.sweep()
+        scheduler.resume()
 
     def stop(self) -> None:
         global _current_work
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+            # Let a revoke in flight finish: cut off halfway it would wait out its claim
+            # lease before anyone retried it.
+            self._scheduler.shutdown(wait=True)
             self._scheduler = None
         _current_work = None
 
@@ -177,11 +212,12 @@ class ExpiryScheduler:
         """Wait to lead, then lead until `stop` is set or leadership is lost."""
         poll = max(self.sweep_interval.total_seconds() / 3, 0.2)
         while not stop.is_set():
+            log.info("waiting to become the scheduler leader")
             if not wait_for_leadership(self.leadership, stop, poll):
                 return
             log.info("this process is now the scheduler leader")
-            self.start()
             try:
+                self.start()
                 next_sweep = self.clock.now() + self.sweep_interval
                 while not stop.wait(poll):
                     if not self.leadership.still_held():

@@ -1,0 +1,246 @@
+"""Expiry at scale: N active grants (real inline policies in moto's HTTP server) all
+expiring at the same instant, drained by a real `connect-access scheduler` process on
+PostgreSQL. Reports how long after the expiry the last policy came off, and the p50/p99/max
+revocation lag (revoked_at - expires_at), per N.
+
+Prints JSON: {"runs": [{"grants", "revoke_workers", "job_workers", "sweep_interval_s",
+"jobs_scheduled_s", "jobs_ready_before_expiry", "drained_s", "lag_p50_s", "lag_p99_s",
+"lag_max_s", "revoked", "iam_deletes", "double_deletes", "policies_left"}], "targets": {...}}
+
+Run: .venv/bin/python bench/bench_scheduler.py [--grants 1000,10000] [--revoke-workers 8]
+     [--job-workers 10] [--sweep-interval 10s]
+(needs the PostgreSQL of TEST_POSTGRES_URL; each run uses its own schema, dropped after)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import boto3
+import sqlalchemy as sa
+import yaml
+from moto.server import ThreadedMotoServer
+
+from bot.db import make_engine, upgrade
+from bot.models import AccessRequest, Grant
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+GRANTS_PER_ROLE = 100
+CLI = str(Path(sys.executable).parent / "connect-access")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+               "AWS_REGION": REGION}
+TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+
+
+class DeleteCounter:
+    """WSGI middleware in front of moto counting DeleteRolePolicy per (role, policy)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.deletes: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        form = parse_qs(body.decode(errors="replace"))
+        if form.get("Action") == ["DeleteRolePolicy"]:
+            with self._lock:
+                self.deletes[(form["RoleName"][0], form["PolicyName"][0])] += 1
+        return self.app(environ, start_response)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[max(1, math.ceil(fraction * len(sorted_values))) - 1]
+
+
+def policy_document(expires_at: datetime) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "ConnectAccess", "Effect": "Allow", "Action": ["connect:DescribeInstance"],
+        "Resource": f"arn:aws:connect:{REGION}:{ACCOUNT}:instance/*",
+        "Condition": {"DateLessThan": {
+            "aws:CurrentTime": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}}}]})
+
+
+def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: datetime
+                  ) -> None:
+    """Active requests and grants as the lifecycle leaves them after attaching."""
+    created = expires_at - timedelta(hours=1)
+    requests, rows = [], []
+    for index, (grant_id, role) in enumerate(grants, start=1):
+        arn = f"arn:aws:iam::{ACCOUNT}:role/{role}"
+        requests.append({
+            "id": index, "requester": f"U0B{index:07d}", "principal_arn": arn,
+            "entry_id": "home/list-instance", "entry_hash": "0" * 64, "tier": "read",
+            "instance_arn": None, "instance_alias": None, "reason": "bench",
+            "duration_seconds": 3600, "state": "active", "required_approvals": 1,
+            "approval_round": 0, "created_at": created, "approved_at": created,
+            "granting_at": created, "granted_at": created, "updated_at": created,
+            "version": 1})
+        rows.append({
+            "id": grant_id, "request_id": index, "policy_names": [f"connect-access-{grant_id}"],
+            "kind": "inline", "principal_arn": arn, "account": ACCOUNT, "state": "active",
+            "created_at": created, "starts_at": created, "expires_at": expires_at,
+            "attached_at": created, "revoke_attempts": 0})
+    with engine.begin() as connection:
+        for start in range(0, len(requests), 2000):
+            connection.execute(sa.insert(AccessRequest),
+                               requests[start:start + 2000])
+            connection.execute(sa.insert(Grant), rows[start:start + 2000])
+
+
+def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
+             sweep_interval: str, workdir: Path) -> dict[str, Any]:
+    schema = f"bench_sched_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{base_url}{'&' if '?' in base_url else '?'}options=" + quote(
+        f"-csearch_path={schema}")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    counter = DeleteCounter(server._server.app)  # type: ignore[union-attr]
+    server._server.app = counter  # type: ignore[union-attr]
+    host, port = server.get_host_and_port()
+    moto_url = f"http://{host}:{port}"
+    engine = make_engine(url)
+    scheduler: subprocess.Popen[bytes] | None = None
+    try:
+        upgrade(url)
+        iam = boto3.client("iam", region_name=REGION, endpoint_url=moto_url)
+        # moto keeps its state per process, not per server: names unique to this run.
+        role_count = max(1, math.ceil(count / GRANTS_PER_ROLE))
+        roles = [f"bench-{schema[-8:]}-{i:04d}" for i in range(role_count)]
+        for role in roles:
+            iam.create_role(RoleName=role, AssumeRolePolicyDocument=TRUST)
+        grants = [(uuid.uuid4().hex[:12], roles[i // GRANTS_PER_ROLE]) for i in range(count)]
+
+        # Lead time for the scheduler to start and put N jobs in its store before expiry.
+        lead = timedelta(seconds=20 + count / 250)
+        started_setup = time.monotonic()
+        expires_at = (datetime.now(UTC) + lead + timedelta(seconds=count / 400)).replace(
+            microsecond=0)
+        document = policy_document(expires_at)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda g: iam.put_role_policy(
+                RoleName=g[1], PolicyName=f"connect-access-{g[0]}", PolicyDocument=document),
+                grants))
+        insert_grants(engine, grants, expires_at)
+        setup_s = time.monotonic() - started_setup
+
+        config = workdir / f"{schema}.yaml"
+        config.write_text(yaml.safe_dump({"timings": {"sweep_interval": sweep_interval}}))
+        env = {**os.environ, **CREDENTIALS, "DATABASE_URL": url,
+               "CONNECT_ACCESS_CONFIG": str(config), "AWS_ENDPOINT_URL": moto_url}
+        env.pop("SLACK_BOT_TOKEN", None)
+        log_path = workdir / f"{schema}.log"
+        started = time.monotonic()
+        with log_path.open("wb") as log:
+            scheduler = subprocess.Popen(
+                [CLI, "scheduler", "--revoke-workers", str(revoke_workers),
+                 "--job-workers", str(job_workers)],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+        jobs_scheduled_s: float | None = None
+        ready_before_expiry = False
+        done_query = sa.text("SELECT count(*) FROM grants WHERE state = 'revoked'")
+        jobs_query = sa.text("SELECT count(*) FROM apscheduler_jobs")
+        deadline = expires_at + timedelta(seconds=600)
+        while datetime.now(UTC) < deadline:
+            if scheduler.poll() is not None:
+                raise RuntimeError(f"scheduler exited: {log_path.read_text()[-3000:]}")
+            if jobs_scheduled_s is None:
+                try:
+                    with engine.connect() as connection:
+                        jobs = connection.execute(jobs_query).scalar_one()
+                except sa.exc.DatabaseError:
+                    jobs = 0
+                if jobs >= count:
+                    jobs_scheduled_s = time.monotonic() - started
+                    ready_before_expiry = datetime.now(UTC) < expires_at
+            with engine.connect() as connection:
+                if connection.execute(done_query).scalar_one() >= count:
+                    break
+            time.sleep(0.25)
+
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(Grant.revoked_at).where(
+                Grant.revoked_at.is_not(None))).scalars().all()
+        lags = sorted((r - expires_at).total_seconds() for r in rows if r is not None)
+        left = sum(len(iam.list_role_policies(RoleName=r)["PolicyNames"]) for r in roles)
+        return {
+            "grants": count, "revoke_workers": revoke_workers, "job_workers": job_workers,
+            "sweep_interval": sweep_interval, "setup_s": round(setup_s, 1),
+            "lead_s": round(lead.total_seconds(), 1),
+            "jobs_scheduled_s": None if jobs_scheduled_s is None else round(jobs_scheduled_s, 1),
+            "jobs_ready_before_expiry": ready_before_expiry,
+            "revoked": len(lags),
+            "drained_s": round(lags[-1], 2) if len(lags) == count else None,
+            "lag_p50_s": round(percentile(lags, 0.5), 2) if lags else None,
+            "lag_p99_s": round(percentile(lags, 0.99), 2) if lags else None,
+            "lag_max_s": round(lags[-1], 2) if lags else None,
+            "revocations_per_s": round(count / lags[-1], 1) if lags and lags[-1] > 0 else None,
+            "iam_deletes": sum(counter.deletes.values()),
+            "double_deletes": sum(1 for n in counter.deletes.values() if n > 1),
+            "policies_left": left,
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        if scheduler is not None and scheduler.poll() is None:
+            scheduler.send_signal(signal.SIGTERM)
+            try:
+                scheduler.wait(60)
+            except subprocess.TimeoutExpired:
+                scheduler.kill()
+        engine.dispose()
+        server.stop()
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grants", default="1000,10000")
+    parser.add_argument("--revoke-workers", type=int, default=8)
+    parser.add_argument("--job-workers", type=int, default=10)
+    parser.add_argument("--sweep-interval", default="10s")
+    args = parser.parse_args()
+    os.environ.update(CREDENTIALS)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    base_url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_URL)
+    runs = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for count in (int(n) for n in args.grants.split(",")):
+            runs.append(run_once(base_url, count, args.revoke_workers, args.job_workers,
+                                 args.sweep_interval, Path(workdir)))
+            print(json.dumps(runs[-1]), file=sys.stderr)
+    print(json.dumps({"runs": runs, "targets": {
+        "grants": 10000, "drained_within_s": 60, "lag_p99_below_s": 30}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""`connect-access scheduler` (the expiry scheduler process) and `connect-access stats`
+(revocation lag from the grants table)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+
+import typer
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.aws.errors import AwsConfigError
+from bot.catalog import CatalogError
+from bot.commands.db_cmds import open_database, settings_or_exit
+from bot.config import ConfigError
+from bot.expiry import LifecycleExpiryWork
+from bot.leader import LeadershipError, leadership_for
+from bot.models import Grant
+from bot.runtime import build_runtime
+from bot.scheduler import ExpiryScheduler
+
+HOLDING_STATES = ("active", "revoking", "irrevocable")
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list (non-empty)."""
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def run_scheduler(revoke_workers: int, job_workers: int) -> None:
+    settings = settings_or_exit()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [scheduler pid %(process)d] %(name)s: %(message)s",
+    )
+    try:
+        runtime = build_runtime(settings, db_pool_size=revoke_workers + job_workers + 2)
+    except (ConfigError, CatalogError, AwsConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        # Fail now, clearly, rather than log the same error every sweep.
+        with runtime.sessions() as session:
+            session.execute(select(Grant.id).limit(1))
+    except SQLAlchemyError as exc:
+        runtime.close()
+        typer.echo(f"error: cannot read the grants table ({type(exc).__name__}: "
+                   f"{getattr(exc, 'orig', None) or exc}). Check that DATABASE_URL is "
+                   "reachable and migrated (`connect-access db upgrade`).", err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("%s received; finishing work in flight",
+                                         signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        scheduler = ExpiryScheduler(
+            engine=runtime.engine,
+            work=LifecycleExpiryWork(runtime.service, runtime.sessions,
+                                     revoke_workers=revoke_workers),
+            clock=runtime.clock,
+            leadership=leadership_for(runtime.engine),
+            sweep_interval=runtime.config.timings.sweep_interval,
+            job_workers=job_workers,
+        )
+        scheduler.run_forever(stop)
+    except LeadershipError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: the scheduler stopped on a database error: {exc}; a process "
+                   "supervisor should restart it", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        runtime.close()
+    logging.getLogger(__name__).info("scheduler stopped")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scheduler")
+    def scheduler(
+        revoke_workers: int = typer.Option(
+            8, "--revoke-workers", min=1, max=64,
+            help="Threads the sweep uses to revoke due grants in parallel."),
+        job_workers: int = typer.Option(
+            10, "--job-workers", min=1, max=64,
+            help="Threads that run scheduled revoke jobs."),
+    ) -> None:
+        """Run the expiry scheduler until SIGTERM/SIGINT: revoke grants at expiry, catch
+        up after downtime, time out pending requests, send reminders. Several may run on
+        PostgreSQL (one leads, the others stand by); on SQLite only one."""
+        run_scheduler(revoke_workers, job_workers)
+
+    @app.command("stats")
+    def stats(
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Revocation lag (revoked_at - expires_at) of grants revoked at expiry: p50, p99,
+        max; and how many grants are overdue right now."""
+        now = datetime.now(UTC)
+        engine, sessions = open_database()
+        try:
+            with sessions() as session:
+                lags = sorted(
+                    max(0.0, (revoked_at - expires_at).total_seconds())
+                    for revoked_at, expires_at in session.execute(
+                        select(Grant.revoked_at, Grant.expires_at).where(
+                            Grant.revoked_at.is_not(None), Grant.revoke_reason == "expiry"))
+                    if revoked_at is not None
+                )
+                overdue = len(session.execute(
+                    select(Grant.id).where(Grant.state.in_(HOLDING_STATES),
+                                           Grant.expires_at <= now)).all())
+        except SQLAlchemyError as exc:
+            typer.echo(f"error: could not read grants: {exc}", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            engine.dispose()
+        figures: dict[str, float | int | None] = {
+            "revoked_at_expiry": len(lags),
+            "lag_p50_seconds": percentile(lags, 0.50) if lags else None,
+            "lag_p99_seconds": percentile(lags, 0.99) if lags else None,
+            "lag_max_seconds": lags[-1] if lags else None,
+            "overdue_now": overdue,
+        }
+        if as_json:
+            typer.echo(json.dumps(figures, indent=2))
+            return
+        if not lags:
+            typer.echo("no grants have been revoked at expiry yet")
+        else:
+            typer.echo(f"revoked at expiry: {len(lags)} grant(s)")
+            typer.echo(f"revocation lag p50: {figures['lag_p50_seconds']:.1f}s  "
+                       f"p99: {figures['lag_p99_seconds']:.1f}s  "
+                       f"max: {figures['lag_max_seconds']:.1f}s")
+        typer.echo(f"overdue now: {overdue}")

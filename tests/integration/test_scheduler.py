@@ -1,0 +1,322 @@
+"""The scheduler's work in-process, on SQLite and PostgreSQL: overdue grants revoked once,
+irrevocable ones retried on the longer period, pending requests timed out, reminders sent
+once, two workers racing for the same grants, the job store kept in step with the grants,
+and leadership. The real-process behaviour is in test_scheduler_processes.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import select
+
+from bot.catalog import Catalog
+from bot.db import SessionFactory, make_engine, make_session_factory
+from bot.expiry import LifecycleExpiryWork
+from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
+from bot.leader import LeadershipError, PostgresLeadership, SqliteLeadership, leadership_for
+from bot.lifecycle import GrantContext, RequestService
+from bot.models import AccessRequest, AuditEvent, Grant
+from bot.ports import Notification
+from bot.runtime import build_runtime
+from bot.scheduler import JOB_TABLE, ExpiryScheduler, job_id_for
+from bot.settings import Settings
+
+LEAD = "U0LEAD01"
+
+
+def entries(catalog: Catalog, count: int) -> list[str]:
+    """Distinct non-critical entries (one approval each), so one requester can hold many."""
+    chosen = [e.id for e in catalog if e.tier != "critical"][:count]
+    assert len(chosen) == count
+    return chosen
+
+
+def make_active(service: RequestService, entry_id: str, minutes: int = 30,
+                requester: str = "U0ALICE") -> str:
+    request = service.submit(requester=requester, entry_id=entry_id, reason="ticket CX-7",
+                             duration=timedelta(minutes=minutes))
+    service.approve(request.id, LEAD)
+    granted = service.get(request.id)
+    assert granted.state == "active"
+    return granted.grants[-1].id
+
+
+def grant_row(sessions: SessionFactory, grant_id: str) -> Grant:
+    with sessions() as session:
+        return session.get_one(Grant, grant_id)
+
+
+def audit_actions(sessions: SessionFactory, request_id: int) -> list[str]:
+    with sessions() as session:
+        return list(session.execute(
+            select(AuditEvent.action).where(AuditEvent.request_id == request_id)
+            .order_by(AuditEvent.seq)).scalars())
+
+
+@pytest.fixture
+def work(request_service: RequestService, session_factory: SessionFactory
+         ) -> LifecycleExpiryWork:
+    return LifecycleExpiryWork(request_service, session_factory)
+
+
+def test_overdue_grants_are_revoked_once_with_their_lag(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    first, second = entries(catalog, 2)
+    due = make_active(request_service, first, minutes=30)
+    later = make_active(request_service, second, minutes=60)
+    assert work.revoke_overdue(clock.now()) == 0
+
+    clock.advance(timedelta(minutes=30, seconds=7))
+    assert work.revoke_overdue(clock.now()) == 1
+    assert work.revoke_overdue(clock.now()) == 0
+
+    revoked = grant_row(session_factory, due)
+    assert revoked.state == "revoked"
+    assert revoked.revoke_reason == "expiry"
+    assert revoked.revocation_lag_seconds == pytest.approx(7)
+    assert grant_row(session_factory, later).state == "active"
+    assert [call[2] for call in granter.revoke_calls] == [tuple(revoked.policy_names)]
+    assert not granter.held("arn:aws:iam::111122223333:role/alice-admin") & set(
+        revoked.policy_names)
+    assert [g for g, _ in work.active_expiries()] == [later]
+
+
+def test_scheduled_job_does_not_revoke_a_grant_that_is_not_due(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, session_factory: SessionFactory) -> None:
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    # A job left at an old expiry (the grant was extended meanwhile) finds nothing to do.
+    assert work.revoke_grant(grant_id, reason="expired") is False
+    clock.advance(timedelta(minutes=30))
+    assert work.revoke_grant(grant_id, reason="expired") is True
+    assert work.revoke_grant(grant_id, reason="expired") is False
+    assert grant_row(session_factory, grant_id).state == "revoked"
+
+
+def test_irrevocable_grants_are_retried_on_the_longer_period(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    clock.advance(timedelta(minutes=31))
+    granter.fail_revoke("access denied", transient=False, code="AccessDenied")
+    assert work.revoke_overdue(clock.now()) == 0
+    assert grant_row(session_factory, grant_id).state == "irrevocable"
+
+    granter.heal()
+    clock.advance(timedelta(minutes=14))  # irrevocable_retry is 15m in the test config
+    assert work.revoke_overdue(clock.now()) == 0
+    assert work.retry_irrevocable(clock.now()) == 0
+    clock.advance(timedelta(minutes=1, seconds=1))
+    assert work.retry_irrevocable(clock.now()) == 1
+    assert grant_row(session_factory, grant_id).state == "revoked"
+
+
+def test_pending_requests_time_out_after_their_ttl(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, notifier: RecordingNotifier) -> None:
+    request = request_service.submit(requester="U0BOB", entry_id=entries(catalog, 1)[0],
+                                     reason="ticket", duration=timedelta(hours=1))
+    clock.advance(timedelta(hours=23, minutes=59))
+    assert work.expire_pending(clock.now()) == 0
+    clock.advance(timedelta(minutes=1))
+    assert work.expire_pending(clock.now()) == 1
+    assert request_service.get(request.id).state == "timed_out"
+    assert "timed_out" in notifier.events(request.id)
+    assert work.expire_pending(clock.now()) == 0
+
+
+def test_reminders_go_out_once_each(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, notifier: RecordingNotifier, session_factory: SessionFactory
+) -> None:
+    held, waiting = entries(catalog, 2)
+    grant_id = make_active(request_service, held, minutes=30)
+    pending = request_service.submit(requester="U0BOB", entry_id=waiting, reason="ticket",
+                                     duration=timedelta(hours=1))
+    assert work.send_reminders(clock.now()) == 0
+
+    clock.advance(timedelta(minutes=21))  # 9 minutes left; remind_before_expiry is 10m
+    assert work.send_reminders(clock.now()) == 1
+    assert work.send_reminders(clock.now()) == 0
+    expiring = [n for n in notifier.sent if n.event == "expiring_soon"]
+    assert len(expiring) == 1 and expiring[0].detail["grant_id"] == grant_id
+    assert expiring[0].detail["requester"] == "U0ALICE"
+    assert grant_row(session_factory, grant_id).expiry_reminded_at is not None
+
+    clock.advance(timedelta(minutes=40))  # pending for 61 minutes; the nudge is after 1h
+    assert work.send_reminders(clock.now()) == 1
+    assert work.send_reminders(clock.now()) == 0
+    assert notifier.events(pending.id).count("pending_reminder") == 1
+    assert notifier.events().count("expiring_soon") == 1
+
+
+def test_two_workers_racing_revoke_every_grant_exactly_once(
+        database_url: str, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    """Two services on their own engines (as two processes would be), each with a thread
+    pool, sweep the same 12 expired grants at once."""
+    grant_ids = [make_active(request_service, e, minutes=30) for e in entries(catalog, 12)]
+    clock.advance(timedelta(minutes=31))
+
+    def other_worker() -> tuple[LifecycleExpiryWork, sa.Engine]:
+        engine = make_engine(database_url)
+        sessions = make_session_factory(engine)
+        service = RequestService(
+            sessions=sessions, catalog=catalog, config=request_service.config,
+            granter=granter, notifier=RecordingNotifier(), approvers=request_service.approvers,
+            principals=StaticPrincipalDirectory({}), clock=clock,
+            plan_builder=request_service.plan_builder)
+        return LifecycleExpiryWork(service, sessions, revoke_workers=4), engine
+
+    workers = [other_worker(), other_worker()]
+    counts: list[int] = []
+    start = threading.Barrier(2)
+
+    def sweep(work: LifecycleExpiryWork) -> None:
+        start.wait()
+        counts.append(work.revoke_overdue(clock.now()))
+
+    threads = [threading.Thread(target=sweep, args=(w,)) for w, _ in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for _, engine in workers:
+        engine.dispose()
+
+    assert sum(counts) == 12
+    assert len(granter.revoke_calls) == 12
+    assert len({call[2] for call in granter.revoke_calls}) == 12
+    for grant_id in grant_ids:
+        grant = grant_row(session_factory, grant_id)
+        assert grant.state == "revoked"
+        assert audit_actions(session_factory, grant.request_id).count("revoked") == 1
+        assert audit_actions(session_factory, grant.request_id).count("revoking") == 1
+
+
+class NoOpLeadership:
+    def try_acquire(self) -> bool:
+        return True
+
+    def still_held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def stored_jobs(engine: sa.Engine) -> dict[str, float]:
+    with engine.connect() as connection:
+        return {str(job_id): float(run_at) for job_id, run_at in connection.execute(
+            sa.text(f"SELECT id, next_run_time FROM {JOB_TABLE}"))}
+
+
+def test_the_sweep_keeps_one_job_per_active_grant_at_its_expiry(
+        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock) -> None:
+    # APScheduler runs on the wall clock, so the lifecycle's clock starts at the real now.
+    clock.set(datetime.now(UTC))
+    first, second = entries(catalog, 2)
+    existing = make_active(request_service, first, minutes=60)
+    scheduler = ExpiryScheduler(
+        engine=engine, work=LifecycleExpiryWork(request_service, session_factory),
+        clock=clock, leadership=NoOpLeadership(), sweep_interval=timedelta(seconds=1))
+    scheduler.start()
+    try:
+        jobs = stored_jobs(engine)
+        assert jobs == {job_id_for(existing): pytest.approx(
+            grant_row(session_factory, existing).expires_at.timestamp())}
+
+        created_later = make_active(request_service, second, minutes=90)  # "the web process"
+        assert scheduler.sweep().scheduled == 1
+        assert set(stored_jobs(engine)) == {job_id_for(existing), job_id_for(created_later)}
+
+        request_service.revoke(grant_row(session_factory, existing).request_id, "U0ALICE",
+                               "done")
+        assert scheduler.sweep().scheduled == 0
+        assert set(stored_jobs(engine)) == {job_id_for(created_later)}
+    finally:
+        scheduler.stop()
+
+
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+@POSTGRES_ONLY
+def test_postgres_leadership_has_one_holder_at_a_time(database_url: str) -> None:
+    engines = [make_engine(database_url), make_engine(database_url)]
+    try:
+        leader, standby = (leadership_for(e) for e in engines)
+        assert isinstance(leader, PostgresLeadership)
+        assert leader.try_acquire() is True
+        assert leader.try_acquire() is True  # asking again does not stack a second hold
+        assert standby.try_acquire() is False
+        assert leader.still_held() is True
+        leader.release()
+        assert leader.still_held() is False
+        assert standby.try_acquire() is True
+        standby.release()
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_a_second_sqlite_scheduler_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "bot.db"
+    first = SqliteLeadership(database)
+    assert first.try_acquire() is True
+    with pytest.raises(LeadershipError, match="another scheduler is already running"):
+        SqliteLeadership(database).try_acquire()
+    first.release()
+    again = SqliteLeadership(database)
+    assert again.try_acquire() is True
+    again.release()
+
+
+def test_in_memory_sqlite_cannot_run_a_scheduler() -> None:
+    engine = make_engine("sqlite://")
+    try:
+        with pytest.raises(LeadershipError, match="file or server database"):
+            leadership_for(engine)
+    finally:
+        engine.dispose()
+
+
+def test_requests_still_pending_are_untouched_by_revocation(
+        work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, session_factory: SessionFactory) -> None:
+    request = request_service.submit(requester="U0BOB", entry_id=entries(catalog, 1)[0],
+                                     reason="ticket", duration=timedelta(hours=1))
+    clock.advance(timedelta(hours=2))
+    assert work.revoke_overdue(clock.now()) == 0
+    with session_factory() as session:
+        assert session.get_one(AccessRequest, request.id).state == "pending"
+
+
+def test_the_runtime_compiles_real_policies_and_logs_notifications(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    runtime = build_runtime(Settings(database_url=database_url, aws_region="us-east-1"))
+    try:
+        start = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+        plan = runtime.plan_builder(GrantContext(
+            grant_id="abc123def456", entry_id="home/list-instance",
+            principal_arn="arn:aws:iam::123456789012:role/alice", instance_arn=None,
+            start=start, expires_at=start + timedelta(hours=1), inline_usage=0))
+        assert plan.kind == "inline"
+        assert [p.name for p in plan.policies] == ["connect-access-abc123def456"]
+        assert "2026-11-02T10:00:00Z" in json.dumps(plan.policies[0].document)
+        assert runtime.approvers.members(["U0LEAD01", "S0LEADS"]) == frozenset({"U0LEAD01"})
+        with caplog.at_level(logging.INFO, logger="bot.runtime"):
+            runtime.notifier.notify(Notification(event="expiring_soon", request_id=7,
+                                                 detail={"requester": "U0ALICE"}))
+        assert "notification expiring_soon for request 7" in caplog.text
+    finally:
+        runtime.close()
