@@ -114,6 +114,7 @@ def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: 
 
 def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
              sweep_interval: str, workdir: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     schema = f"bench_sched_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(base_url)
     with admin.begin() as connection:
@@ -205,6 +206,9 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             "iam_deletes": sum(counter.deletes.values()),
             "double_deletes": sum(1 for n in counter.deletes.values() if n > 1),
             "policies_left": left,
+            # Other work on the machine (the target assumes the scheduler and moto can
+            # use the 2 cores): compare runs only at similar load.
+            "load_average_1m_before": round(load_before, 2),
             "load_average_1m_after": round(os.getloadavg()[0], 2),
             "cpus": os.cpu_count(),
         }

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,24 +51,50 @@ def event_hash(seq: int, at: datetime, actor: str, action: str, request_id: int 
     return hashlib.sha256(canonical.encode() + prev_hash.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append (see append_events): everything but its place in the chain."""
+
+    at: datetime
+    actor: str
+    action: str
+    request_id: int | None
+    details: Mapping[str, Any]
+
+
 def append_event(session: Session, *, at: datetime, actor: str, action: str,
                  request_id: int | None, details: Mapping[str, Any]) -> AuditEvent:
     """Append one event inside the caller's transaction. Locking the chain-head row
     serialises appenders (PostgreSQL row lock; SQLite writers are serial anyway)."""
+    return append_events(session, [NewEvent(at, actor, action, request_id, details)])[0]
+
+
+def append_events(session: Session, events: Sequence[NewEvent]) -> list[AuditEvent]:
+    """Append events in order inside the caller's transaction, taking the chain-head lock
+    once for all of them: batch work (the expiry sweep) would otherwise queue on that row
+    once per event. The chain is the same as appending them one by one."""
+    if not events:
+        return []
     head = session.execute(
         select(AuditChainHead).where(AuditChainHead.id == _CHAIN_HEAD_ID).with_for_update()
     ).scalar_one_or_none()
     if head is None:
         raise AuditError("the audit chain head row is missing: run `connect-access db upgrade`")
-    stored = canonical_details(details)
-    seq = head.seq + 1
-    digest = event_hash(seq, at, actor, action, request_id, stored, head.hash)
-    event = AuditEvent(seq=seq, at=at, actor=actor, action=action, request_id=request_id,
-                       details=stored, prev_hash=head.hash, hash=digest)
-    session.add(event)
-    head.seq, head.hash = seq, digest
+    seq, prev_hash = head.seq, head.hash
+    appended = []
+    for new in events:
+        stored = canonical_details(new.details)
+        seq += 1
+        digest = event_hash(seq, new.at, new.actor, new.action, new.request_id, stored,
+                            prev_hash)
+        appended.append(AuditEvent(seq=seq, at=new.at, actor=new.actor, action=new.action,
+                                   request_id=new.request_id, details=stored,
+                                   prev_hash=prev_hash, hash=digest))
+        prev_hash = digest
+    session.add_all(appended)
+    head.seq, head.hash = seq, prev_hash
     session.flush()
-    return event
+    return appended
 
 
 @dataclass(frozen=True)

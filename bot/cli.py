@@ -13,6 +13,14 @@ import typer
 # Each module has `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "bot.commands.catalog_cmds",
+    "bot.commands.db_cmds",
+    "bot.commands.audit_cmds",
+    "bot.commands.grants_cmds",
+    "bot.commands.scheduler_cmds",
+    "bot.commands.policy_cmds",
+    "bot.commands.reconcile_cmds",
+    "bot.commands.serve_cmds",
+    "bot.commands.demo_cmds",
 )
 
 

@@ -1,20 +1,23 @@
 """The scheduler's work (bot.scheduler.ExpiryWork) done through the request lifecycle.
 
-Every revocation goes through RequestService.revoke_due, which claims the request row
-(SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL), re-checks that the grant is still due and
-moves it to `revoking` with a lease before calling IAM. So a scheduled job, the sweep and a
-second scheduler process racing for one grant revoke it exactly once; the loser gets None.
+Revocation goes through RequestService.revoke_due_batch: one transaction claims a batch of
+due grants (request rows FOR UPDATE SKIP LOCKED on PostgreSQL) and leases them, the IAM
+calls run in a thread pool outside any transaction, and one transaction records the
+results. A scheduled job, the sweep and a second scheduler process racing for one grant
+revoke it exactly once. Batches matter when thousands of grants expire together: every
+audit event takes the single chain-head row lock, and a batch takes it twice, not twice
+per grant.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 
 from bot.db import SessionFactory
 from bot.lifecycle import ACTIVE, IRREVOCABLE, REVOKED, REVOKING, RequestService
@@ -22,29 +25,53 @@ from bot.models import Grant
 
 log = logging.getLogger(__name__)
 
+# Remembered revoked grant ids (so the many jobs of a mass expiry return at once) are
+# forgotten past this many; forgetting only costs one cheap claim query.
+_REVOKED_MEMORY = 100_000
+
 
 class LifecycleExpiryWork:
-    """ExpiryWork over a RequestService. `revoke_workers` > 1 revokes due grants in a small
-    thread pool: IAM calls dominate a revocation, and many grants can expire together."""
+    """ExpiryWork over a RequestService. Due grants are revoked in batches of
+    `batch_size`; `revoke_workers` > 1 runs a batch's IAM calls in a thread pool, since
+    they dominate a revocation and many grants can expire together. With revoke_workers
+    > 1, two batches are in flight at once, so one batch's database work (claim, record)
+    overlaps the other's IAM calls."""
 
     def __init__(self, service: RequestService, sessions: SessionFactory, *,
-                 revoke_workers: int = 1) -> None:
+                 revoke_workers: int = 1, batch_size: int = 200,
+                 batches_in_flight: int | None = None) -> None:
         if revoke_workers < 1:
             raise ValueError("revoke_workers must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if batches_in_flight is None:
+            batches_in_flight = 1 if revoke_workers == 1 else 2
+        if batches_in_flight < 1:
+            raise ValueError("batches_in_flight must be at least 1")
         self.service = service
         self.sessions = sessions
         self.revoke_workers = revoke_workers
-        # When many grants expire together, the scheduled jobs and the sweep reach the same
-        # grants. The row claim keeps that correct; these sets keep it cheap, by skipping
-        # grants this process is revoking right now or has already revoked.
-        self._in_flight: set[str] = set()
-        self._revoked: set[str] = set()
+        self.batch_size = batch_size
+        self.batches_in_flight = batches_in_flight
+        # One drain at a time in this process: when many grants expire together, their
+        # jobs and the sweep all arrive here, and the first drain takes every due grant.
+        # The row claims keep it correct across processes; this keeps it cheap inside one.
+        self._drain_lock = threading.Lock()
+        self._revoked: dict[str, None] = {}  # insertion-ordered set of recent revocations
         self._lock = threading.Lock()
 
     def revoke_grant(self, grant_id: str, *, reason: str) -> bool:
-        """The scheduled job for one grant. False when it is not due (extended, already
-        revoked, or another worker holds it)."""
-        state = self._revoke_one(grant_id, None)
+        """The scheduled job for one grant: drains every due grant (this one included) in
+        batches. False when this call did not revoke it (not due: extended, already revoked,
+        or another worker holds it)."""
+        if self._recently_revoked(grant_id):
+            return False
+        with self._drain_lock:
+            # The drain we may have waited for has probably taken this grant already.
+            if self._recently_revoked(grant_id):
+                return False
+            states = self._drain_locked(None, (ACTIVE, REVOKING))
+        state = states.get(grant_id)
         if state is not None and state != REVOKED:
             log.warning("revoking grant %s (%s) did not finish; the sweep retries it",
                         grant_id, reason)
@@ -52,15 +79,12 @@ class LifecycleExpiryWork:
 
     def revoke_overdue(self, now: datetime) -> int:
         """Active grants past expiry, and revocations whose retry is due."""
-        due = (((Grant.state == ACTIVE) & (Grant.expires_at <= now))
-               | ((Grant.state == REVOKING) & (Grant.next_attempt_at <= now)))
-        return self._revoke_where(due, now)
+        return self._drain(now, (ACTIVE, REVOKING))
 
     def retry_irrevocable(self, now: datetime) -> int:
         """Irrevocable grants come due again every timings.irrevocable_retry (the lifecycle
         sets next_attempt_at on that longer period)."""
-        due = (Grant.state == IRREVOCABLE) & (Grant.next_attempt_at <= now)
-        return self._revoke_where(due, now)
+        return self._drain(now, (IRREVOCABLE,))
 
     def expire_pending(self, now: datetime) -> int:
         return len(self.service.expire_pending(now))
@@ -77,43 +101,55 @@ class LifecycleExpiryWork:
 
     # -------------------------------------------------------------------------------------
 
-    def _revoke_where(self, condition: ColumnElement[bool], now: datetime) -> int:
-        with self.sessions() as session:
-            grant_ids = list(session.execute(
-                select(Grant.id).where(condition).order_by(Grant.expires_at)).scalars())
-        with self._lock:
-            # Forget revoked grants that are no longer listed as due, to stay bounded.
-            self._revoked &= set(grant_ids)
-        if not grant_ids:
-            return 0
-        return sum(1 for state in self._map(lambda g: self._revoke_one(g, now), grant_ids)
-                   if state == REVOKED)
+    def _drain(self, now: datetime, states: Collection[str]) -> int:
+        with self._drain_lock:
+            return sum(1 for state in self._drain_locked(now, states).values()
+                       if state == REVOKED)
 
-    def _revoke_one(self, grant_id: str, now: datetime | None) -> str | None:
-        with self._lock:
-            if grant_id in self._in_flight or grant_id in self._revoked:
-                return None
-            self._in_flight.add(grant_id)
+    def _drain_locked(self, now: datetime | None, states: Collection[str]) -> dict[str, str]:
+        """Batches until nothing in `states` is due at `now` (None: the clock's time at
+        each batch, so grants coming due during a long drain are taken too). Returns the
+        state each handled grant ended in."""
+        pool = (ThreadPoolExecutor(max_workers=self.revoke_workers, thread_name_prefix="revoke")
+                if self.revoke_workers > 1 else None)
+        ended: dict[str, str] = {}
+
+        def drain() -> None:
+            while True:
+                outcomes = self.service.revoke_due_batch(
+                    now, limit=self.batch_size, states=states, executor=pool)
+                if not outcomes:
+                    # Nothing left to claim (what another drain holds, it finishes).
+                    return
+                # Every handled grant is now revoked or waits for a later retry or lease,
+                # so the next batch claims other grants and the loop ends.
+                with self._lock:
+                    ended.update((o.grant_id, o.state) for o in outcomes)
+                self._remember([o.grant_id for o in outcomes if o.state == REVOKED])
+
         try:
-            outcome = self.service.revoke_due(grant_id, now)
-        except Exception:
-            # One grant failing (a database hiccup) must not stop the rest of the batch.
-            log.exception("revoking grant %s failed; the next sweep tries again", grant_id)
-            return None
+            if self.batches_in_flight == 1:
+                drain()
+            else:
+                # Batches claim disjoint grants (SKIP LOCKED on PostgreSQL; SQLite runs
+                # the transactions one at a time), so these drains never share a grant.
+                with ThreadPoolExecutor(max_workers=self.batches_in_flight,
+                                        thread_name_prefix="revoke-batch") as drains:
+                    for future in [drains.submit(drain)
+                                   for _ in range(self.batches_in_flight)]:
+                        future.result()
         finally:
-            with self._lock:
-                self._in_flight.discard(grant_id)
-        if outcome is None:
-            return None
-        if outcome.state == REVOKED:
-            with self._lock:
-                self._revoked.add(grant_id)
-        return outcome.state
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return ended
 
-    def _map(self, work: Callable[[str], str | None], grant_ids: Sequence[str]
-             ) -> list[str | None]:
-        if self.revoke_workers == 1 or len(grant_ids) == 1:
-            return [work(grant_id) for grant_id in grant_ids]
-        with ThreadPoolExecutor(max_workers=self.revoke_workers,
-                                thread_name_prefix="revoke") as pool:
-            return list(pool.map(work, grant_ids))
+    def _recently_revoked(self, grant_id: str) -> bool:
+        with self._lock:
+            return grant_id in self._revoked
+
+    def _remember(self, grant_ids: list[str]) -> None:
+        with self._lock:
+            self._revoked.update(dict.fromkeys(grant_ids))
+            if len(self._revoked) > _REVOKED_MEMORY:
+                for old in list(self._revoked)[:len(self._revoked) // 2]:
+                    del self._revoked[old]

@@ -3,7 +3,8 @@
 One AwsSessions object is built by the CLI from settings and handed to the adapters; nothing
 creates a client at import time. It adds three things boto3 does not do on its own here:
 
-- the same botocore Config (standard retry mode, short timeouts) on every client;
+- the same botocore Config (standard retry mode, short timeouts, a connection pool big
+  enough for the threads that share a client) on every client;
 - the endpoint passed in by the caller (AWS_ENDPOINT_URL, e.g. moto's server), not read
   from the environment at import;
 - per-instance `sts:AssumeRole` with an external id for Connect instances in other
@@ -80,12 +81,17 @@ class AwsSessions:
         max_attempts: int = 3,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
+        # botocore keeps 10 connections per client; threads beyond that (the scheduler's
+        # revoke workers) would open and drop a connection per call.
+        max_pool_connections: int = 32,
         session_name: str = "connect-access-bot",
         refresh_margin: timedelta = timedelta(minutes=5),
         assume_duration_seconds: int = 3600,
         base_session: boto3.Session | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        if max_pool_connections < 1:
+            raise AwsConfigError("max_pool_connections must be at least 1")
         self.region = region
         self.endpoint_url = endpoint_url or None
         self.config = Config(
@@ -94,6 +100,7 @@ class AwsSessions:
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            max_pool_connections=max_pool_connections,
         )
         self._instances = tuple(instances)
         self._session_name = session_name

@@ -40,6 +40,13 @@ from bot.slack.services import (
 
 T = TypeVar("T")
 RECENT_REQUESTS = 10
+# Why a grant ended, in the words the approval message and the DM use ("expired" is the
+# word the Block Kit builders look for).
+REVOKE_NOTES = {
+    "done": "ended by requester",
+    "approver": "revoked by an approver",
+    "expiry": "expired",
+}
 
 
 @contextmanager
@@ -149,11 +156,17 @@ class DbSlackServices:
             if v.approval_round == request.approval_round
         )
         note = None
-        if grant is not None and request.state == "failed":
-            note = grant.last_error
+        if request.state == "failed":
+            # A plan that could not be built leaves no grant row; the audit trail has the
+            # error, the requester gets the generic sentence.
+            note = grant.last_error if grant is not None else None
+        elif request.state == "denied":
+            denial = next((v for v in votes if not v.approve), None)
+            note = denial.comment if denial is not None and denial.comment else None
         elif grant is not None and grant.revoke_reason:
-            note = {"done": "the requester was done", "approver": "revoked by an approver",
-                    "expiry": "expired"}.get(grant.revoke_reason, grant.revoke_reason)
+            note = REVOKE_NOTES.get(grant.revoke_reason, grant.revoke_reason)
+            if request.state == "irrevocable" and grant.last_error:
+                note = grant.last_error
         extension = (
             timedelta(seconds=request.extension_seconds)
             if request.extension_seconds is not None
@@ -172,7 +185,8 @@ class DbSlackServices:
             votes=votes,
             created_at=request.created_at,
             expires_at=grant.expires_at if grant is not None else None,
-            channel=request.approval_channel,
+            # Before the approval message is posted, the channel it goes to is the route's.
+            channel=request.approval_channel or (route.channel if route else None),
             message_ts=request.approval_ts,
             note=note,
             extension=extension,

@@ -1,0 +1,372 @@
+"""Batched revocation (RequestService.revoke_due_batch and the expiry work built on it), on
+SQLite and PostgreSQL: each grant ends exactly as grant-by-grant revocation leaves it, with
+one audit event per transition on a chain that verifies; two batch callers never revoke a
+grant twice; grants claimed by a batch that died are finished after their lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import select
+
+from bot.audit import NewEvent, append_events, verify_chain
+from bot.catalog import Catalog
+from bot.db import SessionFactory, make_engine, make_session_factory
+from bot.expiry import LifecycleExpiryWork
+from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
+from bot.lifecycle import IRREVOCABLE, REVOKING, RequestService
+from bot.models import AuditEvent, Grant
+from bot.ports import PolicyKind
+
+LEAD = "U0LEAD01"
+REQUESTERS = ("U0ALICE", "U0BOB")
+
+
+def entries(catalog: Catalog, count: int) -> list[str]:
+    """Distinct non-critical entries (one approval each)."""
+    chosen = [e.id for e in catalog if e.tier != "critical"][:count]
+    assert len(chosen) == count
+    return chosen
+
+
+def make_active(service: RequestService, entry_id: str, minutes: int,
+                requester: str = "U0ALICE") -> str:
+    request = service.submit(requester=requester, entry_id=entry_id, reason="ticket CX-7",
+                             duration=timedelta(minutes=minutes))
+    service.approve(request.id, LEAD)
+    granted = service.get(request.id)
+    assert granted.state == "active"
+    return granted.grants[-1].id
+
+
+def make_many(service: RequestService, catalog: Catalog, count: int, minutes: int = 30
+              ) -> list[str]:
+    per_requester = (count + len(REQUESTERS) - 1) // len(REQUESTERS)
+    chosen = entries(catalog, per_requester)
+    pairs = [(requester, entry) for requester in REQUESTERS for entry in chosen][:count]
+    return [make_active(service, entry, minutes, requester) for requester, entry in pairs]
+
+
+def grant_row(sessions: SessionFactory, grant_id: str) -> Grant:
+    with sessions() as session:
+        return session.get_one(Grant, grant_id)
+
+
+def audit_of(sessions: SessionFactory, request_id: int) -> list[tuple[str, dict[str, Any]]]:
+    with sessions() as session:
+        return [(action, details) for action, details in session.execute(
+            select(AuditEvent.action, AuditEvent.details)
+            .where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq))]
+
+
+def chain_ok(sessions: SessionFactory) -> bool:
+    with sessions() as session:
+        return verify_chain(session).ok
+
+
+def other_service(database_url: str, like: RequestService, granter: Any
+                  ) -> tuple[RequestService, sa.Engine]:
+    """A second service on its own engine, as a second scheduler process would have."""
+    engine = make_engine(database_url)
+    return RequestService(
+        sessions=make_session_factory(engine), catalog=like.catalog, config=like.config,
+        granter=granter, notifier=RecordingNotifier(), approvers=like.approvers,
+        principals=StaticPrincipalDirectory({}), clock=like.clock,
+        plan_builder=like.plan_builder), engine
+
+
+def test_batch_revokes_every_due_grant_and_leaves_the_rest(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        granter: InMemoryGranter, notifier: RecordingNotifier,
+        session_factory: SessionFactory) -> None:
+    due = make_many(request_service, catalog, 5, minutes=30)
+    later = make_active(request_service, entries(catalog, 6)[5], minutes=60)
+    clock.advance(timedelta(minutes=30))
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = request_service.revoke_due_batch(limit=200, executor=pool)
+
+    assert sorted(o.grant_id for o in outcomes) == sorted(due)
+    assert {o.state for o in outcomes} == {"revoked"}
+    assert request_service.revoke_due_batch() == []
+    for grant_id in due:
+        grant = grant_row(session_factory, grant_id)
+        assert grant.state == "revoked" and grant.revoked_at == clock.now()
+        assert grant.revoke_reason == "expiry" and grant.revoked_by == "system"
+        assert grant.next_attempt_at is None
+        assert not granter.held(grant.principal_arn) & set(grant.policy_names)
+        assert request_service.get(grant.request_id).state == "revoked"
+        actions = [a for a, _ in audit_of(session_factory, grant.request_id)]
+        assert actions[-2:] == ["revoking", "revoked"]
+        assert actions.count("revoking") == actions.count("revoked") == 1
+        _, revoked = audit_of(session_factory, grant.request_id)[-1]
+        assert revoked == {"to": "revoked", "grant_id": grant_id, "reason": "expiry",
+                           "attempts": 1, "lag_seconds": 0.0}
+        assert notifier.events(grant.request_id)[-1] == "revoked"
+    untouched = grant_row(session_factory, later)
+    assert untouched.state == "active" and untouched.next_attempt_at is None
+    assert len(granter.revoke_calls) == 5
+    assert chain_ok(session_factory)
+
+
+def test_batches_take_the_earliest_expiries_first_up_to_the_limit(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        session_factory: SessionFactory) -> None:
+    chosen = entries(catalog, 5)
+    by_expiry = [make_active(request_service, entry, minutes=10 + i)
+                 for i, entry in enumerate(chosen)]
+    clock.advance(timedelta(minutes=20))
+
+    first = request_service.revoke_due_batch(limit=2)
+    second = request_service.revoke_due_batch(limit=2)
+    third = request_service.revoke_due_batch(limit=2)
+
+    assert [o.grant_id for o in first] == by_expiry[:2]
+    assert [o.grant_id for o in second] == by_expiry[2:4]
+    assert [o.grant_id for o in third] == by_expiry[4:]
+    assert request_service.revoke_due_batch(limit=2) == []
+    assert chain_ok(session_factory)
+
+
+def _summary(sessions: SessionFactory, grant_ids: Sequence[str], now: Any
+             ) -> list[tuple[Any, ...]]:
+    """What a revocation left behind, without ids and absolute times, to compare paths."""
+    rows = []
+    for grant_id in grant_ids:
+        grant = grant_row(sessions, grant_id)
+        trail = audit_of(sessions, grant.request_id)
+        first = [action for action, _ in trail].index("revoking")
+        events = [(action, {k: v for k, v in details.items()
+                            if k not in ("grant_id", "next_attempt_at")})
+                  for action, details in trail[first:]]
+        rows.append((grant.state, grant.revoke_attempts, grant.last_error,
+                     None if grant.next_attempt_at is None else grant.next_attempt_at - now,
+                     events))
+    return rows
+
+
+@pytest.mark.parametrize("transient", [True, False], ids=["transient", "permanent"])
+def test_failed_revokes_end_exactly_as_one_by_one_revocation_leaves_them(
+        transient: bool, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, granter: InMemoryGranter, notifier: RecordingNotifier,
+        session_factory: SessionFactory) -> None:
+    """Two groups of four grants, the first two revokes of each group failing: the first
+    group revoked grant by grant (revoke_all_due), the second in one batch."""
+    chosen = entries(catalog, 8)
+    code = "Throttling" if transient else "AccessDenied"
+    one_by_one = [make_active(request_service, e, minutes=30) for e in chosen[:4]]
+    clock.advance(timedelta(minutes=30))
+    granter.fail_revoke("refused", transient=transient, times=2, code=code)
+    request_service.revoke_all_due()
+    expected = _summary(session_factory, one_by_one, clock.now())
+    # Finish the first group, so its retries stay out of the batch below.
+    granter.heal()
+    clock.advance(request_service.config.timings.irrevocable_retry)
+    request_service.revoke_all_due()
+    assert request_service.due_for_revocation() == []
+
+    batched = [make_active(request_service, e, minutes=30) for e in chosen[4:]]
+    clock.advance(timedelta(minutes=30))
+    granter.fail_revoke("refused", transient=transient, times=2, code=code)
+    outcomes = request_service.revoke_due_batch()
+    got = _summary(session_factory, batched, clock.now())
+
+    # Which grants hit the failures depends on order among equal expiries: compare sets.
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+    failed_state = REVOKING if transient else IRREVOCABLE
+    failed = [o.grant_id for o in outcomes if o.state == failed_state]
+    assert len(failed) == 2 and len(outcomes) == 4
+    assert sum(o.state == "revoked" for o in outcomes) == 2
+    assert {o.error for o in outcomes if o.grant_id in failed} == {f"{code}: refused"}
+    retry_in = {row[3] for row in got if row[0] == failed_state}
+    if transient:
+        assert retry_in == {request_service.revoke_backoff}  # first retry after 30 s
+    else:
+        assert retry_in == {request_service.config.timings.irrevocable_retry}
+        for grant_id in failed:
+            request_id = grant_row(session_factory, grant_id).request_id
+            assert notifier.events(request_id)[-1] == "irrevocable"
+    assert chain_ok(session_factory)
+
+    # The failed ones come due again and a later batch finishes them.
+    granter.heal()
+    clock.advance(request_service.config.timings.irrevocable_retry)
+    states = (REVOKING,) if transient else (IRREVOCABLE,)
+    retried = request_service.revoke_due_batch(states=states)
+    assert set(failed) <= {o.grant_id for o in retried}
+    assert all(grant_row(session_factory, g).state == "revoked" for g in batched)
+    _, details = audit_of(session_factory, grant_row(session_factory, failed[0]).request_id)[-1]
+    assert details["attempts"] == 2
+
+
+def test_states_narrow_the_batch_to_the_kind_of_work_asked_for(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    first, second = entries(catalog, 2)
+    stuck = make_active(request_service, first, minutes=30)
+    fresh = make_active(request_service, second, minutes=31)
+    clock.advance(timedelta(minutes=31))
+    granter.fail_revoke("denied", transient=False, times=1, code="AccessDenied")
+    request_service.revoke_due_batch(limit=1)
+    assert grant_row(session_factory, stuck).state == IRREVOCABLE
+
+    clock.advance(request_service.config.timings.irrevocable_retry)
+    assert request_service.revoke_due_batch(states=(IRREVOCABLE,))[0].grant_id == stuck
+    assert grant_row(session_factory, fresh).state == "active"
+    assert [o.grant_id for o in request_service.revoke_due_batch(states=("active",))] == [fresh]
+
+
+class SlowGranter(InMemoryGranter):
+    """Revokes take a few milliseconds, so two racing batches overlap."""
+
+    def revoke(self, principal_arn: str, kind: PolicyKind, policy_names: Sequence[str]) -> None:
+        time.sleep(0.005)
+        super().revoke(principal_arn, kind, policy_names)
+
+
+def test_two_batch_callers_at_once_never_revoke_a_grant_twice(
+        database_url: str, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, session_factory: SessionFactory) -> None:
+    grant_ids = make_many(request_service, catalog, 30, minutes=30)
+    clock.advance(timedelta(minutes=31))
+    granter = SlowGranter()
+    callers = [other_service(database_url, request_service, granter) for _ in range(2)]
+    handled: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def drain(index: int) -> None:
+        service = callers[index][0]
+        start.wait()
+        with ThreadPoolExecutor(4) as pool:
+            while outcomes := service.revoke_due_batch(limit=5, executor=pool):
+                handled[index].extend(o.grant_id for o in outcomes)
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for _, engine in callers:
+        engine.dispose()
+
+    assert sorted(handled[0] + handled[1]) == sorted(grant_ids)
+    calls = [names for _, _, names in granter.revoke_calls]
+    assert len(calls) == len(set(calls)) == 30
+    for grant_id in grant_ids:
+        grant = grant_row(session_factory, grant_id)
+        assert grant.state == "revoked"
+        actions = [a for a, _ in audit_of(session_factory, grant.request_id)]
+        assert actions.count("revoking") == actions.count("revoked") == 1
+    assert chain_ok(session_factory)
+
+
+class CrashingGranter(InMemoryGranter):
+    """The process dies at the first IAM call of a batch (after the claim committed)."""
+
+    crash = True
+
+    def revoke(self, principal_arn: str, kind: PolicyKind, policy_names: Sequence[str]) -> None:
+        if self.crash:
+            raise SystemExit("killed")
+        super().revoke(principal_arn, kind, policy_names)
+
+
+def test_grants_claimed_by_a_batch_that_died_are_finished_after_the_lease(
+        database_url: str, request_service: RequestService, catalog: Catalog,
+        clock: FakeClock, granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    grant_ids = make_many(request_service, catalog, 4, minutes=30)
+    clock.advance(timedelta(minutes=30))
+    crashing = CrashingGranter()
+    dying, engine = other_service(database_url, request_service, crashing)
+    with pytest.raises(SystemExit):
+        dying.revoke_due_batch()
+    engine.dispose()
+    claimed_at = clock.now()
+    for grant_id in grant_ids:
+        grant = grant_row(session_factory, grant_id)
+        assert grant.state == REVOKING
+        assert grant.next_attempt_at == claimed_at + request_service.claim_lease
+
+    # While the lease runs, nobody touches them.
+    clock.advance(request_service.claim_lease - timedelta(seconds=1))
+    assert request_service.revoke_due_batch() == []
+    assert granter.revoke_calls == []
+
+    clock.advance(timedelta(seconds=1))
+    outcomes = request_service.revoke_due_batch()
+    assert sorted(o.grant_id for o in outcomes) == sorted(grant_ids)
+    for grant_id in grant_ids:
+        grant = grant_row(session_factory, grant_id)
+        assert grant.state == "revoked"
+        assert not granter.held(grant.principal_arn) & set(grant.policy_names)
+        actions = [a for a, _ in audit_of(session_factory, grant.request_id)]
+        assert actions.count("revoking") == actions.count("revoked") == 1
+    assert chain_ok(session_factory)
+
+
+def test_an_unexpected_error_keeps_that_grant_leased_and_records_the_others(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        session_factory: SessionFactory) -> None:
+    grant_ids = make_many(request_service, catalog, 3, minutes=30)
+    clock.advance(timedelta(minutes=30))
+    original = request_service.granter
+    broken = grant_row(session_factory, grant_ids[0]).policy_names
+
+    class Flaky(InMemoryGranter):
+        def revoke(self, principal_arn: str, kind: PolicyKind,
+                   policy_names: Sequence[str]) -> None:
+            if list(policy_names) == list(broken):
+                raise RuntimeError("bug in an adapter")
+            original.revoke(principal_arn, kind, policy_names)
+
+    request_service.granter = Flaky()
+    outcomes = request_service.revoke_due_batch()
+    assert sorted(o.grant_id for o in outcomes) == sorted(grant_ids[1:])
+    leased = grant_row(session_factory, grant_ids[0])
+    assert leased.state == REVOKING and leased.revoke_attempts == 0
+    assert leased.next_attempt_at == clock.now() + request_service.claim_lease
+
+    request_service.granter = original
+    clock.advance(request_service.claim_lease)
+    assert [o.state for o in request_service.revoke_due_batch()] == ["revoked"]
+    assert chain_ok(session_factory)
+
+
+def test_expiry_work_drains_in_batches_and_a_job_returns_true_only_for_its_grant(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        granter: InMemoryGranter, session_factory: SessionFactory) -> None:
+    grant_ids = make_many(request_service, catalog, 7, minutes=30)
+    work = LifecycleExpiryWork(request_service, session_factory, revoke_workers=3,
+                               batch_size=3)
+    assert work.revoke_grant(grant_ids[0], reason="expired") is False  # not due yet
+    clock.advance(timedelta(minutes=30))
+
+    # The first job's drain takes every due grant, in batches of three.
+    assert work.revoke_grant(grant_ids[3], reason="expired") is True
+    assert all(grant_row(session_factory, g).state == "revoked" for g in grant_ids)
+    assert work.revoke_grant(grant_ids[0], reason="expired") is False
+    assert work.revoke_overdue(clock.now()) == 0
+    assert len(granter.revoke_calls) == 7
+    assert chain_ok(session_factory)
+
+
+def test_append_events_links_like_appending_one_by_one(
+        session_factory: SessionFactory, clock: FakeClock) -> None:
+    def event(n: int) -> NewEvent:
+        return NewEvent(at=clock.now(), actor="system", action=f"test-{n}", request_id=None,
+                        details={"n": n, "when": clock.now()})
+
+    with session_factory.begin() as session:
+        assert append_events(session, []) == []
+        single = append_events(session, [event(1)])
+        batch = append_events(session, [event(2), event(3), event(4)])
+    assert [e.seq for e in single + batch] == [1, 2, 3, 4]
+    assert [e.prev_hash for e in batch] == [single[0].hash, batch[0].hash, batch[1].hash]
+    assert chain_ok(session_factory)
