@@ -357,6 +357,10 @@ class AppServer:
         self.stop()
 
 
+# ResponsePost.token of an answer that came in the command's ack, not via response_url.
+ACK_ANSWER = "ack"
+
+
 class SlackDriver:
     """Plays people in Slack against the app and the fake: type a command, press what the
     app showed, fill a modal, and wait (polling the fake's records) for what follows.
@@ -370,11 +374,15 @@ class SlackDriver:
     # -- slash commands -----------------------------------------------------------------
 
     def command(self, user: str, text: str) -> ResponsePost:
-        """Run the command; returns what the app answered through its response_url."""
+        """Run the command; returns what the user sees: the answer in the ack (catalog
+        lookups) or, after an empty ack, what the app posted to its response_url."""
         url = self.fake.response_url()
         result = self.client.command(user, text, response_url=url)
         if result.status != 200:
             raise AssertionError(f"command answered {result.status}: {result.body}")
+        answer = result.json()
+        if answer:
+            return ResponsePost(token=ACK_ANSWER, body=answer, at=time.time())
         return self.response_to(url)
 
     def response_to(self, url: str) -> ResponsePost:

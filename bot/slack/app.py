@@ -1,7 +1,8 @@
 """The Bolt app factory and its WSGI entry.
 
-Every listener acks at once (pure functions, no I/O) and does its work in a Bolt lazy
-listener. `process_before_response=True` runs the ack function in the request thread, so
+Every listener acks at once (no database, IAM or Web API call before the ack) and does
+such work in a Bolt lazy listener; catalog lookups, which need none, are answered in the
+ack itself. `process_before_response=True` runs the ack function in the request thread, so
 the HTTP answer never queues behind lazy work on the listener executor (with False, Bolt
 submits the ack function to the same executor and polls for it every 10 ms); lazy
 listeners still run on the executor after the response is sent, which is what a
@@ -16,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slack_bolt import App, BoltResponse
+from slack_bolt import Ack, App, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.ports import ApproverDirectory, Clock, SystemClock
@@ -58,6 +59,10 @@ def handle_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
     return BoltResponse(
         status=200, body=json.dumps(payload), headers={"content-type": "application/json"}
     )
+
+
+def _is_request_command(command: dict[str, Any]) -> bool:
+    return commands.needs_backend(str(command.get("text") or ""))
 
 
 def build_app(
@@ -103,7 +108,16 @@ def build_app(
     app.error(handle_error)
     app.middleware(events.skip_repeated_events(seen_events or events.SeenEvents()))
 
-    app.command(command)(ack=commands.ack_command, lazy=[lazy(commands.run_command, deps)])
+    # Request commands first (they need the database, so they answer after the ack);
+    # every other command is answered in the ack itself (see listeners.commands).
+    app.command(command, matchers=[_is_request_command])(
+        ack=commands.ack_command, lazy=[lazy(commands.run_request_command, deps)]
+    )
+
+    def answer_command(ack: Ack, command: dict[str, Any]) -> None:
+        commands.answer_in_ack(deps, ack, str(command.get("text") or ""))
+
+    app.command(command)(answer_command)
 
     button_handlers = {
         blocks.REQUEST_BUTTON: actions.run_open_request_modal,

@@ -1,7 +1,17 @@
-"""`/connect-access <text>`: subcommands, else resolve the text to a catalog entry."""
+"""`/connect-access <text>`: subcommands, else resolve the text to a catalog entry.
+
+Two kinds of command, told apart by `needs_backend` before anything runs:
+- catalog lookups (help, list, resolving a use case, a subcommand missing its request id)
+  touch only the catalog and the operator config in memory, so the answer goes back in the
+  ack itself: the user sees it at once and no lazy work or response_url post follows;
+- request commands (status, revoke/done, cancel, extend with a request id) read and change
+  the database, so they ack empty at once and answer through response_url from a lazy
+  listener.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack
@@ -11,29 +21,43 @@ from bot.slack.escape import escape, slack_date
 from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id
 from bot.slack.services import ServiceError, format_duration, parse_duration
 
+REQUEST_VERBS = ("revoke", "done", "cancel", "extend")
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    blocks: list[Any]
+
+
+def _split(text: str) -> tuple[str, str]:
+    word, _, rest = text.strip().partition(" ")
+    return word.lower(), rest.strip()
+
+
+def needs_backend(text: str) -> bool:
+    """True for the commands that read or change requests (answered after the ack)."""
+    verb, rest = _split(text)
+    if verb == "status":
+        return not rest
+    if verb in REQUEST_VERBS and rest:
+        return parse_request_id(rest.split(" ", 1)[0]) is not None
+    return False
+
 
 def ack_command(ack: Ack) -> None:
-    # Everything, even resolving, answers through response_url after this empty ack, so
-    # the HTTP response never waits on the database.
+    # A request command answers through response_url after this empty ack, so the HTTP
+    # response never waits on the database.
     ack()
 
 
-def _answer(incoming: Incoming, text: str, message_blocks: list[Any]) -> None:
-    assert incoming.respond is not None, "slash commands always carry a response_url"
-    incoming.respond(text=text, blocks=message_blocks, response_type="ephemeral")
-
-
-def run_command(deps: SlackDeps, incoming: Incoming) -> None:
-    text = str(incoming.body.get("text") or "").strip()
-    word, _, rest = text.partition(" ")
-    verb = word.lower()
-    rest = rest.strip()
-    user = incoming.user_id
+def answer_from_catalog(deps: SlackDeps, text: str) -> Answer:
+    """Help, listings and lookups: pure functions of the catalog and config. Raises
+    ServiceError with a message for the user when the text cannot be answered."""
+    verb, rest = _split(text)
     services = deps.services
-
     if verb in ("", "help"):
-        _answer(incoming, "How to use connect-access", blocks.help_blocks(deps.command))
-        return
+        return Answer("How to use connect-access", blocks.help_blocks(deps.command))
     if verb == "list":
         try:
             listing = services.list_entries(rest or None)
@@ -42,50 +66,64 @@ def run_command(deps: SlackDeps, incoming: Incoming) -> None:
                 raise
             # "list instance" is also the name of a use case: fall back to resolving it.
         else:
-            _answer(incoming, "Catalog", blocks.listing_blocks(listing, deps.command))
-            return
-    if verb == "status" and not rest:
-        views = services.status(user)
-        _answer(incoming, "Your requests", blocks.status_blocks(views, deps.clock.now()))
-        return
-    request_id = parse_request_id(rest.split(" ", 1)[0]) if rest else None
-    if verb in ("revoke", "done", "cancel", "extend") and request_id is not None:
-        if verb == "extend":
-            amount = rest.split(" ", 1)[1] if " " in rest else ""
-            if not amount.strip():
-                raise ServiceError(
-                    f"Say how much longer, e.g. `{deps.command} extend {request_id} 30m`."
-                )
-            view = services.extend(request_id, user, parse_duration(amount))
-            if view.extension is not None:
-                message = (
-                    f"Extension of *#{view.id}* by {format_duration(view.extension)} "
-                    "sent to the approvers."
-                )
-            else:
-                message = (
-                    f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."
-                    if view.expires_at
-                    else f"Extended *#{view.id}*."
-                )
-        elif verb == "cancel":
-            view = services.cancel(request_id, user)
-            message = f"Cancelled request *#{view.id}* ({escape(view.entry.name)})."
-        else:
-            view = services.revoke(request_id, user)
-            message = f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
-        _answer(incoming, message, blocks.notice(message))
-        return
-    if verb in ("revoke", "done", "cancel", "extend") and not rest:
+            return Answer("Catalog", blocks.listing_blocks(listing, deps.command))
+    if verb in REQUEST_VERBS and not rest:
         raise ServiceError(
             f"Which request? e.g. `{deps.command} {verb} 12` (see `{deps.command} status`)."
         )
-
-    resolved = services.resolve(text)
+    resolved = services.resolve(text.strip())
     if resolved.status == "match":
         description = services.describe_entry(resolved.matches[0].id)
-        _answer(incoming, description.entry.name, blocks.entry_preview(description))
-    elif resolved.status == "ambiguous":
-        _answer(incoming, "Which use case do you mean?", blocks.pick_list(resolved))
+        return Answer(description.entry.name, blocks.entry_preview(description))
+    if resolved.status == "ambiguous":
+        return Answer("Which use case do you mean?", blocks.pick_list(resolved))
+    return Answer("No match", blocks.no_match(resolved))
+
+
+def answer_in_ack(deps: SlackDeps, ack: Ack, text: str) -> None:
+    try:
+        answer = answer_from_catalog(deps, text)
+    except ServiceError as refusal:
+        message = str(refusal)
+        answer = Answer(escape(message), blocks.error_notice(message))
+    ack(text=answer.text, blocks=answer.blocks, response_type="ephemeral")
+
+
+def run_request_command(deps: SlackDeps, incoming: Incoming) -> None:
+    """status, revoke/done, cancel and extend with a request id (see needs_backend)."""
+    verb, rest = _split(str(incoming.body.get("text") or ""))
+    user = incoming.user_id
+    services = deps.services
+    assert incoming.respond is not None, "slash commands always carry a response_url"
+    if verb == "status":
+        views = services.status(user)
+        incoming.respond(text="Your requests", blocks=blocks.status_blocks(views, deps.clock.now()),
+                         response_type="ephemeral")
+        return
+    request_id = parse_request_id(rest.split(" ", 1)[0])
+    assert request_id is not None, "needs_backend routes only commands with a request id"
+    if verb == "extend":
+        amount = rest.split(" ", 1)[1] if " " in rest else ""
+        if not amount.strip():
+            raise ServiceError(
+                f"Say how much longer, e.g. `{deps.command} extend {request_id} 30m`."
+            )
+        view = services.extend(request_id, user, parse_duration(amount))
+        if view.extension is not None:
+            message = (
+                f"Extension of *#{view.id}* by {format_duration(view.extension)} "
+                "sent to the approvers."
+            )
+        else:
+            message = (
+                f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."
+                if view.expires_at
+                else f"Extended *#{view.id}*."
+            )
+    elif verb == "cancel":
+        view = services.cancel(request_id, user)
+        message = f"Cancelled request *#{view.id}* ({escape(view.entry.name)})."
     else:
-        _answer(incoming, "No match", blocks.no_match(resolved))
+        view = services.revoke(request_id, user)
+        message = f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
+    incoming.respond(text=message, blocks=blocks.notice(message), response_type="ephemeral")

@@ -9,16 +9,42 @@ from slack_harness import ALICE, APPROVALS, WRITE_ENTRY, SlackEnv
 from bot.sandbox.slack_client import find_button
 
 
-def test_command_acks_empty_at_once_and_answers_through_response_url(slack_env: SlackEnv) -> None:
+def test_catalog_lookups_are_answered_in_the_ack_with_nothing_posted_later(slack_env: SlackEnv) -> None:
     url = slack_env.fake.response_url()
     result = slack_env.client.command(ALICE, "help", response_url=url)
     assert result.status == 200
-    assert result.body == ""  # the ack carries nothing; the answer follows via response_url
-    post = slack_env.response_to(url)
-    assert post.body["response_type"] == "ephemeral"
-    text = json.dumps(post.body["blocks"])
+    answer = result.json()
+    assert answer["response_type"] == "ephemeral"
+    text = json.dumps(answer["blocks"])
     for sub in ("list", "status", "revoke", "extend", "cancel"):
         assert f"/connect-access {sub}" in text
+    preview = slack_env.client.command(ALICE, WRITE_ENTRY, response_url=url).json()
+    assert WRITE_ENTRY in json.dumps(preview["blocks"])
+    assert find_button(preview["blocks"], "request_entry")
+    # A request command in between is answered through response_url; waiting for it
+    # proves the lazy listeners ran, so the lookups would have posted by now too.
+    slack_env.client.command(ALICE, "status", response_url=url)
+    slack_env.response_to(url)
+    token = url.rsplit("/", 1)[-1]
+    assert len([r for r in slack_env.fake.responses() if r.token == token]) == 1
+
+
+def test_request_commands_ack_empty_and_answer_through_response_url(slack_env: SlackEnv) -> None:
+    url = slack_env.fake.response_url()
+    result = slack_env.client.command(ALICE, "status", response_url=url)
+    assert result.status == 200
+    assert result.body == ""  # the database is read after the ack, never before it
+    post = slack_env.response_to(url)
+    assert post.body["response_type"] == "ephemeral"
+    assert "no requests" in json.dumps(post.body["blocks"]).lower()
+
+
+def test_a_refusal_in_a_lookup_is_answered_in_the_ack(slack_env: SlackEnv) -> None:
+    answer = slack_env.client.command(ALICE, "revoke").json()
+    assert "Which request?" in json.dumps(answer["blocks"])
+    answer = slack_env.client.command(ALICE, "list <!channel> nowhere").json()
+    text = json.dumps(answer)
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text
 
 
 def test_empty_text_shows_help(slack_env: SlackEnv) -> None:

@@ -48,7 +48,7 @@ INJECTED = "<!channel> <@U123> <!here|here> & <https://evil.example|click>"
 
 
 def test_injected_mentions_are_escaped_everywhere_they_are_shown(slack_env: SlackEnv) -> None:
-    slack_env.command(ALICE, INJECTED)  # echoed back in the "nothing matches" answer
+    echo_answer = slack_env.command(ALICE, INJECTED)  # echoed back in "nothing matches"
     message = slack_env.request(reason=f"Need it {INJECTED} now please")
     slack_env.click_message(CAROL, message, "deny_request")
     modal = slack_env.fake.wait_for_calls("views.open", 2)[-1].response["view"]
@@ -57,14 +57,14 @@ def test_injected_mentions_are_escaped_everywhere_they_are_shown(slack_env: Slac
     slack_env.client.open_home(ALICE)
     slack_env.fake.wait_for_calls("views.publish")
 
-    shown = slack_env.fake.everything_shown()
+    # What the fake saw, plus the lookup's answer, which came back in the command's ack.
+    shown = [*slack_env.fake.everything_shown(), json.dumps(echo_answer.body)]
     everything = "\n".join(shown)
     for raw in ("<!channel>", "<@U123>", "<!here", "<https://evil"):
         assert raw not in everything, f"{raw} reached Slack unescaped"
     assert "&lt;!channel&gt; &lt;@U123&gt;" in everything
     # Each place was really reached: the echo, the approval message, the DM.
-    echo = json.dumps([r.body for r in slack_env.fake.responses()])
-    assert "&lt;!channel&gt;" in echo
+    assert "&lt;!channel&gt;" in json.dumps(echo_answer.body)
     approval = json.dumps(slack_env.fake.message(message.channel, message.ts).blocks)
     assert approval.count("&lt;!channel&gt;") == 2  # the reason and the deny comment
     assert "&amp;" in approval
