@@ -1,5 +1,10 @@
 """`connect-access serve`: the Slack app over HTTP (gunicorn) or Socket Mode.
 
+Socket Mode: the same app, built by bot.slack.wsgi.load_slack_web(socket_mode=True), fed
+by slack_bolt's builtin SocketModeHandler over a WebSocket that apps.connections.open (on
+SLACK_API_URL, with SLACK_APP_TOKEN) hands out. A refused token or an unreachable Slack
+ends the command with one line naming the setting; SIGTERM and SIGINT stop it cleanly.
+
 HTTP: gunicorn runs in this process (its arbiter, `--workers` forked workers with
 `--threads` threads each), every worker building the app with bot.slack.wsgi.create_app(),
 the same factory as the Procfile's `web:`. Before any worker starts, the whole app is built
@@ -10,11 +15,19 @@ line instead of a worker boot loop.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import signal
+import threading
+import urllib.error
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import typer
 
-from bot.slack.wsgi import StartupError, load_slack_web
+from bot.slack.wsgi import SlackWeb, StartupError, load_slack_web
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
 
 DEFAULT_PORT = 3000
 
@@ -56,22 +69,96 @@ def serve_http(host: str, port: int, workers: int, threads: int) -> None:
     ConnectAccessServer().run()
 
 
-def serve_socket_mode() -> None:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+class _Stop(BaseException):
+    """SIGTERM or SIGINT: leave whatever the main thread is doing and shut down. A
+    BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it."""
 
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def open_socket_url(client: WebClient, app_token: str, api_url: str) -> str:
+    """A WebSocket URL from `apps.connections.open` on SLACK_API_URL, or StartupError
+    naming the setting at fault."""
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        return str(client.apps_connections_open(app_token=app_token)["url"])
+    except SlackApiError as exc:
+        error = exc.response.get("error", "unknown_error")
+        raise StartupError(
+            f"SLACK_APP_TOKEN: Slack at {api_url} refused the app-level token ({error}); "
+            "generate one with the connections:write scope (Slack app > Basic Information > "
+            "App-Level Tokens) and turn Socket Mode on for the app."
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StartupError(f"SLACK_API_URL: cannot reach Slack at {api_url} "
+                           f"for apps.connections.open ({exc}).") from None
+
+
+def serve_socket_mode() -> None:
+    """Connect out to Slack and serve until SIGTERM or SIGINT. The Web API calls, including
+    apps.connections.open, go to SLACK_API_URL through the app's own client."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s [socket mode] %(name)s: %(message)s")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = ({sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+                if in_main_thread else {})
+    failure: str | None = None
     try:
-        web = load_slack_web(socket_mode=True)
-    except StartupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    app_token = web.runtime.settings.slack_app_token
-    assert app_token is not None  # load_slack_web(socket_mode=True) checked it
-    try:
-        SocketModeHandler(web.app, app_token).start()  # type: ignore[no-untyped-call]
+        failure = _serve_socket_mode()
+    except _Stop as stop:  # a second signal while shutting down
+        typer.echo(f"{stop}: stopping", err=True)
     finally:
-        web.close()
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+    if failure is not None:
+        typer.echo(f"error: {failure}", err=True)
+        raise typer.Exit(2)
+
+
+def _serve_socket_mode() -> str | None:
+    """Serve until a signal. Returns why it could not start, once everything it started
+    has stopped, so that the reason is the last line printed."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    web: SlackWeb | None = None
+    handler: SocketModeHandler | None = None
+    try:
+        try:
+            web = load_slack_web(socket_mode=True)
+            api_url = web.runtime.settings.slack_api_url
+            app_token = web.runtime.settings.slack_app_token
+            assert app_token is not None  # load_slack_web(socket_mode=True) checked it
+            url = open_socket_url(web.app.client, app_token, api_url)
+        except StartupError as exc:
+            return str(exc)
+        # No reconnecting in the background before the first connection is up: a socket
+        # that cannot be opened must stop the command, not be retried forever.
+        handler = SocketModeHandler(web.app, app_token, web_client=web.app.client,
+                                    auto_reconnect_enabled=False)
+        handler.client.wss_uri = url  # connect() uses it instead of asking for another one
+        handler.connect()  # type: ignore[no-untyped-call]
+        if not handler.client.is_connected():
+            return (f"SLACK_API_URL: Slack at {api_url} answered apps.connections.open, but "
+                    f"the WebSocket at {urlsplit(url).netloc or url} could not be opened "
+                    "(slack_sdk logged the reason above).")
+        handler.client.default_auto_reconnect_enabled = True
+        handler.client.auto_reconnect_enabled = True
+        typer.echo(f"connected to Slack over Socket Mode (Web API {api_url}); "
+                   "SIGTERM or Ctrl-C stops", err=True)
+        threading.Event().wait()
+    except _Stop as stop:
+        typer.echo(f"{stop}: stopping", err=True)
+    finally:
+        if handler is not None:
+            handler.close()  # type: ignore[no-untyped-call]
+        if web is not None:
+            # Let listeners already running finish before their database goes away.
+            web.app.listener_runner.listener_executor.shutdown(wait=True)
+            web.close()
+    return None
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,10 @@ for the cases we care about), records every call, keeps the channel messages as 
 read (after chat.update), the ephemeral messages, the views and what apps posted to
 response_urls. It can be told to answer 429 with Retry-After for a method.
 
+It also speaks Socket Mode: `apps.connections.open` (with the app-level token) returns a
+`ws://` URL on the same port, where `socket_mode` (bot.sandbox.fake_socket_mode) serves
+the WebSocket, pushes envelopes to the app and records its acks.
+
     with FakeSlack(usergroups={"S0LEADS": ["U0BOB"]}) as slack:
         client = WebClient(token=slack.bot_token, base_url=slack.api_url)
 """
@@ -23,7 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from bot.sandbox.fake_socket_mode import SocketModeHub
+
 DEFAULT_BOT_TOKEN = "xoxb-fake-bot-token"
+DEFAULT_APP_TOKEN = "xapp-1-A0CONNECT-fake-app-token"
+# Methods Slack accepts only with the app-level token (xapp-...), never the bot token.
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
 
 
@@ -99,6 +108,8 @@ class FakeSlack:
         self,
         *,
         bot_token: str = DEFAULT_BOT_TOKEN,
+        app_token: str = DEFAULT_APP_TOKEN,
+        app_id: str = "A0CONNECT",
         bot_user_id: str = "U0CABOT",
         team_id: str = "T0FAKE",
         usergroups: Mapping[str, Sequence[str]] | None = None,
@@ -107,6 +118,8 @@ class FakeSlack:
         port: int = 0,
     ) -> None:
         self.bot_token = bot_token
+        self.app_token = app_token
+        self.socket_mode = SocketModeHub(app_id=app_id)
         self.bot_user_id = bot_user_id
         self.team_id = team_id
         self._usergroups = {k: list(v) for k, v in (usergroups or {}).items()}
@@ -150,6 +163,7 @@ class FakeSlack:
 
     def stop(self) -> None:
         if self._server is not None:
+            self.socket_mode.close_all()
             self._server.shutdown()
             self._server.server_close()
             self._server = None
@@ -236,6 +250,8 @@ class FakeSlack:
         with self._lock:
             shown = [json.dumps(c.params) for c in self._state.calls]
             shown += [json.dumps(r.body) for r in self._state.responses]
+        # Socket Mode: what a listener answered in its ack is shown to the user too.
+        shown += [json.dumps(a.payload) for a in self.socket_mode.acks() if a.payload]
         return shown
 
     def wait_for(
@@ -274,6 +290,9 @@ class FakeSlack:
     # -- HTTP ---------------------------------------------------------------------------
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        if request.command == "GET" and self.socket_mode.is_upgrade(request):
+            self.socket_mode.serve(request)  # holds this thread until the socket closes
+            return
         url = urlsplit(request.path)
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
@@ -301,8 +320,9 @@ class FakeSlack:
                 body = {"ok": False, "error": "ratelimited"}
                 self._record(method, params, 429, body)
                 return 429, body, {"Retry-After": str(retry_after)}
-        if token != self.bot_token:
-            body = {"ok": False, "error": "invalid_auth" if token else "not_authed"}
+        expected = self.app_token if method in APP_TOKEN_METHODS else self.bot_token
+        if token != expected:
+            body = {"ok": False, "error": self._token_error(token)}
         else:
             handler = getattr(self, "_m_" + method.replace(".", "_"), None)
             if handler is None:
@@ -314,6 +334,13 @@ class FakeSlack:
                     body = {"ok": False, "error": exc.error}
         self._record(method, params, 200, body)
         return 200, body, {}
+
+    def _token_error(self, token: str) -> str:
+        if not token:
+            return "not_authed"
+        if token in (self.bot_token, self.app_token):
+            return "not_allowed_token_type"  # a real token, of the wrong kind for the method
+        return "invalid_auth"
 
     def _record(
         self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]
@@ -375,6 +402,9 @@ class FakeSlack:
             "bot_id": "B0CABOT",
             "is_enterprise_install": False,
         }
+
+    def _m_apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.socket_mode.issue_url(self.base_url)}
 
     def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         if not params.get("text") and not params.get("blocks"):
