@@ -4,16 +4,18 @@ policy-compiling plan builder and the RequestService built on them.
 
 Nothing here runs at import; `build_runtime(settings)` builds, `Runtime.close()` releases.
 The notifier and the approver directory are injectable because they belong to Slack: the
-web process passes its Slack adapters, tests pass in-memory ones, and without a Slack token
-the default notifier only logs.
+web process and the demo pass a `notifier_factory` (the Slack notifier reads requests
+through the RequestService it notifies for, so it can only be made once that exists),
+commands and tests with a ready notifier pass `notifier=`, and without either the default
+notifier only logs.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
@@ -24,12 +26,12 @@ from bot.catalog import Catalog, load_catalog
 from bot.config import OperatorConfig, load_config
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.iamref import IamReference
-from bot.lifecycle import GrantContext, PlanBuilder, RequestService
+from bot.lifecycle import PlanBuilder, RequestService
+from bot.policy import plan_builder as policy_plan_builder
 from bot.ports import (
     ApproverDirectory,
     Clock,
     Granter,
-    GrantPlan,
     Notification,
     Notifier,
     PrincipalDirectory,
@@ -40,6 +42,9 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
+
+NotifierFactory = Callable[[RequestService], Notifier]
+"""Makes the notifier for the RequestService it will be given to."""
 
 
 class LoggingNotifier:
@@ -61,38 +66,6 @@ class DirectApproverDirectory:
             log.warning("cannot expand Slack user groups %s without a Slack token",
                         ", ".join(groups))
         return frozenset(a for a in approver_ids if a.startswith(("U", "W")))
-
-
-class PolicyPlanBuilder:
-    """The lifecycle's PlanBuilder: runs the policy compiler for one GrantContext. The IAM
-    reference data is loaded on first use, so processes that never grant (the scheduler)
-    do not pay for it."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._iam: IamReference | None = None
-        self._lock = threading.Lock()
-
-    def _reference(self) -> IamReference:
-        with self._lock:
-            if self._iam is None:
-                self._iam = IamReference()
-            return self._iam
-
-    def __call__(self, context: GrantContext) -> GrantPlan:
-        from bot.policy import compile_policy
-
-        compiled = compile_policy(
-            self.catalog, context.entry_id, context.principal_arn,
-            grant_id=context.grant_id, start=context.start,
-            duration=context.expires_at - context.start,
-            # The lifecycle checked the tier maximum when the request (or extension) was
-            # made; an extended grant may rightly run longer than one tier maximum.
-            max_duration=None,
-            iam=self._reference(), instance_arn=context.instance_arn,
-            existing_inline_chars=context.inline_usage,
-        )
-        return compiled.to_plan()
 
 
 @dataclass
@@ -119,14 +92,22 @@ def build_runtime(
     settings: Settings,
     *,
     notifier: Notifier | None = None,
+    notifier_factory: NotifierFactory | None = None,
     approvers: ApproverDirectory | None = None,
     clock: Clock | None = None,
     plan_builder: PlanBuilder | None = None,
     granter: Granter | None = None,
     db_pool_size: int = 5,
+    min_duration: timedelta | None = None,
 ) -> Runtime:
     """Everything a long-running command needs. Raises ConfigError/CatalogError for a bad
-    operator config or catalog (the CLI prints them), before any connection is opened."""
+    operator config or catalog (the CLI prints them), before any connection is opened.
+
+    Give `notifier` when it exists already, or `notifier_factory` when it needs the
+    RequestService (the Slack notifier does); not both. `min_duration` lowers the
+    lifecycle's shortest grant (only the demo does, to show an expiry in seconds)."""
+    if notifier is not None and notifier_factory is not None:
+        raise TypeError("build_runtime takes notifier or notifier_factory, not both")
     catalog = load_catalog(settings.connect_access_catalog)
     config = load_config(settings.connect_access_config)
     clock = clock or SystemClock()
@@ -139,25 +120,30 @@ def build_runtime(
         tag_lookup_accounts=(None, *sorted({i.account for i in config.instances
                                             if i.assume_role_arn})),
     )
-    plan_builder = plan_builder or PolicyPlanBuilder(catalog)
-    if notifier is None:
-        if settings.slack_bot_token:
-            log.warning("SLACK_BOT_TOKEN is set but this process was given no Slack "
-                        "notifier; notifications are logged only")
-        notifier = LoggingNotifier()
+    # The IAM reference loads its data per action on first use, so processes that never
+    # grant (the scheduler) do not pay for it.
+    plan_builder = plan_builder or policy_plan_builder(catalog, IamReference())
+    if notifier is None and notifier_factory is None and settings.slack_bot_token:
+        log.warning("SLACK_BOT_TOKEN is set but this process was given no Slack "
+                    "notifier; notifications are logged only")
     approvers = approvers or DirectApproverDirectory()
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))
     sessions = make_session_factory(engine)
     service = RequestService(
         sessions=sessions, catalog=catalog, config=config, granter=granter,
-        notifier=notifier, approvers=approvers, principals=principals, clock=clock,
-        plan_builder=plan_builder,
+        # Until the factory has made the real notifier, nothing is dropped silently.
+        notifier=notifier or LoggingNotifier(), approvers=approvers, principals=principals,
+        clock=clock, plan_builder=plan_builder,
     )
+    if min_duration is not None:
+        service.min_duration = min_duration
+    if notifier_factory is not None:
+        service.notifier = notifier_factory(service)
     return Runtime(settings=settings, engine=engine, sessions=sessions, catalog=catalog,
                    config=config, clock=clock, aws=aws, granter=granter,
                    principals=principals, plan_builder=plan_builder, approvers=approvers,
-                   notifier=notifier, service=service)
+                   notifier=service.notifier, service=service)
 
 
 def _pool_options(database_url: str, pool_size: int) -> dict[str, int | float]:

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -146,18 +146,12 @@ class IamGranter:
     def inline_policy_names(self, principal_arn: str) -> list[str]:
         principal = self._principal(principal_arn)
         iam = self._client(principal)
-        method = getattr(iam, f"list_{principal.kind}_policies")
-        names: list[str] = []
-        marker: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {principal.name_param: principal.name}
-            if marker:
-                kwargs["Marker"] = marker
-            page = self._call(f"list inline policies of {principal.arn}", method, **kwargs)
-            names.extend(page["PolicyNames"])
-            if not page.get("IsTruncated"):
-                return names
-            marker = page["Marker"]
+        pages = self._pages(
+            f"list inline policies of {principal.arn}",
+            getattr(iam, f"list_{principal.kind}_policies"),
+            **_named(principal),
+        )
+        return [name for page in pages for name in page["PolicyNames"]]
 
     def inline_document(self, principal_arn: str, name: str) -> Mapping[str, Any] | None:
         principal = self._principal(principal_arn)
@@ -166,39 +160,30 @@ class IamGranter:
     def attached_managed_arns(self, principal_arn: str) -> list[str]:
         principal = self._principal(principal_arn)
         iam = self._client(principal)
-        method = getattr(iam, f"list_attached_{principal.kind}_policies")
-        arns: list[str] = []
-        marker: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {
-                principal.name_param: principal.name,
-                "PathPrefix": self._managed_path,
-            }
-            if marker:
-                kwargs["Marker"] = marker
-            page = self._call(f"list managed policies of {principal.arn}", method, **kwargs)
-            arns.extend(p["PolicyArn"] for p in page["AttachedPolicies"])
-            if not page.get("IsTruncated"):
-                return arns
-            marker = page["Marker"]
+        pages = self._pages(
+            f"list managed policies of {principal.arn}",
+            getattr(iam, f"list_attached_{principal.kind}_policies"),
+            **_named(principal),
+            PathPrefix=self._managed_path,
+        )
+        return [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]
 
     def unattached_managed_names(self, principal_arn: str) -> list[str]:
         """Names of managed policies under the bot's path, in the principal's account,
         attached to nothing."""
         iam = self._client(self._principal(principal_arn))
-        names: list[str] = []
-        marker: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Scope": "Local", "PathPrefix": self._managed_path}
-            if marker:
-                kwargs["Marker"] = marker
-            page = self._call("list the bot's managed policies", iam.list_policies, **kwargs)
-            names.extend(
-                p["PolicyName"] for p in page["Policies"] if p.get("AttachmentCount", 0) == 0
-            )
-            if not page.get("IsTruncated"):
-                return names
-            marker = page["Marker"]
+        pages = self._pages(
+            "list the bot's managed policies",
+            iam.list_policies,
+            Scope="Local",
+            PathPrefix=self._managed_path,
+        )
+        return [
+            p["PolicyName"]
+            for page in pages
+            for p in page["Policies"]
+            if p.get("AttachmentCount", 0) == 0
+        ]
 
     def managed_document(self, principal_arn: str, policy_arn: str) -> Mapping[str, Any] | None:
         iam = self._client(self._principal(principal_arn))
@@ -308,20 +293,22 @@ class IamGranter:
         versions = self._call(f"list versions of {arn}", iam.list_policy_versions, PolicyArn=arn)
         old = [v for v in versions["Versions"] if not v["IsDefaultVersion"]]
         if len(versions["Versions"]) >= MAX_POLICY_VERSIONS and old:
-            oldest = min(old, key=lambda v: v["CreateDate"])
-            self._call(
-                f"delete old version of {arn}",
-                iam.delete_policy_version,
-                missing_ok=True,
-                PolicyArn=arn,
-                VersionId=oldest["VersionId"],
-            )
+            self._delete_version(iam, arn, min(old, key=lambda v: v["CreateDate"]))
         self._call(
             f"update managed policy {arn}",
             iam.create_policy_version,
             PolicyArn=arn,
             PolicyDocument=json.dumps(policy.document),
             SetAsDefault=True,
+        )
+
+    def _delete_version(self, iam: IAMClient, arn: str, version: Mapping[str, Any]) -> None:
+        self._call(
+            f"delete version {version['VersionId']} of {arn}",
+            iam.delete_policy_version,
+            missing_ok=True,
+            PolicyArn=arn,
+            VersionId=version["VersionId"],
         )
 
     def _get_managed_document(self, iam: IAMClient, arn: str) -> Mapping[str, Any] | None:
@@ -357,13 +344,7 @@ class IamGranter:
         # IAM refuses to delete a policy that still has non-default versions.
         for version in versions["Versions"]:
             if not version["IsDefaultVersion"]:
-                self._call(
-                    f"delete version {version['VersionId']} of {arn}",
-                    iam.delete_policy_version,
-                    missing_ok=True,
-                    PolicyArn=arn,
-                    VersionId=version["VersionId"],
-                )
+                self._delete_version(iam, arn, version)
         self._call(
             f"delete managed policy {arn}", iam.delete_policy, missing_ok=True, PolicyArn=arn
         )
@@ -406,6 +387,16 @@ class IamGranter:
                 log.warning("%s: %s, retry %d in %.2fs", action, error_code(exc), attempt, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _pages(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+        """Every page of a paginated IAM list call, each page fetched through `_call` (so
+        each is retried on its own)."""
+        while True:
+            page = self._call(action, fn, **kwargs)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            kwargs["Marker"] = page["Marker"]
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from bot.aws.granter import POLICY_PREFIX, IamGranter, document_hash
-from bot.ports import GrantError, GrantPlan, Notification, Notifier, PolicyDocument, PolicyKind
+from bot.ports import GrantError, GrantPlan, Notification, Notifier, PolicyKind
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,12 @@ GrantState = Literal["active", "granting"]
 
 
 @dataclass(frozen=True)
-class ExpectedGrant:
-    """A grant the database holds as live, with the documents it put on the principal."""
+class ExpectedGrant(GrantPlan):
+    """A grant the database holds as live: the plan it put on the principal (so restoring
+    it is attaching it again), and the state it is in."""
 
-    grant_id: str
-    principal_arn: str
-    kind: PolicyKind
-    policies: tuple[PolicyDocument, ...]
-    expires_at: datetime
     state: GrantState = "active"
     state_since: datetime | None = None  # when it entered `state`; used for `granting`
-    instance_arn: str | None = None
 
     @property
     def policy_names(self) -> tuple[str, ...]:
@@ -52,16 +47,6 @@ class ExpectedGrant:
 
     def expected_hash(self, name: str) -> str:
         return next(document_hash(p.document) for p in self.policies if p.name == name)
-
-    def plan(self) -> GrantPlan:
-        return GrantPlan(
-            grant_id=self.grant_id,
-            principal_arn=self.principal_arn,
-            kind=self.kind,
-            policies=self.policies,
-            expires_at=self.expires_at,
-            instance_arn=self.instance_arn,
-        )
 
 
 @dataclass(frozen=True)
@@ -318,7 +303,7 @@ def _restore(
     error = ""
     if not dry_run:
         try:
-            granter.attach(grant.plan())
+            granter.attach(grant)
         except GrantError as exc:
             error = str(exc)
             action += "; failed, grant marked failed"

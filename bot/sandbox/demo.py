@@ -58,7 +58,6 @@ from bot.lifecycle import (
 )
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.policy import INLINE_QUOTAS, MANAGED_POLICY_QUOTA
-from bot.ports import Notification, Notifier
 from bot.runtime import Runtime, build_runtime
 from bot.sandbox.fake_slack import FakeSlack, Message, ResponsePost
 from bot.sandbox.slack_client import (
@@ -233,22 +232,6 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-class DeferredNotifier:
-    """The lifecycle needs a notifier before the Slack notifier can exist (that one reads
-    requests through services built on the lifecycle), so the service gets this and the
-    Slack notifier is plugged in once built."""
-
-    def __init__(self) -> None:
-        self.target: Notifier | None = None
-
-    def notify(self, notification: Notification) -> None:
-        if self.target is None:
-            log.error("notification %s for request %s before Slack was wired; dropped",
-                      notification.event, notification.request_id)
-            return
-        self.target.notify(notification)
-
-
 # --- the sandbox -------------------------------------------------------------------------------
 
 
@@ -417,21 +400,17 @@ class Sandbox:
         )
         web = build_web_client(fake.bot_token, fake.api_url)
         approvers = SlackApproverDirectory(web)
-        notifier = DeferredNotifier()
-        runtime = build_runtime(settings, notifier=notifier, approvers=approvers)
+        runtime = build_runtime(
+            settings, approvers=approvers,
+            notifier_factory=lambda service: SlackNotifier(
+                web, DbSlackServices(service), clock=service.clock),
+            # The demo shows a whole expiry in seconds; production keeps the 1-minute floor.
+            min_duration=(timedelta(seconds=1) if self.grant_seconds < LIFECYCLE_MIN_SECONDS
+                          else None))
         self.runtime = runtime
         self._stack.callback(runtime.close)
-        service = runtime.service
-        if self.grant_seconds < LIFECYCLE_MIN_SECONDS:
-            # The demo shows a whole expiry in seconds; production keeps the 1-minute floor.
-            service = RequestService(
-                sessions=runtime.sessions, catalog=runtime.catalog, config=runtime.config,
-                granter=runtime.granter, notifier=notifier, approvers=approvers,
-                principals=runtime.principals, clock=runtime.clock,
-                plan_builder=runtime.plan_builder, min_duration=timedelta(seconds=1))
-        self.service = service
-        self.services = DbSlackServices(service)
-        notifier.target = SlackNotifier(web, self.services, clock=runtime.clock)
+        self.service = runtime.service
+        self.services = DbSlackServices(runtime.service)
         wsgi = build_wsgi_app(signing_secret=self.signing_secret, bot_token=fake.bot_token,
                               api_url=fake.api_url, services=self.services,
                               approvers=approvers, command=COMMAND, clock=runtime.clock)

@@ -27,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.aws.errors import AwsConfigError
 from bot.catalog import Catalog, CatalogError
 from bot.config import ConfigError, OperatorConfig, Route
-from bot.ports import Clock, Notification, Notifier
+from bot.lifecycle import RequestService
+from bot.ports import Clock
 from bot.runtime import Runtime, build_runtime
 from bot.settings import Settings, SettingsError, load_settings
 from bot.slack.app import EVENTS_PATH, build_app
@@ -45,20 +46,6 @@ class StartupError(Exception):
     """The web process cannot start; the message names the setting or key and the fix."""
 
 
-class _NotifierRelay:
-    """The RequestService needs its notifier when it is built, and the SlackNotifier needs
-    the services built on that RequestService: the relay breaks the cycle and is pointed
-    at the SlackNotifier once both exist."""
-
-    def __init__(self) -> None:
-        self.target: Notifier | None = None
-
-    def notify(self, notification: Notification) -> None:
-        if self.target is None:
-            raise RuntimeError("the Slack notifier was not connected before the first event")
-        self.target.notify(notification)
-
-
 @dataclass
 class SlackWeb:
     """Everything the web process built; `close()` releases the database pool."""
@@ -66,7 +53,6 @@ class SlackWeb:
     runtime: Runtime
     services: DbSlackServices
     approvers: SlackApproverDirectory
-    notifier: SlackNotifier
     app: App
 
     def wsgi(self) -> SlackRequestHandler:
@@ -166,9 +152,13 @@ def build_slack_web(
         )
     web = build_web_client(bot_token, settings.slack_api_url)
     directory = SlackApproverDirectory(web)
-    relay = _NotifierRelay()
+
+    def slack_notifier(service: RequestService) -> SlackNotifier:
+        return SlackNotifier(web, DbSlackServices(service), clock=service.clock)
+
     try:
-        runtime = build_runtime(settings, notifier=relay, approvers=directory, clock=clock,
+        runtime = build_runtime(settings, notifier_factory=slack_notifier, approvers=directory,
+                                clock=clock,
                                 # lazy listeners each hold a connection for a moment
                                 db_pool_size=lazy_workers)
     except AwsConfigError as exc:
@@ -182,8 +172,6 @@ def build_slack_web(
         check_routing(runtime.config, runtime.catalog, source)
         check_database(runtime.engine)
         services = DbSlackServices(runtime.service)
-        notifier = SlackNotifier(web, services, clock=runtime.clock)
-        relay.target = notifier
         try:
             # Socket Mode payloads are not signed, so Bolt never checks the secret there;
             # build_app still wants a non-empty one.
@@ -203,8 +191,7 @@ def build_slack_web(
     except BaseException:
         runtime.close()
         raise
-    return SlackWeb(runtime=runtime, services=services, approvers=directory,
-                    notifier=notifier, app=app)
+    return SlackWeb(runtime=runtime, services=services, approvers=directory, app=app)
 
 
 def load_slack_web(*, socket_mode: bool = False, lazy_workers: int = DEFAULT_LAZY_WORKERS

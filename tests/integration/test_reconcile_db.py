@@ -3,7 +3,7 @@ rebuilds what each active grant put in IAM, and orphan, missing and tampered pol
 repaired with an audit event each; `connect-access reconcile` prints the summary.
 
 Grants are made through the lifecycle with the real IAM granter and the real policy
-compiler; the fixtures come from test_grant_flow_aws (the same moto world).
+compiler: the `flow` fixture of conftest.py, as in test_grant_flow_aws.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_grant_flow_aws as kit
 import yaml
+from aws_testkit import REGION, Fault
+from grant_flow_kit import (
+    ALICE_ROLE,
+    CAROL_USER,
+    MANAGED_ENTRY,
+    READ_ENTRY,
+    Flow,
+    operator_config_data,
+)
 from sqlalchemy import func, select
-from test_grant_flow_aws import MANAGED_ENTRY, READ_ENTRY, Fault, Flow
 from typer.testing import CliRunner
 
 from bot.aws.granter import document_hash
@@ -29,11 +36,6 @@ from bot.lifecycle import GrantContext
 from bot.models import AuditEvent, Grant
 from bot.ports import GrantPlan, PolicyDocument
 from bot.reconcile_store import RECONCILE_ACTOR, DbReconcileStore
-
-# The moto world, the lifecycle and the plan builder of the grant-flow tests.
-fake_aws = kit.fake_aws
-plan_builder = kit.plan_builder
-flow = kit.flow
 
 SECOND_READ_ENTRY = "telephony/view-telephony-options"
 STRAY = {"Version": "2012-10-17", "Statement": [
@@ -147,7 +149,7 @@ def test_the_store_rebuilds_exactly_what_each_active_grant_attached(
     assert document_hash(flow.inline()[ok.policy_names[0]]) == drift.ok.document_hash
     assert expected[drift.missing.id].kind == "managed"
     assert expected[drift.missing.id].policy_names == tuple(drift.missing.policy_names)
-    assert sorted(store.principals_ever_granted()) == [kit.ALICE_ROLE, kit.CAROL_USER]
+    assert sorted(store.principals_ever_granted()) == [ALICE_ROLE, CAROL_USER]
 
 
 def test_dry_run_reports_every_drift_and_changes_nothing(flow: Flow, drift: Drift) -> None:
@@ -212,7 +214,7 @@ def test_an_active_grant_whose_policy_cannot_be_restored_ends_and_its_owner_is_t
     flow.service.approve(request_id, "U0LEAD01")
     grant = flow.grant_of(request_id)
     flow.iam.delete_role_policy(RoleName="alice-admin", PolicyName=grant.policy_names[0])
-    flow.inject("PutRolePolicy", Fault("LimitExceeded"))
+    flow.inject("PutRolePolicy", Fault("PutRolePolicy", "LimitExceeded").error_response)
 
     findings = reconcile(flow.granter, DbReconcileStore(flow.service), now=flow.clock.now())
 
@@ -295,9 +297,9 @@ def test_a_grant_that_moved_on_meanwhile_is_reported_not_forced(flow: Flow) -> N
 def cli_env(flow: Flow, database_url: str, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     config = tmp_path / "connect-access.yaml"
-    config.write_text(yaml.safe_dump(kit.operator_config_data()))
+    config.write_text(yaml.safe_dump(operator_config_data()))
     yield {"DATABASE_URL": database_url, "CONNECT_ACCESS_CONFIG": str(config),
-           "AWS_REGION": kit.REGION}
+           "AWS_REGION": REGION}
 
 
 def test_the_command_prints_the_summary_and_repairs(
@@ -369,7 +371,7 @@ def test_the_command_also_scans_tagged_principals(
     flow.iam.put_role_policy(RoleName="dave", PolicyName="connect-access-stray",
                              PolicyDocument=json.dumps(STRAY))
     config = tmp_path / "tagged.yaml"
-    config.write_text(yaml.safe_dump({**kit.operator_config_data(),
+    config.write_text(yaml.safe_dump({**operator_config_data(),
                                       "principal_tag_lookup": True}))
 
     result = CliRunner().invoke(build_cli(), ["reconcile"],

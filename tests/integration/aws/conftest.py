@@ -1,9 +1,9 @@
-"""Fixtures for the AWS adapter tests: moto (in-process, function-scoped), fake
-credentials, and a way to make a single IAM call fail the way AWS fails."""
+"""Fixtures for the AWS adapter tests: sessions and a granter on moto (in-process,
+function-scoped; fake credentials and moto itself come from tests/integration/conftest.py),
+and a way to make a single IAM call fail the way AWS fails."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,38 +13,22 @@ from aws_testkit import (
     WRITE_OPERATIONS,
     Fault,
     FaultFactory,
-    RecordingNotifier,
     SleepRecorder,
     WriteCounter,
 )
-from moto import mock_aws
 
 from bot.aws.granter import IamGranter
 from bot.aws.sessions import AwsSessions
 
 
 @pytest.fixture(autouse=True)
-def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """Credentials that no real account accepts, and no config file or profile that could
-    point boto3 at one."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IAM", "AWS_ENDPOINT_URL_STS"):
-        monkeypatch.delenv(name, raising=False)
+def _no_real_aws(fake_aws_credentials: None) -> None:
+    """Every test here runs on fake credentials (tests/integration/conftest.py), moto
+    in-process or not."""
 
 
 @pytest.fixture
-def aws(fake_aws_credentials: None) -> Iterator[None]:
-    with mock_aws():
-        yield
-
-
-@pytest.fixture
-def sessions(aws: None) -> AwsSessions:
+def sessions(fake_aws: None) -> AwsSessions:
     # botocore's own retries off: the granter's loop is what these tests exercise, and
     # botocore would sleep for real between its attempts.
     return AwsSessions(REGION, instances=[OTHER_INSTANCE], max_attempts=1)
@@ -85,11 +69,6 @@ def inject(sessions: AwsSessions) -> FaultFactory:
         return fault
 
     return install
-
-
-@pytest.fixture
-def notifier() -> RecordingNotifier:
-    return RecordingNotifier()
 
 
 @pytest.fixture

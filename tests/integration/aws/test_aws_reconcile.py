@@ -10,7 +10,7 @@ import pytest
 from aws_testkit import (
     HOME_ACCOUNT,
     FaultFactory,
-    RecordingNotifier,
+    ProcessKilled,
     connect_document,
     make_plan,
     make_principal,
@@ -24,6 +24,7 @@ from bot.aws.reconcile import (
     format_summary,
     reconcile,
 )
+from bot.fakes import RecordingNotifier
 from bot.ports import GrantPlan, PolicyKind
 
 NOW = datetime.now(UTC)
@@ -32,15 +33,8 @@ NOW = datetime.now(UTC)
 def expected(
     plan: GrantPlan, state: Any = "active", since: datetime | None = None
 ) -> ExpectedGrant:
-    return ExpectedGrant(
-        grant_id=plan.grant_id,
-        principal_arn=plan.principal_arn,
-        kind=plan.kind,
-        policies=plan.policies,
-        expires_at=plan.expires_at,
-        state=state,
-        state_since=since,
-    )
+    """The store's view of a plan the bot attached: the same plan, in `state`."""
+    return ExpectedGrant(**vars(plan), state=state, state_since=since)
 
 
 def inline_policies(iam: Any, role: str) -> dict[str, Any]:
@@ -50,10 +44,6 @@ def inline_policies(iam: Any, role: str) -> dict[str, Any]:
 
 def managed_names(iam: Any) -> list[str]:
     return sorted(p["PolicyName"] for p in iam.list_policies(Scope="Local")["Policies"])
-
-
-class ProcessKilled(BaseException):
-    """Stands for the process dying: not an Exception, so nothing in the granter catches it."""
 
 
 @pytest.fixture

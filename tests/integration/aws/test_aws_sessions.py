@@ -23,7 +23,7 @@ from bot.aws.granter import IamGranter, decode_document
 from bot.aws.sessions import AwsSessions, InstanceConfig, account_of
 
 
-def test_clients_use_standard_retries_and_timeouts(aws: None) -> None:
+def test_clients_use_standard_retries_and_timeouts(fake_aws: None) -> None:
     sessions = AwsSessions(REGION, max_attempts=4, connect_timeout=2, read_timeout=7)
     client = sessions.iam()
     config: Any = client.meta.config
@@ -33,7 +33,7 @@ def test_clients_use_standard_retries_and_timeouts(aws: None) -> None:
     assert sessions.iam() is client  # one client per credentials, reused
 
 
-def test_assume_role_passes_the_external_id_and_caches_until_near_expiry(aws: None) -> None:
+def test_assume_role_passes_the_external_id_and_caches_until_near_expiry(fake_aws: None) -> None:
     clock = [datetime.now(UTC)]
     sessions = AwsSessions(REGION, instances=[OTHER_INSTANCE], now=lambda: clock[0])
     sent: list[dict[str, Any]] = []
@@ -55,7 +55,7 @@ def test_assume_role_passes_the_external_id_and_caches_until_near_expiry(aws: No
     assert caller["Account"] == OTHER_ACCOUNT
 
 
-def test_instances_without_a_role_use_the_bots_own_credentials(aws: None) -> None:
+def test_instances_without_a_role_use_the_bots_own_credentials(fake_aws: None) -> None:
     local = InstanceConfig(arn="arn:aws:connect:us-east-1:123456789012:instance/x")
     sessions = AwsSessions(REGION, instances=[local])
 

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_process import free_port, serving
 from slack_harness import ALICE, SIGNING_SECRET
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.slack_client import SlackClient
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture()
@@ -36,29 +28,11 @@ def gunicorn_app(tmp_path: Path) -> Iterator[tuple[FakeSlack, str]]:
             "TEST_SLACK_BOT_TOKEN": fake.bot_token,
             "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET,
         }
-        log = (tmp_path / "gunicorn.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-             "--threads", "4", "--chdir", str(HERE), "gunicorn_app:create()"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(
-                            "gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text()
-                        ) from None
-                    time.sleep(0.05)
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                   "--workers", "1", "--threads", "4", "--chdir", str(HERE),
+                   "gunicorn_app:create()"]
+        with serving(command, port=port, env=env, log_path=tmp_path / "gunicorn.log"):
             yield fake, f"http://127.0.0.1:{port}/slack/events"
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-            log.close()
 
 
 @pytest.mark.slow

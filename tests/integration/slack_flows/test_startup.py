@@ -7,16 +7,14 @@ import copy
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from server_process import free_port, serving
 from slack_flows_harness import ALICE, SIGNING_SECRET, WRITE_ENTRY, operator_config
 from typer.testing import CliRunner
 
@@ -170,12 +168,6 @@ def test_serve_refuses_a_broken_config_before_starting_gunicorn(web_env: Path) -
     assert "Traceback" not in result.output
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_serve_runs_the_app_under_gunicorn(
     web_env: Path, fake: FakeSlack, aws_env: str, tmp_path: Path
@@ -183,34 +175,17 @@ def test_serve_runs_the_app_under_gunicorn(
     port = free_port()
     env = {**os.environ, "AWS_ENDPOINT_URL": aws_env}
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from bot.cli import main; main()", "serve",
-             "--port", str(port), "--workers", "1", "--threads", "4"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(
-                            "serve did not start: " + log_path.read_text()) from None
-                    time.sleep(0.1)
-            client = SlackClient(f"http://127.0.0.1:{port}/slack/events", SIGNING_SECRET,
-                                 response_url_factory=fake.response_url)
-            driver = SlackDriver(fake, client, timeout=15)
-            assert client.command(ALICE, "help", signature="v0=bad").status == 401
-            # The whole path through the production server: preview, modal, the request
-            # stored and its approval message posted in the tier's channel.
-            _, message = driver.request(ALICE, WRITE_ENTRY, instance="prod", seconds=3600,
-                                        reason="Customer escalation INC-42")
-            assert message.channel == "C0APPROVALS"
-            assert "Customer escalation INC-42" in json.dumps(message.blocks)
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+    command = [sys.executable, "-c", "from bot.cli import main; main()", "serve",
+               "--port", str(port), "--workers", "1", "--threads", "4"]
+    with serving(command, port=port, env=env, log_path=log_path):
+        client = SlackClient(f"http://127.0.0.1:{port}/slack/events", SIGNING_SECRET,
+                             response_url_factory=fake.response_url)
+        driver = SlackDriver(fake, client, timeout=15)
+        assert client.command(ALICE, "help", signature="v0=bad").status == 401
+        # The whole path through the production server: preview, modal, the request
+        # stored and its approval message posted in the tier's channel.
+        _, message = driver.request(ALICE, WRITE_ENTRY, instance="prod", seconds=3600,
+                                    reason="Customer escalation INC-42")
+        assert message.channel == "C0APPROVALS"
+        assert "Customer escalation INC-42" in json.dumps(message.blocks)
     assert "serving Slack on http://127.0.0.1:" in log_path.read_text()

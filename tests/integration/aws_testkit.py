@@ -1,4 +1,5 @@
-"""Helpers shared by the AWS adapter tests (fixtures live in conftest.py)."""
+"""Helpers for the tests that run the IAM adapter on moto: the AWS adapter tests in aws/
+and the lifecycle-on-IAM tests here (fixtures live in the conftest.py files)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ReadTimeoutError
 
 from bot.aws.sessions import InstanceConfig
-from bot.ports import GrantPlan, Notification, PolicyDocument, PolicyKind
+from bot.ports import GrantPlan, PolicyDocument, PolicyKind
 
 REGION = "us-east-1"
 HOME_ACCOUNT = "123456789012"  # moto's default account
@@ -28,6 +29,10 @@ TRUST = json.dumps(
         "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
     }
 )
+
+
+class ProcessKilled(BaseException):
+    """Stands for the process dying: not an Exception, so no `except` in the bot runs."""
 
 
 @dataclass
@@ -98,7 +103,7 @@ class Fault:
 
     operation: str
     code: str
-    times: int | None
+    times: int | None = None
     calls: int = 0
 
     def _due(self) -> bool:
@@ -121,14 +126,6 @@ class Fault:
 
 
 FaultFactory = Callable[..., Fault]
-
-
-@dataclass
-class RecordingNotifier:
-    sent: list[Notification] = field(default_factory=list)
-
-    def notify(self, notification: Notification) -> None:
-        self.sent.append(notification)
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""Fixtures for the integration tests that touch AWS: credentials no real account accepts,
+moto in-process, and `flow`, the request lifecycle on the database driving the real IAM
+granter and policy compiler (grant_flow_kit.py).
+
+pytest puts the folder of each conftest.py on sys.path, so the tests in the folders below
+import aws_testkit and grant_flow_kit from here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aws_testkit import REGION, TRUST, SleepRecorder
+from grant_flow_kit import ATTEMPTS, LEADS, Flow, operator_config_data
+from moto import mock_aws
+
+from bot.aws.granter import IamGranter
+from bot.aws.sessions import AwsSessions
+from bot.catalog import Catalog
+from bot.config import parse_config
+from bot.db import SessionFactory
+from bot.fakes import (
+    FakeClock,
+    RecordingNotifier,
+    StaticApproverDirectory,
+    StaticPrincipalDirectory,
+)
+from bot.iamref import IamReference
+from bot.lifecycle import RequestService
+from bot.policy import plan_builder
+
+
+@pytest.fixture
+def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Credentials that no real account accepts, and no config file, profile or endpoint
+    that could point boto3 at one."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IAM", "AWS_ENDPOINT_URL_STS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake_aws(fake_aws_credentials: None) -> Iterator[None]:
+    """moto in-process, fresh for the test."""
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def flow(fake_aws: None, session_factory: SessionFactory, catalog: Catalog) -> Flow:
+    # botocore's own retries off: the granter's loop (with recorded, not real, sleeps) is
+    # what gives up, and botocore would sleep for real between its attempts.
+    aws = AwsSessions(REGION, max_attempts=1)
+    iam = aws.iam()
+    iam.create_role(RoleName="alice-admin", AssumeRolePolicyDocument=TRUST)
+    iam.create_user(UserName="carol")
+    sleeps = SleepRecorder()
+    granter = IamGranter(aws.iam_for_principal, attempts=ATTEMPTS, base_delay=0.01,
+                         sleep=sleeps)
+    config = parse_config(operator_config_data(), "test")
+    clock = FakeClock(datetime.now(UTC))
+    notifier = RecordingNotifier()
+    service = RequestService(
+        sessions=session_factory, catalog=catalog, config=config, granter=granter,
+        notifier=notifier, approvers=StaticApproverDirectory({"S0LEADS": LEADS}),
+        principals=StaticPrincipalDirectory(config.principals), clock=clock,
+        plan_builder=plan_builder(catalog, IamReference()), max_revoke_attempts=3,
+    )
+    return Flow(service, session_factory, iam, granter, clock, notifier, sleeps)
