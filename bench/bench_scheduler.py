@@ -5,11 +5,18 @@ revocation lag (revoked_at - expires_at), per N.
 
 Prints JSON: {"runs": [{"grants", "revoke_workers", "job_workers", "sweep_interval_s",
 "jobs_scheduled_s", "jobs_ready_before_expiry", "drained_s", "lag_p50_s", "lag_p99_s",
-"lag_max_s", "revoked", "iam_deletes", "double_deletes", "policies_left"}], "targets": {...}}
+"lag_max_s", "revoked", "iam_deletes", "double_deletes", "policies_left",
+"scheduler_cpu_s", "moto_process_cpu_s", "postgres_cpu_s", "machine_busy_cpu_s", ...}],
+"targets": {...}}
+The CPU figures cover the drain (expiry to the last revocation): the scheduler process, this
+process (moto's server threads and the polling), a local PostgreSQL, and every process on
+the machine; on a shared machine the last shows how much of the cores others took.
 
 Run: .venv/bin/python bench/bench_scheduler.py [--grants 1000,10000] [--revoke-workers 8]
-     [--job-workers 10] [--sweep-interval 10s]
-(needs the PostgreSQL of TEST_POSTGRES_URL; each run uses its own schema, dropped after)
+     [--job-workers 10] [--batch-size N] [--sweep-interval 10s] [--profile DIR]
+(needs the PostgreSQL of TEST_POSTGRES_URL; each run uses its own schema, dropped after;
+--profile samples the scheduler and this process during the drain with py-spy, if
+installed, into DIR)
 """
 
 from __future__ import annotations
@@ -73,6 +80,68 @@ class DeleteCounter:
         return self.app(environ, start_response)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def postgres_cpu_s() -> float | None:
+    """CPU seconds of a local PostgreSQL: the postmaster, its exited backends (counted in
+    its children's time) and its live ones. None when there is none on this machine."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+        if name != "postgres":
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+        if fields[1] == "1":  # the postmaster (a child of init): add its exited backends
+            total += (int(fields[13]) + int(fields[14])) / _TICKS
+    return total if found else None
+
+
+def machine_busy_cpu_s() -> float | None:
+    """CPU seconds every core spent busy since boot (Linux /proc/stat; None elsewhere)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def own_cpu_s() -> float:
+    return time.process_time()
+
+
+def delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else round(after - before, 1)
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` into collapsed stacks; None when py-spy is not installed."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        print("py-spy is not installed; --profile ignored", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        # --gil: only the thread holding the GIL, i.e. where the process's CPU goes.
+        [str(py_spy), "record", "--nonblocking", "--gil", "--rate", "50", "--format", "raw",
+         "--threads", "--output", str(out), "--pid", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[max(1, math.ceil(fraction * len(sorted_values))) - 1]
 
@@ -113,7 +182,8 @@ def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: 
 
 
 def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
-             sweep_interval: str, workdir: Path) -> dict[str, Any]:
+             batch_size: int | None, sweep_interval: str, workdir: Path,
+             profile: Path | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     schema = f"bench_sched_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(base_url)
@@ -129,6 +199,7 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
     moto_url = f"http://{host}:{port}"
     engine = make_engine(url)
     scheduler: subprocess.Popen[bytes] | None = None
+    profilers: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(url)
         iam = boto3.client("iam", region_name=REGION, endpoint_url=moto_url)
@@ -142,13 +213,16 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         # Lead time for the scheduler to start and put N jobs in its store before expiry.
         lead = timedelta(seconds=20 + count / 250)
         started_setup = time.monotonic()
-        expires_at = (datetime.now(UTC) + lead + timedelta(seconds=count / 400)).replace(
+        planned = (datetime.now(UTC) + lead + timedelta(seconds=count / 400)).replace(
             microsecond=0)
-        document = policy_document(expires_at)
+        document = policy_document(planned)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda g: iam.put_role_policy(
                 RoleName=g[1], PolicyName=f"connect-access-{g[0]}", PolicyDocument=document),
                 grants))
+        # On a busy machine the puts can eat into the lead; the scheduler still gets all of
+        # it (the documents' end time is then a little early, which nothing here checks).
+        expires_at = max(planned, (datetime.now(UTC) + lead).replace(microsecond=0))
         insert_grants(engine, grants, expires_at)
         setup_s = time.monotonic() - started_setup
 
@@ -162,8 +236,13 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         with log_path.open("wb") as log:
             scheduler = subprocess.Popen(
                 [CLI, "scheduler", "--revoke-workers", str(revoke_workers),
-                 "--job-workers", str(job_workers)],
+                 "--job-workers", str(job_workers),
+                 *(["--batch-size", str(batch_size)] if batch_size else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        # CPU at expiry and at the end of the drain: scheduler, this process, PostgreSQL,
+        # machine.
+        at_expiry: tuple[float | None, ...] | None = None
+        at_end: tuple[float | None, ...] | None = None
         jobs_scheduled_s: float | None = None
         ready_before_expiry = False
         done_query = sa.text("SELECT count(*) FROM grants WHERE state = 'revoked'")
@@ -181,10 +260,24 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
                 if jobs >= count:
                     jobs_scheduled_s = time.monotonic() - started
                     ready_before_expiry = datetime.now(UTC) < expires_at
+            if at_expiry is None and datetime.now(UTC) >= expires_at:
+                at_expiry = (process_cpu_s(scheduler.pid), own_cpu_s(), postgres_cpu_s(),
+                             machine_busy_cpu_s())
+                if profile is not None:  # the drain only, not the start-up before it
+                    profile.mkdir(parents=True, exist_ok=True)
+                    for name, pid in (("scheduler", scheduler.pid), ("moto", os.getpid())):
+                        profiler = start_profiler(pid, profile / f"{name}-{count}.txt")
+                        if profiler is not None:
+                            profilers.append(profiler)
             with engine.connect() as connection:
                 if connection.execute(done_query).scalar_one() >= count:
+                    at_end = (process_cpu_s(scheduler.pid), own_cpu_s(), postgres_cpu_s(),
+                              machine_busy_cpu_s())
                     break
             time.sleep(0.25)
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            profiler.wait(60)
 
         with engine.connect() as connection:
             rows = connection.execute(sa.select(Grant.revoked_at).where(
@@ -193,6 +286,7 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         left = sum(len(iam.list_role_policies(RoleName=r)["PolicyNames"]) for r in roles)
         return {
             "grants": count, "revoke_workers": revoke_workers, "job_workers": job_workers,
+            "batch_size": batch_size,
             "sweep_interval": sweep_interval, "setup_s": round(setup_s, 1),
             "lead_s": round(lead.total_seconds(), 1),
             "jobs_scheduled_s": None if jobs_scheduled_s is None else round(jobs_scheduled_s, 1),
@@ -206,6 +300,14 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             "iam_deletes": sum(counter.deletes.values()),
             "double_deletes": sum(1 for n in counter.deletes.values() if n > 1),
             "policies_left": left,
+            "scheduler_cpu_s": None if not (at_expiry and at_end) else delta(
+                at_end[0], at_expiry[0]),
+            "moto_process_cpu_s": None if not (at_expiry and at_end) else delta(
+                at_end[1], at_expiry[1]),
+            "postgres_cpu_s": None if not (at_expiry and at_end) else delta(
+                at_end[2], at_expiry[2]),
+            "machine_busy_cpu_s": None if not (at_expiry and at_end) else delta(
+                at_end[3], at_expiry[3]),
             # Other work on the machine (the target assumes the scheduler and moto can
             # use the 2 cores): compare runs only at similar load.
             "load_average_1m_before": round(load_before, 2),
@@ -213,6 +315,9 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             "cpus": os.cpu_count(),
         }
     finally:
+        for profiler in profilers:
+            if profiler.poll() is None:
+                profiler.kill()
         if scheduler is not None and scheduler.poll() is None:
             scheduler.send_signal(signal.SIGTERM)
             try:
@@ -231,7 +336,11 @@ def main() -> None:
     parser.add_argument("--grants", default="1000,10000")
     parser.add_argument("--revoke-workers", type=int, default=8)
     parser.add_argument("--job-workers", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="the scheduler's --batch-size (default: its own default)")
     parser.add_argument("--sweep-interval", default="10s")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write py-spy samples of the scheduler and moto here")
     args = parser.parse_args()
     os.environ.update(CREDENTIALS)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -240,7 +349,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for count in (int(n) for n in args.grants.split(",")):
             runs.append(run_once(base_url, count, args.revoke_workers, args.job_workers,
-                                 args.sweep_interval, Path(workdir)))
+                                 args.batch_size, args.sweep_interval, Path(workdir),
+                                 args.profile))
             print(json.dumps(runs[-1]), file=sys.stderr)
     print(json.dumps({"runs": runs, "targets": {
         "grants": 10000, "drained_within_s": 60, "lag_p99_below_s": 30}}, indent=2))

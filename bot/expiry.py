@@ -11,17 +11,22 @@ per grant.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from bot.db import SessionFactory
 from bot.lifecycle import ACTIVE, IRREVOCABLE, REVOKED, REVOKING, RequestService
 from bot.models import Grant
+
+if TYPE_CHECKING:
+    from bot.scheduler import DrainObserver
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,9 @@ class LifecycleExpiryWork:
     `batch_size`; `revoke_workers` > 1 runs a batch's IAM calls in a thread pool, since
     they dominate a revocation and many grants can expire together. With revoke_workers
     > 1, two batches are in flight at once, so one batch's database work (claim, record)
-    overlaps the other's IAM calls."""
+    overlaps the other's IAM calls. An observer (the scheduler) hears of each batch's
+    grants, and brackets each job's drain, so it can keep the jobs of a mass expiry from
+    running one by one."""
 
     def __init__(self, service: RequestService, sessions: SessionFactory, *,
                  revoke_workers: int = 1, batch_size: int = 200,
@@ -59,6 +66,10 @@ class LifecycleExpiryWork:
         self._drain_lock = threading.Lock()
         self._revoked: dict[str, None] = {}  # insertion-ordered set of recent revocations
         self._lock = threading.Lock()
+        self._observer: DrainObserver | None = None
+
+    def observe_drains(self, observer: DrainObserver | None) -> None:
+        self._observer = observer
 
     def revoke_grant(self, grant_id: str, *, reason: str) -> bool:
         """The scheduled job for one grant: drains every due grant (this one included) in
@@ -66,7 +77,11 @@ class LifecycleExpiryWork:
         or another worker holds it)."""
         if self._recently_revoked(grant_id):
             return False
-        with self._drain_lock:
+        observer = self._observer
+        # Held while waiting too: the drain this job waits for (a sweep's, say) is taking
+        # the other due jobs' grants already, and this job drains what is left after it.
+        with (observer.draining() if observer is not None else contextlib.nullcontext(),
+              self._drain_lock):
             # The drain we may have waited for has probably taken this grant already.
             if self._recently_revoked(grant_id):
                 return False
@@ -126,6 +141,10 @@ class LifecycleExpiryWork:
                 with self._lock:
                     ended.update((o.grant_id, o.state) for o in outcomes)
                 self._remember([o.grant_id for o in outcomes if o.state == REVOKED])
+                observer = self._observer
+                if observer is not None:
+                    # Their jobs are done with: retries are the sweep's, not a job's.
+                    observer.handled([o.grant_id for o in outcomes])
 
         try:
             if self.batches_in_flight == 1:

@@ -12,6 +12,13 @@ It runs in its own process (`connect-access scheduler`), never inside web worker
   revoked ones). The database, not the job store, is the truth: a lost job only delays a
   revoke to the next sweep, and a job for a grant that is no longer due does nothing.
 
+When thousands of grants expire together, one fired job's drain revokes them all, so their
+other jobs have nothing left to do; dispatching them would cost APScheduler about as much CPU
+per job (load, unpickle, submit, run, delete) as revoking a grant, on the cores IAM calls
+need. So the job store hands out due jobs in small chunks, a job's drain pauses job
+processing while it runs, and every drain batch deletes the jobs of the grants it handled in
+one statement: APScheduler never sees them.
+
 Only the leader (bot/leader.py) runs APScheduler, so two schedulers never share a job store.
 """
 
@@ -20,16 +27,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, text
+from apscheduler.schedulers.base import STATE_RUNNING
+from apscheduler.util import datetime_to_utc_timestamp
+from sqlalchemy import Engine, select, text
 
 from bot.leader import Leadership, wait_for_leadership
 from bot.ports import Clock
@@ -37,6 +47,24 @@ from bot.ports import Clock
 log = logging.getLogger(__name__)
 
 JOB_TABLE = "apscheduler_jobs"
+# Due jobs APScheduler takes per wakeup (it loops at once for the next chunk). Small, so a
+# mass expiry's first job has paused job processing before more than a chunk is dispatched.
+DUE_JOBS_PER_WAKEUP = 50
+
+
+class DrainObserver(Protocol):
+    """What the scheduler wants to hear from the work's drains."""
+
+    def draining(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a job from before it waits for this process's drain until the drain
+        ends: a drain takes every grant that is due, and a job's drain every grant that
+        comes due while it runs, so the other due jobs have nothing to add meanwhile."""
+        ...
+
+    def handled(self, grant_ids: Collection[str]) -> None:
+        """One drain batch handled these grants (revoked, or left for the sweep to retry):
+        their jobs have nothing left to do."""
+        ...
 
 
 class ExpiryWork(Protocol):
@@ -57,6 +85,10 @@ class ExpiryWork(Protocol):
 
     def active_expiries(self) -> list[tuple[str, datetime]]:
         """(grant id, expires_at) of every active grant."""
+        ...
+
+    def observe_drains(self, observer: DrainObserver | None) -> None:
+        """Report drains to `observer` from now on (None: stop)."""
         ...
 
 
@@ -88,6 +120,45 @@ def job_id_for(grant_id: str) -> str:
     return f"{JOB_PREFIX}{grant_id}"
 
 
+class ExpiryJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # APScheduler is untyped
+    """APScheduler's SQLAlchemy job store (same table, same pickled jobs) with two changes
+    for mass expiries: due jobs come `due_per_wakeup` at a time, and jobs can be deleted in
+    bulk (behind APScheduler's back: see _JobScheduler)."""
+
+    def __init__(self, *, engine: Engine, tablename: str = JOB_TABLE,
+                 due_per_wakeup: int = DUE_JOBS_PER_WAKEUP) -> None:
+        super().__init__(engine=engine, tablename=tablename)
+        self.due_per_wakeup = due_per_wakeup
+
+    def get_due_jobs(self, now: datetime) -> list[Any]:
+        jobs = self.jobs_t.c
+        due = (select(jobs.id).where(jobs.next_run_time <= datetime_to_utc_timestamp(now))
+               .order_by(jobs.next_run_time, jobs.id).limit(self.due_per_wakeup))
+        result: list[Any] = self._get_jobs(jobs.id.in_(due))
+        return result
+
+    def remove_jobs(self, job_ids: Collection[str]) -> int:
+        """Delete these jobs (missing ones are skipped); returns how many were there."""
+        ids, removed = list(job_ids), 0
+        with self.engine.begin() as connection:
+            for start in range(0, len(ids), 500):  # within every database's parameter limit
+                removed += connection.execute(self.jobs_t.delete().where(
+                    self.jobs_t.c.id.in_(ids[start:start + 500]))).rowcount
+        return removed
+
+    def ensure_table(self) -> None:
+        self.jobs_t.create(self.engine, checkfirst=True)
+
+
+class _JobScheduler(BackgroundScheduler):  # type: ignore[misc]  # APScheduler is untyped
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        # APScheduler removes every job it ran; a drain may have deleted it meanwhile. Or
+        # we are shutting down, and once stopped APScheduler looks for jobs only among
+        # those not stored yet: a job left stored finds nothing to do when it runs again.
+        with contextlib.suppress(JobLookupError):
+            super().remove_job(job_id, jobstore)
+
+
 class ExpiryScheduler:
     def __init__(
         self,
@@ -98,6 +169,7 @@ class ExpiryScheduler:
         leadership: Leadership,
         sweep_interval: timedelta,
         job_workers: int = 10,
+        due_jobs_per_wakeup: int = DUE_JOBS_PER_WAKEUP,
     ) -> None:
         self.engine = engine
         self.work = work
@@ -105,8 +177,47 @@ class ExpiryScheduler:
         self.leadership = leadership
         self.sweep_interval = sweep_interval
         self.job_workers = job_workers
-        self._scheduler: BackgroundScheduler | None = None
+        self.due_jobs_per_wakeup = due_jobs_per_wakeup
+        self._scheduler: _JobScheduler | None = None
+        self._store: ExpiryJobStore | None = None
         self._sweep_lock = threading.Lock()
+        self._pause_lock = threading.Lock()
+        self._drain_holds = 0
+        self._paused_for_drain = False
+
+    # --- drains (bot.scheduler.DrainObserver) --------------------------------------------
+
+    @contextlib.contextmanager
+    def draining(self) -> Iterator[None]:
+        # Job processing pauses while any job waits for or runs a drain: the other due jobs
+        # wait (their grants are the drain's), and when it ends only the jobs of grants it
+        # did not handle are left to run.
+        scheduler = self._scheduler
+        with self._pause_lock:
+            self._drain_holds += 1
+            if scheduler is not None and scheduler.state == STATE_RUNNING:
+                scheduler.pause()
+                self._paused_for_drain = True
+        try:
+            yield
+        finally:
+            with self._pause_lock:
+                self._drain_holds -= 1
+                if self._drain_holds == 0 and self._paused_for_drain and scheduler is not None:
+                    self._paused_for_drain = False
+                    # Shut down meanwhile (stop() waits for the job running this drain).
+                    with contextlib.suppress(SchedulerNotRunningError):
+                        scheduler.resume()
+
+    def handled(self, grant_ids: Collection[str]) -> None:
+        store = self._store
+        if store is None or not grant_ids:
+            return
+        try:
+            store.remove_jobs([job_id_for(grant_id) for grant_id in grant_ids])
+        except Exception:
+            # Only costs work: APScheduler runs those jobs, which find nothing to do.
+            log.exception("removing the jobs of %d handled grant(s) failed", len(grant_ids))
 
     # --- the sweep -----------------------------------------------------------------------
 
@@ -171,10 +282,11 @@ class ExpiryScheduler:
                 replace_existing=True,
             )
             changed += 1
-        for job_id in stored.keys() - wanted.keys():
-            if job_id.startswith(JOB_PREFIX):
-                with contextlib.suppress(JobLookupError):
-                    scheduler.remove_job(job_id)
+        stale = [job_id for job_id in stored.keys() - wanted.keys()
+                 if job_id.startswith(JOB_PREFIX)]
+        if stale and self._store is not None:
+            # One statement, not a remove_job (a transaction and a log line) per job.
+            self._store.remove_jobs(stale)
         return changed
 
     # --- running -------------------------------------------------------------------------
@@ -183,11 +295,17 @@ class ExpiryScheduler:
         """Catch up first (revoke everything overdue), then schedule the rest."""
         global _current_work
         _current_work = self.work
+        store = ExpiryJobStore(engine=self.engine, due_per_wakeup=self.due_jobs_per_wakeup)
+        store.ensure_table()
+        # From here on every drain, the catch-up included, deletes the jobs of the grants it
+        # handles: after downtime, thousands of due jobs would otherwise run one by one.
+        self._store = store
+        self.work.observe_drains(self)
         caught_up = self._safely(self.work.revoke_overdue, self.clock.now())
         if caught_up:
             log.info("caught up on start: revoked %d overdue grant(s)", caught_up)
-        scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=JOB_TABLE)},
+        scheduler = _JobScheduler(
+            jobstores={"default": store},
             executors={"default": ThreadPoolExecutor(max_workers=self.job_workers)},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone="UTC",
@@ -206,6 +324,8 @@ class ExpiryScheduler:
             # lease before anyone retried it.
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self.work.observe_drains(None)
+        self._store = None
         _current_work = None
 
     def run_forever(self, stop: threading.Event) -> None:

@@ -34,7 +34,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def run_scheduler(revoke_workers: int, job_workers: int) -> None:
+def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) -> None:
     settings = settings_or_exit()
     logging.basicConfig(
         level=logging.INFO,
@@ -68,7 +68,7 @@ def run_scheduler(revoke_workers: int, job_workers: int) -> None:
         scheduler = ExpiryScheduler(
             engine=runtime.engine,
             work=LifecycleExpiryWork(runtime.service, runtime.sessions,
-                                     revoke_workers=revoke_workers),
+                                     revoke_workers=revoke_workers, batch_size=batch_size),
             clock=runtime.clock,
             leadership=leadership_for(runtime.engine),
             sweep_interval=runtime.config.timings.sweep_interval,
@@ -96,11 +96,14 @@ def register(app: typer.Typer) -> None:
         job_workers: int = typer.Option(
             10, "--job-workers", min=1, max=64,
             help="Threads that run scheduled revoke jobs."),
+        batch_size: int = typer.Option(
+            200, "--batch-size", min=1, max=5000,
+            help="Grants claimed, revoked and recorded together when many are due at once."),
     ) -> None:
         """Run the expiry scheduler until SIGTERM/SIGINT: revoke grants at expiry, catch
         up after downtime, time out pending requests, send reminders. Several may run on
         PostgreSQL (one leads, the others stand by); on SQLite only one."""
-        run_scheduler(revoke_workers, job_workers)
+        run_scheduler(revoke_workers, job_workers, batch_size)
 
     @app.command("stats")
     def stats(

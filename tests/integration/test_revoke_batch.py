@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from bot.audit import NewEvent, append_events, verify_chain
 from bot.catalog import Catalog
@@ -22,7 +23,7 @@ from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.expiry import LifecycleExpiryWork
 from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
 from bot.lifecycle import IRREVOCABLE, REVOKING, RequestService
-from bot.models import AuditEvent, Grant
+from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import PolicyKind
 
 LEAD = "U0LEAD01"
@@ -113,6 +114,46 @@ def test_batch_revokes_every_due_grant_and_leaves_the_rest(
     untouched = grant_row(session_factory, later)
     assert untouched.state == "active" and untouched.next_attempt_at is None
     assert len(granter.revoke_calls) == 5
+    assert chain_ok(session_factory)
+
+
+def test_a_batch_writes_rows_as_one_by_one_revocation_does_and_moves_their_versions(
+        request_service: RequestService, catalog: Catalog, clock: FakeClock,
+        session_factory: SessionFactory) -> None:
+    """The batch writes its rows in bulk, past the ORM's per-row version check: the same
+    columns must change, and the version must still go up so a stale writer fails."""
+    one_by_one, batched = (make_active(request_service, entry, minutes=30)
+                           for entry in entries(catalog, 2))
+    request_ids = {g: grant_row(session_factory, g).request_id for g in (one_by_one, batched)}
+    for grant_id in (one_by_one, batched):
+        # An extension waiting for approval: revoking drops it.
+        request_service.request_extension(request_ids[grant_id], "U0ALICE",
+                                          timedelta(minutes=30))
+    with session_factory() as session:
+        versions = {g: session.get_one(AccessRequest, r).version for g, r in request_ids.items()}
+        stale = session.get_one(AccessRequest, request_ids[batched])
+    clock.advance(timedelta(minutes=31))
+
+    assert request_service.revoke_due(one_by_one) is not None
+    assert [o.grant_id for o in request_service.revoke_due_batch()] == [batched]
+
+    def left(grant_id: str) -> tuple[Any, ...]:
+        grant = grant_row(session_factory, grant_id)
+        with session_factory() as session:
+            request = session.get_one(AccessRequest, grant.request_id)
+        return (request.state, request.updated_at, request.revoke_requested_at,
+                request.revoked_at, request.extension_seconds, request.extension_requested_at,
+                request.version - versions[grant_id], grant.state, grant.revoke_reason,
+                grant.revoked_by, grant.revoked_at, grant.next_attempt_at,
+                grant.revoke_attempts, grant.last_error)
+
+    assert left(batched) == left(one_by_one)
+    assert left(batched)[:7] == ("revoked", clock.now(), clock.now(), clock.now(), None, None, 2)
+    with session_factory() as session:
+        session.add(stale)  # read before the revoke: its version is behind
+        stale.reason = "edited by someone who read it before the revoke"
+        with pytest.raises(StaleDataError):
+            session.commit()
     assert chain_ok(session_factory)
 
 

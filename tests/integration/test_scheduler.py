@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from bot.lifecycle import GrantContext, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import Notification
 from bot.runtime import build_runtime
-from bot.scheduler import JOB_TABLE, ExpiryScheduler, job_id_for
+from bot.scheduler import JOB_TABLE, ExpiryScheduler, job_id_for, revoke_grant_job
 from bot.settings import Settings
 
 LEAD = "U0LEAD01"
@@ -242,6 +244,121 @@ def test_the_sweep_keeps_one_job_per_active_grant_at_its_expiry(
                                "done")
         assert scheduler.sweep().scheduled == 0
         assert set(stored_jobs(engine)) == {job_id_for(created_later)}
+    finally:
+        scheduler.stop()
+
+
+def audit_event_count(sessions: SessionFactory) -> int:
+    with sessions() as session:
+        return len(session.execute(select(AuditEvent.seq)).all())
+
+
+def test_a_drain_removes_the_jobs_of_the_grants_it_revoked(
+        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    clock.set(datetime.now(UTC))  # APScheduler runs on the wall clock
+    first, second, third = entries(catalog, 3)
+    due = [make_active(request_service, entry, minutes=30) for entry in (first, second)]
+    later = make_active(request_service, third, minutes=90)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    scheduler = ExpiryScheduler(
+        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
+        sweep_interval=timedelta(hours=1))
+    scheduler.start()
+    try:
+        assert set(stored_jobs(engine)) == {job_id_for(g) for g in (*due, later)}
+        clock.advance(timedelta(minutes=31))
+        # The drain itself, not the sweep's upkeep of the job store, deletes them.
+        assert work.revoke_overdue(clock.now()) == 2
+        assert set(stored_jobs(engine)) == {job_id_for(later)}
+        assert {grant_row(session_factory, g).state for g in due} == {"revoked"}
+
+        # A job whose grant a drain already revoked (it fired before the drain deleted
+        # it) does nothing: no IAM call, no audit event, here or in another process.
+        revokes, events = len(granter.revoke_calls), audit_event_count(session_factory)
+        revoke_grant_job(due[0])
+        assert LifecycleExpiryWork(request_service, session_factory).revoke_grant(
+            due[1], reason="expired") is False
+        assert len(granter.revoke_calls) == revokes
+        assert audit_event_count(session_factory) == events
+        assert grant_row(session_factory, later).state == "active"
+    finally:
+        scheduler.stop()
+
+
+def test_a_grant_left_for_a_retry_loses_its_job_and_the_sweep_finishes_it(
+        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    clock.set(datetime.now(UTC))
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    scheduler = ExpiryScheduler(
+        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
+        sweep_interval=timedelta(hours=1))
+    scheduler.start()
+    try:
+        clock.advance(timedelta(minutes=31))
+        granter.fail_revoke("throttled", transient=True, times=1)
+        assert work.revoke_overdue(clock.now()) == 0
+        assert grant_row(session_factory, grant_id).state == "revoking"
+        assert stored_jobs(engine) == {}  # retries are the sweep's, not a job's
+
+        clock.advance(timedelta(minutes=1))  # past the first backoff
+        assert scheduler.sweep().revoked == 1
+        assert grant_row(session_factory, grant_id).state == "revoked"
+        assert stored_jobs(engine) == {}
+    finally:
+        scheduler.stop()
+
+
+class CountingWork(LifecycleExpiryWork):
+    """Counts the revoke jobs APScheduler runs."""
+
+    def __init__(self, service: RequestService, sessions: SessionFactory) -> None:
+        super().__init__(service, sessions)
+        self.job_runs = 0
+        self._count = threading.Lock()
+
+    def revoke_grant(self, grant_id: str, *, reason: str) -> bool:
+        with self._count:
+            self.job_runs += 1
+        return super().revoke_grant(grant_id, reason=reason)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_mass_expiry_runs_one_drain_and_not_a_job_per_grant(
+        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    clock.set(datetime.now(UTC))
+    grant_ids = [make_active(request_service, entry, 30, requester)
+                 for requester in ("U0ALICE", "U0BOB") for entry in entries(catalog, 10)]
+    # All expire at one instant, shortly ahead on the wall clock APScheduler runs on.
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    with session_factory.begin() as session:
+        session.execute(sa.update(Grant).values(expires_at=expiry))
+    work = CountingWork(request_service, session_factory)
+    scheduler = ExpiryScheduler(
+        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
+        sweep_interval=timedelta(hours=1), job_workers=2, due_jobs_per_wakeup=2)
+    scheduler.start()
+    try:
+        assert len(stored_jobs(engine)) == 20
+        clock.set(expiry + timedelta(seconds=1))  # the lifecycle sees them due from now on
+        wait_until(lambda: {grant_row(session_factory, g).state for g in grant_ids}
+                   == {"revoked"} and not stored_jobs(engine), 60,
+                   "every grant to be revoked and every job to be gone")
+        assert sorted(call[2] for call in granter.revoke_calls) == sorted(
+            (f"connect-access-{g}",) for g in grant_ids)
+        # The first job's drain took every grant; APScheduler ran the jobs it had fetched
+        # (2 per wakeup) and then none: the drain deleted the other jobs first.
+        assert work.job_runs < len(grant_ids) // 2
     finally:
         scheduler.stop()
 

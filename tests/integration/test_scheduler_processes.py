@@ -206,7 +206,9 @@ class SchedulerProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [CLI, "scheduler", "--revoke-workers", "2", "--job-workers", "2"],
+            # Batches of 2, so a drain of a few grants takes several.
+            [CLI, "scheduler", "--revoke-workers", "2", "--job-workers", "2",
+             "--batch-size", "2"],
             env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -317,6 +319,8 @@ def test_a_grant_that_expired_while_the_scheduler_was_killed_is_revoked_at_start
     second = deployment.scheduler("second")
     second.wait_for_log("caught up on start: revoked 1 overdue grant(s)")
     assert deployment.revoked(grant_id)
+    # The catch-up's drain deleted the grant's job as it revoked the grant.
+    assert job_id_for(grant_id) not in deployment.job_ids()
     assert deployment.policies_on() == []
     assert sum(deployment.counter.deletes.values()) == 1
     assert deployment.grant(grant_id).revocation_lag_seconds is not None
