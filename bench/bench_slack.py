@@ -23,7 +23,7 @@ the moment the last is acked, far beyond any real workspace's rate. `--rate R` p
 same clients to R commands per second in total, to read the latency at a given load.
 
 Run: .venv/bin/python bench/bench_slack.py [--duration 30] [--clients 50] [--rate 0]
-     [--databases sqlite,postgresql] [--workers 2] [--threads 8] [--load-processes 2]
+     [--databases sqlite,postgresql] [--workers 2] [--threads 4] [--load-processes 2]
 (PostgreSQL from TEST_POSTGRES_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/test;
 each run uses its own schema, dropped after. The load generator shares the machine's cores
 with the server, the fake Slack and moto.)
@@ -332,7 +332,7 @@ def main() -> None:
                              "each client sends the next as soon as one is acked")
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--drain", type=float, default=60.0,

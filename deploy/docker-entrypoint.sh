@@ -4,7 +4,7 @@ set -e
 case "$1" in
   release) exec alembic upgrade head ;;
   web) exec gunicorn --bind "0.0.0.0:${PORT:-3000}" --workers "${WEB_CONCURRENCY:-2}" \
-         --threads 8 --timeout 30 'bot.slack.wsgi:create_app()' ;;
+         --threads 4 --timeout 30 'bot.slack.wsgi:create_app()' ;;
   scheduler) exec connect-access scheduler ;;
   *) exec "$@" ;;
 esac

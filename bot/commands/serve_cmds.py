@@ -170,7 +170,9 @@ def register(app: typer.Typer) -> None:
                                  help="Port to bind (default: $PORT, else 3000)."),
         workers: int = typer.Option(2, "--workers", min=1, max=64,
                                     help="gunicorn worker processes."),
-        threads: int = typer.Option(8, "--threads", min=1, max=64,
+        # Every ack is CPU only (database, IAM and Web API work runs in lazy listeners),
+        # so threads beyond a few only contend for the GIL.
+        threads: int = typer.Option(4, "--threads", min=1, max=64,
                                     help="Threads per worker (concurrent Slack requests)."),
         socket_mode: bool = typer.Option(
             False, "--socket-mode",
