@@ -1,7 +1,9 @@
-"""Expiry at scale: N active grants (real inline policies in moto's HTTP server) all
-expiring at the same instant, drained by a real `connect-access scheduler` process on
-PostgreSQL. Reports how long after the expiry the last policy came off, and the p50/p99/max
-revocation lag (revoked_at - expires_at), per N.
+"""Expiry at scale: N active grants (real inline policies in moto's HTTP server) expiring
+together, drained by a real `connect-access scheduler` process on PostgreSQL. By default all
+expire at the same instant (the harshest case); `--spread 60` spreads the expiries evenly
+over one minute instead. Reports how long after the first expiry the last policy came off
+(and after the last expiry), and the p50/p99/max revocation lag (revoked_at - expires_at,
+each grant against its own expiry), per N.
 
 Prints JSON: {"runs": [{"grants", "revoke_workers", "job_workers", "sweep_interval_s",
 "jobs_scheduled_s", "jobs_ready_before_expiry", "drained_s", "lag_p50_s", "lag_p99_s",
@@ -13,7 +15,8 @@ process (moto's server threads and the polling), a local PostgreSQL, and every p
 the machine; on a shared machine the last shows how much of the cores others took.
 
 Run: .venv/bin/python bench/bench_scheduler.py [--grants 1000,10000] [--revoke-workers 8]
-     [--job-workers 10] [--batch-size N] [--sweep-interval 10s] [--profile DIR]
+     [--job-workers 10] [--batch-size N] [--sweep-interval 10s] [--spread 0]
+     [--profile DIR]
 (needs the PostgreSQL of TEST_POSTGRES_URL; each run uses its own schema, dropped after;
 --profile samples the scheduler and this process during the drain with py-spy, if
 installed, into DIR)
@@ -154,9 +157,10 @@ def policy_document(expires_at: datetime) -> str:
             "aws:CurrentTime": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}}}]})
 
 
-def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: datetime
-                  ) -> None:
-    """Active requests and grants as the lifecycle leaves them after attaching."""
+def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: datetime,
+                  spread: float = 0.0) -> None:
+    """Active requests and grants as the lifecycle leaves them after attaching; the grants
+    expire evenly over [expires_at, expires_at + spread seconds)."""
     created = expires_at - timedelta(hours=1)
     requests, rows = [], []
     for index, (grant_id, role) in enumerate(grants, start=1):
@@ -172,7 +176,8 @@ def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: 
         rows.append({
             "id": grant_id, "request_id": index, "policy_names": [f"connect-access-{grant_id}"],
             "kind": "inline", "principal_arn": arn, "account": ACCOUNT, "state": "active",
-            "created_at": created, "starts_at": created, "expires_at": expires_at,
+            "created_at": created, "starts_at": created,
+            "expires_at": expires_at + timedelta(seconds=spread * (index - 1) / len(grants)),
             "attached_at": created, "revoke_attempts": 0})
     with engine.begin() as connection:
         for start in range(0, len(requests), 2000):
@@ -183,7 +188,7 @@ def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: 
 
 def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
              batch_size: int | None, sweep_interval: str, workdir: Path,
-             profile: Path | None = None) -> dict[str, Any]:
+             profile: Path | None = None, spread: float = 0.0) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     schema = f"bench_sched_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(base_url)
@@ -223,7 +228,7 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         # On a busy machine the puts can eat into the lead; the scheduler still gets all of
         # it (the documents' end time is then a little early, which nothing here checks).
         expires_at = max(planned, (datetime.now(UTC) + lead).replace(microsecond=0))
-        insert_grants(engine, grants, expires_at)
+        insert_grants(engine, grants, expires_at, spread)
         setup_s = time.monotonic() - started_setup
 
         config = workdir / f"{schema}.yaml"
@@ -247,7 +252,7 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         ready_before_expiry = False
         done_query = sa.text("SELECT count(*) FROM grants WHERE state = 'revoked'")
         jobs_query = sa.text("SELECT count(*) FROM apscheduler_jobs")
-        deadline = expires_at + timedelta(seconds=600)
+        deadline = expires_at + timedelta(seconds=600 + spread)
         while datetime.now(UTC) < deadline:
             if scheduler.poll() is not None:
                 raise RuntimeError(f"scheduler exited: {log_path.read_text()[-3000:]}")
@@ -280,9 +285,11 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             profiler.wait(60)
 
         with engine.connect() as connection:
-            rows = connection.execute(sa.select(Grant.revoked_at).where(
-                Grant.revoked_at.is_not(None))).scalars().all()
-        lags = sorted((r - expires_at).total_seconds() for r in rows if r is not None)
+            rows = [(revoked, expiry) for revoked, expiry in connection.execute(
+                sa.select(Grant.revoked_at, Grant.expires_at)) if revoked is not None]
+        lags = sorted((revoked - expiry).total_seconds() for revoked, expiry in rows)
+        last_revoked = max((revoked for revoked, _ in rows), default=None)
+        last_expiry = expires_at + timedelta(seconds=spread * (count - 1) / count)
         left = sum(len(iam.list_role_policies(RoleName=r)["PolicyNames"]) for r in roles)
         return {
             "grants": count, "revoke_workers": revoke_workers, "job_workers": job_workers,
@@ -292,11 +299,17 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             "jobs_scheduled_s": None if jobs_scheduled_s is None else round(jobs_scheduled_s, 1),
             "jobs_ready_before_expiry": ready_before_expiry,
             "revoked": len(lags),
-            "drained_s": round(lags[-1], 2) if len(lags) == count else None,
+            "expiries_spread_s": spread,
+            # From the first expiry, and from the last one, to the last revocation.
+            "drained_s": round((last_revoked - expires_at).total_seconds(), 2)
+            if last_revoked is not None and len(lags) == count else None,
+            "drained_after_last_expiry_s": round((last_revoked - last_expiry).total_seconds(), 2)
+            if last_revoked is not None and len(lags) == count else None,
             "lag_p50_s": round(percentile(lags, 0.5), 2) if lags else None,
             "lag_p99_s": round(percentile(lags, 0.99), 2) if lags else None,
             "lag_max_s": round(lags[-1], 2) if lags else None,
-            "revocations_per_s": round(count / lags[-1], 1) if lags and lags[-1] > 0 else None,
+            "revocations_per_s": round(count / (last_revoked - expires_at).total_seconds(), 1)
+            if last_revoked is not None and last_revoked > expires_at else None,
             "iam_deletes": sum(counter.deletes.values()),
             "double_deletes": sum(1 for n in counter.deletes.values() if n > 1),
             "policies_left": left,
@@ -339,6 +352,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="the scheduler's --batch-size (default: its own default)")
     parser.add_argument("--sweep-interval", default="10s")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="seconds over which the expiries are spread evenly "
+                             "(0: all at one instant)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write py-spy samples of the scheduler and moto here")
     args = parser.parse_args()
@@ -350,7 +366,7 @@ def main() -> None:
         for count in (int(n) for n in args.grants.split(",")):
             runs.append(run_once(base_url, count, args.revoke_workers, args.job_workers,
                                  args.batch_size, args.sweep_interval, Path(workdir),
-                                 args.profile))
+                                 args.profile, args.spread))
             print(json.dumps(runs[-1]), file=sys.stderr)
     print(json.dumps({"runs": runs, "targets": {
         "grants": 10000, "drained_within_s": 60, "lag_p99_below_s": 30}}, indent=2))
