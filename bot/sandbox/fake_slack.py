@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bot.sandbox.fake_socket_mode import SocketModeHub
+from bot.sandbox.polling import wait_until
 
 DEFAULT_BOT_TOKEN = "xoxb-fake-bot-token"
 DEFAULT_APP_TOKEN = "xapp-1-A0CONNECT-fake-app-token"
@@ -258,16 +259,7 @@ class FakeSlack:
         self, found: Callable[[FakeSlack], Any], timeout: float = 5.0, what: str = "condition"
     ) -> Any:
         """Poll until `found(self)` is truthy and return it; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = found(self)
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FakeSlackTimeout(f"timed out after {timeout}s waiting for {what}")
-            with self._lock:
-                self._lock.wait(min(remaining, 0.05))
+        return wait_until(lambda: found(self), self._lock, timeout, what, FakeSlackTimeout)
 
     def wait_for_calls(
         self, method: str, count: int = 1, timeout: float = 5.0

@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from bot.sandbox.polling import wait_until
+
 LINK_PATH = "/link/"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
@@ -423,16 +425,7 @@ class SocketModeHub:
     def wait_for(self, found: Callable[[SocketModeHub], Any], timeout: float = 5.0,
                  what: str = "condition") -> Any:
         """Poll until `found(self)` is truthy and return it; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = found(self)
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SocketModeTimeout(f"timed out after {timeout}s waiting for {what}")
-            with self._lock:
-                self._lock.wait(min(remaining, 0.05))
+        return wait_until(lambda: found(self), self._lock, timeout, what, SocketModeTimeout)
 
     def wait_for_connection(self, timeout: float = 5.0) -> SocketConnection:
         """The newest open connection (it has been sent `hello`)."""
