@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from expiry_kit import entries, make_active
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -26,25 +27,7 @@ from bot.lifecycle import IRREVOCABLE, REVOKING, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import PolicyKind
 
-LEAD = "U0LEAD01"
 REQUESTERS = ("U0ALICE", "U0BOB")
-
-
-def entries(catalog: Catalog, count: int) -> list[str]:
-    """Distinct non-critical entries (one approval each)."""
-    chosen = [e.id for e in catalog if e.tier != "critical"][:count]
-    assert len(chosen) == count
-    return chosen
-
-
-def make_active(service: RequestService, entry_id: str, minutes: int,
-                requester: str = "U0ALICE") -> str:
-    request = service.submit(requester=requester, entry_id=entry_id, reason="ticket CX-7",
-                             duration=timedelta(minutes=minutes))
-    service.approve(request.id, LEAD)
-    granted = service.get(request.id)
-    assert granted.state == "active"
-    return granted.grants[-1].id
 
 
 def make_many(service: RequestService, catalog: Catalog, count: int, minutes: int = 30

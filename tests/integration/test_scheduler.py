@@ -5,16 +5,18 @@ and leadership. The real-process behaviour is in test_scheduler_processes.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from expiry_kit import entries, make_active
 from sqlalchemy import select
 
 from bot.catalog import Catalog
@@ -28,25 +30,6 @@ from bot.ports import Notification
 from bot.runtime import build_runtime
 from bot.scheduler import JOB_TABLE, ExpiryScheduler, job_id_for, revoke_grant_job
 from bot.settings import Settings
-
-LEAD = "U0LEAD01"
-
-
-def entries(catalog: Catalog, count: int) -> list[str]:
-    """Distinct non-critical entries (one approval each), so one requester can hold many."""
-    chosen = [e.id for e in catalog if e.tier != "critical"][:count]
-    assert len(chosen) == count
-    return chosen
-
-
-def make_active(service: RequestService, entry_id: str, minutes: int = 30,
-                requester: str = "U0ALICE") -> str:
-    request = service.submit(requester=requester, entry_id=entry_id, reason="ticket CX-7",
-                             duration=timedelta(minutes=minutes))
-    service.approve(request.id, LEAD)
-    granted = service.get(request.id)
-    assert granted.state == "active"
-    return granted.grants[-1].id
 
 
 def grant_row(sessions: SessionFactory, grant_id: str) -> Grant:
@@ -214,6 +197,21 @@ class NoOpLeadership:
         pass
 
 
+@contextlib.contextmanager
+def running_scheduler(engine: sa.Engine, work: LifecycleExpiryWork, clock: FakeClock, *,
+                      sweep_interval: timedelta = timedelta(hours=1), **options: int
+                      ) -> Iterator[ExpiryScheduler]:
+    """A started scheduler that always leads; stopped when the block ends."""
+    scheduler = ExpiryScheduler(engine=engine, work=work, clock=clock,
+                                leadership=NoOpLeadership(), sweep_interval=sweep_interval,
+                                **options)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.stop()
+
+
 def stored_jobs(engine: sa.Engine) -> dict[str, float]:
     with engine.connect() as connection:
         return {str(job_id): float(run_at) for job_id, run_at in connection.execute(
@@ -227,11 +225,8 @@ def test_the_sweep_keeps_one_job_per_active_grant_at_its_expiry(
     clock.set(datetime.now(UTC))
     first, second = entries(catalog, 2)
     existing = make_active(request_service, first, minutes=60)
-    scheduler = ExpiryScheduler(
-        engine=engine, work=LifecycleExpiryWork(request_service, session_factory),
-        clock=clock, leadership=NoOpLeadership(), sweep_interval=timedelta(seconds=1))
-    scheduler.start()
-    try:
+    work = LifecycleExpiryWork(request_service, session_factory)
+    with running_scheduler(engine, work, clock, sweep_interval=timedelta(seconds=1)) as scheduler:
         jobs = stored_jobs(engine)
         assert jobs == {job_id_for(existing): pytest.approx(
             grant_row(session_factory, existing).expires_at.timestamp())}
@@ -244,8 +239,6 @@ def test_the_sweep_keeps_one_job_per_active_grant_at_its_expiry(
                                "done")
         assert scheduler.sweep().scheduled == 0
         assert set(stored_jobs(engine)) == {job_id_for(created_later)}
-    finally:
-        scheduler.stop()
 
 
 def audit_event_count(sessions: SessionFactory) -> int:
@@ -261,11 +254,7 @@ def test_a_drain_removes_the_jobs_of_the_grants_it_revoked(
     due = [make_active(request_service, entry, minutes=30) for entry in (first, second)]
     later = make_active(request_service, third, minutes=90)
     work = LifecycleExpiryWork(request_service, session_factory)
-    scheduler = ExpiryScheduler(
-        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
-        sweep_interval=timedelta(hours=1))
-    scheduler.start()
-    try:
+    with running_scheduler(engine, work, clock):
         assert set(stored_jobs(engine)) == {job_id_for(g) for g in (*due, later)}
         clock.advance(timedelta(minutes=31))
         # The drain itself, not the sweep's upkeep of the job store, deletes them.
@@ -282,8 +271,6 @@ def test_a_drain_removes_the_jobs_of_the_grants_it_revoked(
         assert len(granter.revoke_calls) == revokes
         assert audit_event_count(session_factory) == events
         assert grant_row(session_factory, later).state == "active"
-    finally:
-        scheduler.stop()
 
 
 def test_a_grant_left_for_a_retry_loses_its_job_and_the_sweep_finishes_it(
@@ -292,11 +279,7 @@ def test_a_grant_left_for_a_retry_loses_its_job_and_the_sweep_finishes_it(
     clock.set(datetime.now(UTC))
     grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
     work = LifecycleExpiryWork(request_service, session_factory)
-    scheduler = ExpiryScheduler(
-        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
-        sweep_interval=timedelta(hours=1))
-    scheduler.start()
-    try:
+    with running_scheduler(engine, work, clock) as scheduler:
         clock.advance(timedelta(minutes=31))
         granter.fail_revoke("throttled", transient=True, times=1)
         assert work.revoke_overdue(clock.now()) == 0
@@ -307,8 +290,6 @@ def test_a_grant_left_for_a_retry_loses_its_job_and_the_sweep_finishes_it(
         assert scheduler.sweep().revoked == 1
         assert grant_row(session_factory, grant_id).state == "revoked"
         assert stored_jobs(engine) == {}
-    finally:
-        scheduler.stop()
 
 
 class CountingWork(LifecycleExpiryWork):
@@ -344,11 +325,8 @@ def test_a_mass_expiry_runs_one_drain_and_not_a_job_per_grant(
     with session_factory.begin() as session:
         session.execute(sa.update(Grant).values(expires_at=expiry))
     work = CountingWork(request_service, session_factory)
-    scheduler = ExpiryScheduler(
-        engine=engine, work=work, clock=clock, leadership=NoOpLeadership(),
-        sweep_interval=timedelta(hours=1), job_workers=2, due_jobs_per_wakeup=2)
-    scheduler.start()
-    try:
+    with running_scheduler(engine, work, clock, job_workers=2,
+                           due_jobs_per_wakeup=2):
         assert len(stored_jobs(engine)) == 20
         clock.set(expiry + timedelta(seconds=1))  # the lifecycle sees them due from now on
         wait_until(lambda: {grant_row(session_factory, g).state for g in grant_ids}
@@ -359,8 +337,6 @@ def test_a_mass_expiry_runs_one_drain_and_not_a_job_per_grant(
         # The first job's drain took every grant; APScheduler ran the jobs it had fetched
         # (2 per wakeup) and then none: the drain deleted the other jobs first.
         assert work.job_runs < len(grant_ids) // 2
-    finally:
-        scheduler.stop()
 
 
 POSTGRES_ONLY = pytest.mark.parametrize(
