@@ -1,13 +1,30 @@
 # One image for every Procfile process:
-#   docker run IMAGE release | web | scheduler   (or any connect-access command)
+#   docker run IMAGE release | web | scheduler   (or any command: IMAGE connect-access check)
+# The bot is installed from its wheel (no source tree in the image), with every dependency
+# pinned by constraints.txt.
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir "setuptools>=77" \
+ && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /dist .
+
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=3000
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=3000 \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
+    PROCFILE=/app/Procfile \
+    ALEMBIC_CONFIG=/opt/venv/lib/python3.11/site-packages/bot/_data/alembic.ini
+COPY constraints.txt /tmp/constraints.txt
+COPY --from=build /dist/ /tmp/dist/
+# ALEMBIC_CONFIG is where the wheel put alembic.ini, so the Procfile's `release:`
+# (`alembic upgrade head`) finds the packaged migrations from any working directory.
+RUN python -m venv /opt/venv \
+ && pip install --no-cache-dir --constraint /tmp/constraints.txt /tmp/dist/*.whl \
+ && rm -rf /tmp/dist /tmp/constraints.txt \
+ && test -f "$ALEMBIC_CONFIG" \
+ && useradd --system --uid 10001 --no-create-home app
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini Procfile ./
-COPY bot ./bot
-COPY catalog ./catalog
-COPY migrations ./migrations
-RUN pip install --no-cache-dir -e . && useradd --system --uid 10001 app
+COPY Procfile /app/Procfile
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER app
 EXPOSE 3000

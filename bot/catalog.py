@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from bot.iamref import IamReference, UnknownActionError
+from bot.resources import CATALOG_DIR
 from bot.tiers import TIERS, Tier, derive_tier, tier_rank
 
-DEFAULT_CATALOG_DIR = Path(__file__).resolve().parent.parent / "catalog"
+DEFAULT_CATALOG_DIR = CATALOG_DIR
 DEFAULT_CATALOG_FILE = DEFAULT_CATALOG_DIR / "connect-console.yaml"
 
 REQUIRED_FIELDS = ("id", "page", "name", "tier", "actions")

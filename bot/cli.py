@@ -10,6 +10,8 @@ import importlib
 
 import typer
 
+from bot import __version__
+
 # Each module has `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
     "bot.commands.catalog_cmds",
@@ -24,6 +26,12 @@ COMMAND_MODULES = (
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"connect-access {__version__}")
+        raise typer.Exit()
+
+
 def build_cli() -> typer.Typer:
     app = typer.Typer(
         name="connect-access",
@@ -32,10 +40,19 @@ def build_cli() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", is_eager=True,
+                                     callback=_print_version,
+                                     help="Print the version and exit."),
+    ) -> None:
+        """Just-in-time, time-boxed access to the Amazon Connect console."""
+
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
     return app
 
 
 def main() -> None:
-    build_cli()()
+    build_cli()(prog_name="connect-access")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+from bot.resources import MIGRATIONS_DIR as MIGRATIONS_DIR  # re-exported: callers import it here
+from bot.resources import SOURCE_ROOT
+
+# The source checkout (tests run Alembic's own command line from there).
+PROJECT_ROOT = SOURCE_ROOT
 
 SessionFactory = sessionmaker[Session]
 
@@ -45,6 +47,8 @@ def make_session_factory(engine: Engine) -> SessionFactory:
 def alembic_config(database_url: str) -> Any:
     from alembic.config import Config
 
+    # Built here rather than read from alembic.ini (ALEMBIC_INI, for Alembic's own command
+    # line), whose `prepend_sys_path = .` would put the working directory on sys.path.
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # `%` must be doubled for ConfigParser interpolation (URL-encoded passwords).

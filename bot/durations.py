@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from bot.resources import CATALOG_DIR
 from bot.tiers import TIERS, Tier
 
-DEFAULT_ROUTING_FILE = Path(__file__).resolve().parent.parent / "catalog" / "routing.yaml"
+DEFAULT_ROUTING_FILE = CATALOG_DIR / "routing.yaml"
 
 # Longer than any tier would allow; bounds the arithmetic so "99999999d" is an error,
 # not an OverflowError.

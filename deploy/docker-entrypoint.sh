@@ -1,10 +1,20 @@
 #!/bin/sh
-# Runs a Procfile process by name (release, web, scheduler), or any other command as given.
+# The image's entry point. `docker run IMAGE release|web|scheduler` runs that Procfile
+# process with exactly the Procfile's command line (read from $PROCFILE, so the two cannot
+# drift apart); anything else runs as given
+# (`docker run IMAGE connect-access check`).
 set -e
-case "$1" in
-  release) exec alembic upgrade head ;;
-  web) exec gunicorn --bind "0.0.0.0:${PORT:-3000}" --workers "${WEB_CONCURRENCY:-2}" \
-         --threads 4 --timeout 30 'bot.slack.wsgi:create_app()' ;;
-  scheduler) exec connect-access scheduler ;;
-  *) exec "$@" ;;
-esac
+PROCFILE="${PROCFILE:-/app/Procfile}"
+
+procfile_command() {
+  awk -v name="$1" 'index($0, name ":") == 1 { sub(/^[^:]*:[ \t]*/, ""); print; exit }' \
+    "$PROCFILE"
+}
+
+if [ "$#" -eq 1 ]; then
+  command=$(procfile_command "$1")
+  if [ -n "$command" ]; then
+    exec sh -c "exec $command"
+  fi
+fi
+exec "$@"

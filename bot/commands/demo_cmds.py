@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import typer
 
 from bot.sandbox.demo import MAX_GRANT_SECONDS, MIN_GRANT_SECONDS, run_demo
+
+# moto's HTTP server plays AWS in the demo; it and its web stack are the `demo` extra, not
+# part of a production install.
+SANDBOX_MODULES = ("moto", "flask", "werkzeug", "flask_cors")
+SANDBOX_HINT = ("`connect-access demo` needs the sandbox packages, which a production install "
+                "leaves out: pip install 'connect-access[demo]' (in a checkout, `make demo` "
+                "installs them)")
+
+
+def missing_sandbox_modules() -> list[str]:
+    return [name for name in SANDBOX_MODULES if importlib.util.find_spec(name) is None]
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +38,10 @@ def register(app: typer.Typer) -> None:
         the Bolt app over HTTP and the scheduler. alice asks for "Edit chat transcripts",
         bob approves, the policy lands in IAM and is revoked at expiry, and the audit trail
         is verified. Exits non-zero, naming the step, if any step fails."""
+        missing = missing_sandbox_modules()
+        if missing:
+            typer.echo(f"error: {SANDBOX_HINT} (missing: {', '.join(missing)})", err=True)
+            raise typer.Exit(2)
         # Warnings from the bot (a listener failing, a notification not delivered) explain
         # a failed step; routine INFO lines would drown the conversation.
         logging.basicConfig(level=logging.WARNING,
