@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff check bot tests bench tools migrations
 	$(BIN)/mypy
 	$(BIN)/connect-access catalog validate
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check bot tests bench tools migrations

@@ -316,6 +316,9 @@ def find_button(
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 resets connections when 20 clicks arrive at
+    # once on a busy machine; Slack's own bursts are larger than that.
+    request_queue_size = 128
 
 
 class _QuietHandler(WSGIRequestHandler):
