@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,29 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The `audit:` section: where signed checkpoints of the audit chain go (anchors the
+    database administrator cannot rewrite) and how often they are made. With neither a
+    signer nor a store the log only detects careless edits (see bot.audit_verify)."""
+
+    kms_key_id: str | None = None
+    signing_key_file: Path | None = None
+    anchor_bucket: str | None = None
+    anchor_channel: str | None = None
+    checkpoint_interval: timedelta = timedelta(minutes=5)
+    checkpoint_events: int = 1000
+    anchor_retention: timedelta = timedelta(days=400)
+
+    @property
+    def anchored(self) -> bool:
+        return self.signer_configured and self.anchor_bucket is not None
+
+    @property
+    def signer_configured(self) -> bool:
+        return self.kms_key_id is not None or self.signing_key_file is not None
+
+
+@dataclass(frozen=True)
 class ApprovalRouter:
     tiers: Mapping[Tier, Route]
     overrides: tuple[Override, ...] = ()
@@ -111,6 +134,9 @@ class OperatorConfig:
     require_managed_tag: bool = False
     router: ApprovalRouter = field(default_factory=lambda: load_router({}))
     timings: Timings = Timings()
+    audit: AuditConfig = AuditConfig()
+    # Slack user ids (U/W) and user-group ids (S) who may review the audit trail in Slack.
+    auditors: tuple[str, ...] = ()
 
     def instance(self, alias_or_arn: str | None = None) -> Instance:
         """The named instance, or the only/first one when none is named."""
@@ -270,7 +296,8 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     reader = _Reader(source)
     top = reader.mapping("(top level)", raw)
     reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
-                                  "require_managed_tag", "routing", "timings"))
+                                  "require_managed_tag", "routing", "timings", "audit",
+                                  "auditors"))
     instances: list[Instance] = []
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
@@ -312,7 +339,66 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
                                            top.get("require_managed_tag", False)),
         router=load_router(reader.mapping("routing", top.get("routing")), source),
         timings=timings,
+        audit=_audit_config(reader, reader.mapping("audit", top.get("audit"))),
+        auditors=tuple(
+            reader.string(f"auditors[{i}]", a, _APPROVER_ID,
+                          "a Slack user id (U...) or user-group id (S...)")
+            for i, a in enumerate(reader.sequence("auditors", top.get("auditors")))
+        ),
     )
+
+
+_KMS_KEY = re.compile(r"(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+)"
+                      r"|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+                      r"|(alias/[\w/+=,.@-]+)")
+# S3 bucket naming rules: 3-63 characters, lower case, digits, dots and hyphens.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_AUDIT_KEYS = ("kms_key_id", "signing_key_file", "anchor_bucket", "anchor_channel",
+               "checkpoint_interval", "checkpoint_events", "anchor_retention")
+
+
+def _audit_config(reader: _Reader, raw: Mapping[str, Any]) -> AuditConfig:
+    reader.unknown_keys("audit", raw, _AUDIT_KEYS)
+    if not raw:
+        return AuditConfig()
+    kms_key_id = raw.get("kms_key_id")
+    key_file = raw.get("signing_key_file")
+    if kms_key_id is not None and key_file is not None:
+        raise reader.fail("audit", "set kms_key_id or signing_key_file, not both")
+    bucket = raw.get("anchor_bucket")
+    channel = raw.get("anchor_channel")
+    config = AuditConfig(
+        kms_key_id=None if kms_key_id is None else reader.string(
+            "audit.kms_key_id", kms_key_id, _KMS_KEY, "a KMS key ARN, key id or alias"),
+        signing_key_file=None if key_file is None else Path(
+            reader.string("audit.signing_key_file", key_file)),
+        anchor_bucket=None if bucket is None else reader.string(
+            "audit.anchor_bucket", bucket, _BUCKET, "an S3 bucket name"),
+        anchor_channel=None if channel is None else reader.string(
+            "audit.anchor_channel", channel, _CHANNEL_ID, "a Slack channel id like C0AUDIT"),
+    )
+    changes: dict[str, Any] = {}
+    for key in ("checkpoint_interval", "anchor_retention"):
+        if key in raw:
+            value = reader.duration(f"audit.{key}", raw[key])
+            if value < timedelta(seconds=10):
+                raise reader.fail(f"audit.{key}", "must be at least 10s")
+            changes[key] = value
+    if "checkpoint_events" in raw:
+        events = raw["checkpoint_events"]
+        if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+            raise reader.fail("audit.checkpoint_events",
+                              f"must be a whole number >= 1, got {events!r}")
+        changes["checkpoint_events"] = events
+    if changes:
+        config = replace(config, **changes)
+    if config.signer_configured and config.anchor_bucket is None:
+        raise reader.fail("audit", "a signing key is set but no anchor_bucket: checkpoints "
+                                   "need an S3 bucket with Object Lock to be written to")
+    if not config.signer_configured and (bucket is not None or channel is not None):
+        raise reader.fail("audit", "anchor_bucket/anchor_channel need a signing key: set "
+                                   "kms_key_id or signing_key_file")
+    return config
 
 
 def load_config(path: Path | str | None) -> OperatorConfig:

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import uuid
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,9 +34,11 @@ from bot.catalog import Catalog, CatalogEntry
 from bot.config import ConfigError, OperatorConfig, Route
 from bot.db import SessionFactory
 from bot.durations import format_duration
+from bot.evidence import AttachedDocument, evidence_summary, record_policy_evidence
 from bot.models import AccessRequest, Grant, Vote
 from bot.ports import (
     ApproverDirectory,
+    AttachedPolicy,
     Clock,
     Granter,
     GrantError,
@@ -637,10 +639,16 @@ class RequestService:
             grant = session.get_one(Grant, plan.grant_id)
             grant.state, grant.attached_at = ACTIVE, self.clock.now()
             grant.document_hash = _combined_hash([a.document_hash for a in attached])
-            self._move(session, request, ACTIVE, actor=SYSTEM, action="granted", details={
-                "grant_id": grant.id, "policy_names": grant.policy_names,
-                "document_hash": grant.document_hash,
-                "expires_at": grant.expires_at.isoformat()})
+            documents = _attached_documents(plan, attached)
+            [event] = append_events(session, [self._moved(
+                request, ACTIVE, actor=SYSTEM, action="granted", details={
+                    "grant_id": grant.id, "policy_names": grant.policy_names,
+                    "document_hash": grant.document_hash,
+                    "expires_at": grant.expires_at.isoformat(),
+                    "policies": evidence_summary(documents)})])
+            record_policy_evidence(session, grant_id=grant.id, request_id=request.id,
+                                   audit_seq=event.seq, attached_at=self.clock.now(),
+                                   documents=documents)
         self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
                      expires_at=grant.expires_at.isoformat())
         return request
@@ -760,7 +768,8 @@ class RequestService:
                 inline_usage=self.granter.inline_usage(request.principal_arn, exclude=names),
                 existing_policy_names=names,
             )
-            attached = self.granter.attach(self.plan_builder(context))
+            plan = self.plan_builder(context)
+            attached = self.granter.attach(plan)
         except GrantError as exc:
             raise GrantFailed(
                 f"Could not extend request #{request.id}: {exc}. Nothing changed; try again."
@@ -773,9 +782,13 @@ class RequestService:
         request.extension_seconds = None
         request.extension_requested_at = None
         request.updated_at = now
-        self._audit(session, request, actor, "extended", {
+        documents = _attached_documents(plan, attached)
+        [event] = append_events(session, [self._event(request, actor, "extended", {
             "grant_id": grant.id, "old_expires_at": old_expiry.isoformat(),
-            "expires_at": new_expiry.isoformat(), "extension_seconds": extension})
+            "expires_at": new_expiry.isoformat(), "extension_seconds": extension,
+            "policies": evidence_summary(documents)})])
+        record_policy_evidence(session, grant_id=grant.id, request_id=request.id,
+                               audit_seq=event.seq, attached_at=now, documents=documents)
         return new_expiry
 
     # -- revoke --------------------------------------------------------------------------
@@ -1096,6 +1109,15 @@ def _write_changed_rows(session: Session) -> None:
         params.sort(key=lambda values: values["row_key"])
         connection.execute(update(mapper.local_table).where(key_column == bindparam("row_key"))
                            .values(new_values), params)
+
+
+def _attached_documents(plan: GrantPlan, attached: Sequence[AttachedPolicy]
+                        ) -> list[AttachedDocument]:
+    """The plan's documents as the granter attached them (it read each one back and
+    checked its hash), for the evidence table."""
+    arns = {a.name: a.arn for a in attached}
+    return [AttachedDocument(name=p.name, kind=plan.kind, arn=arns.get(p.name),
+                             document=p.document) for p in plan.policies]
 
 
 def _combined_hash(hashes: list[str]) -> str | None:

@@ -201,3 +201,37 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class PolicyEvidence(Base):
+    """A policy document exactly as it was attached for a grant (and again for each
+    extension), so an auditor can read what someone could do. `document_hash` is sha256 of
+    its canonical JSON (bot.evidence.document_hash) and is also recorded in the audit event
+    `audit_seq` (granted / extended), which ties the document to the hash chain. No foreign
+    key: evidence outlives the rows it describes."""
+
+    __tablename__ = "policy_evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grant_id: Mapped[str] = mapped_column(String(32), index=True)
+    request_id: Mapped[int] = mapped_column(Integer, index=True)
+    audit_seq: Mapped[int] = mapped_column(BigInteger)
+    policy_name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(8))
+    policy_arn: Mapped[str | None] = mapped_column(String(2048))
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    document_hash: Mapped[str] = mapped_column(String(64))
+    attached_at: Mapped[datetime]
+
+
+class SentNotification(Base):
+    """A notification the bot handed to Slack for a request (DM, approval message update,
+    alert): part of a request's story in `audit show`."""
+
+    __tablename__ = "sent_notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)

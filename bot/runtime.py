@@ -25,6 +25,7 @@ from bot.aws.sessions import AwsSessions
 from bot.catalog import Catalog, load_catalog
 from bot.config import OperatorConfig, load_config
 from bot.db import SessionFactory, make_engine, make_session_factory
+from bot.evidence import NotificationRecorder
 from bot.iamref import IamReference
 from bot.lifecycle import PlanBuilder, RequestService
 from bot.policy import plan_builder as policy_plan_builder
@@ -140,6 +141,9 @@ def build_runtime(
         service.min_duration = min_duration
     if notifier_factory is not None:
         service.notifier = notifier_factory(service)
+    if notifier is not None or notifier_factory is not None:
+        # Each request's story (`audit show`) lists the notifications sent for it.
+        service.notifier = NotificationRecorder(service.notifier, sessions, clock)
     return Runtime(settings=settings, engine=engine, sessions=sessions, catalog=catalog,
                    config=config, clock=clock, aws=aws, granter=granter,
                    principals=principals, plan_builder=plan_builder, approvers=approvers,

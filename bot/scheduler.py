@@ -185,6 +185,11 @@ class ExpiryScheduler:
         self._drain_holds = 0
         self._paused_for_drain = False
 
+    @property
+    def leading(self) -> bool:
+        """True while this process leads (and so runs the jobs and the sweep)."""
+        return self._scheduler is not None
+
     # --- drains (bot.scheduler.DrainObserver) --------------------------------------------
 
     @contextlib.contextmanager

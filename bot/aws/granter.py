@@ -8,7 +8,6 @@ call is safe to repeat, so a retry after a time-out whose request did reach IAM 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -21,6 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.aws.errors import error_code, is_transient, to_grant_error
 from bot.aws.principals import IamPrincipal, parse_principal_arn
+
+# The one definition of a policy's canonical form and hash (re-exported for bot.aws users).
+from bot.evidence import canonical_json as canonical_json
+from bot.evidence import document_hash as document_hash
 from bot.ports import (
     AttachedPolicy,
     GrantError,
@@ -40,15 +43,6 @@ MANAGED_PATH = "/connect-access/"
 GRANT_ID_TAG = "connect-access:grant-id"
 EXPIRES_AT_TAG = "connect-access:expires-at"
 MAX_POLICY_VERSIONS = 5  # IAM keeps at most five versions of a managed policy
-
-
-def canonical_json(document: Mapping[str, Any]) -> str:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def document_hash(document: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON, so key order and whitespace do not count as changes."""
-    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
 
 def decode_document(raw: str | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.audit import export_lines, verify_chain
-from bot.commands.db_cmds import open_database
+from bot.anchors import AnchorError
+from bot.audit import export_lines
+from bot.audit_runtime import Anchoring, build_anchoring, verify_configured
+from bot.aws.sessions import AwsSessions
+from bot.commands.db_cmds import open_database, settings_or_exit
+from bot.config import ConfigError, OperatorConfig, load_config
+from bot.evidence import RequestStory, StoryNotFound, request_story
+from bot.ports import SystemClock
+from bot.runtime import DEFAULT_REGION
+from bot.settings import Settings
+from bot.signing import write_new_key
 
 
 class Format(StrEnum):
@@ -31,27 +42,175 @@ def _parse_time(option: str, value: str | None) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def _config_or_exit(settings: Settings) -> OperatorConfig:
+    try:
+        return load_config(settings.connect_access_config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _anchoring_or_exit(settings: Settings) -> Anchoring | None:
+    config = _config_or_exit(settings)
+    aws = AwsSessions(settings.aws_region or DEFAULT_REGION, settings.aws_endpoint_url)
+    try:
+        return build_anchoring(config.audit, aws, slack_token=settings.slack_bot_token,
+                               slack_api_url=settings.slack_api_url)
+    except AnchorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s"
+
+
+def story_lines(story: RequestStory) -> list[str]:
+    """`audit show` as text: one fact per line, times in UTC."""
+    m = story.milestones()
+    lines = [
+        f"request #{story.id}: {story.entry_id} ({story.tier}), now {story.state}",
+        f"  asked by {story.requester} at {m['submitted'] or story.created_at.isoformat()} for "
+        f"{story.duration_seconds // 60} min on {story.instance or '-'}",
+        f"  principal: {story.principal_arn}",
+        f"  reason: {story.reason}",
+        "votes:",
+        *([f"  {v['at']}  {v['approver']}  {v['decision']}"
+           + (f"  \"{v['comment']}\"" if v["comment"] else "")
+           + (f"  (extension round {v['round']})" if v["round"] else "")
+           for v in story.votes] or ["  none"]),
+        f"approved: {m['approved'] or '-'}   denied: {m['denied'] or '-'}   "
+        f"granted: {m['granted'] or '-'}   extended: {m['extended'] or '-'}   "
+        f"revoked: {m['revoked'] or '-'}   failed: {m['failed'] or '-'}",
+        "grants:",
+        *([f"  {g.id}: {g.state}, {g.kind} on {g.principal_arn}; attached "
+           f"{g.attached_at.isoformat() if g.attached_at else '-'}, expires "
+           f"{g.expires_at.isoformat()}, revoked "
+           f"{g.revoked_at.isoformat() if g.revoked_at else '-'}"
+           f" ({g.revoke_reason or '-'} by {g.revoked_by or '-'}), revocation lag "
+           f"{_duration(g.revocation_lag_seconds)}, {g.revoke_attempts} revoke attempt(s)"
+           + (f", last error: {g.last_error}" if g.last_error else "")
+           for g in story.grants] or ["  none"]),
+        "policies as attached:",
+    ]
+    for p in story.policies:
+        verdict = "hash matches audit event" if p.hash_matches else "HASH DOES NOT MATCH"
+        lines.append(f"  {p.name} ({p.kind}) attached {p.attached_at.isoformat()}, "
+                     f"sha256 {p.document_hash} ({verdict} {p.audit_seq})")
+        lines.extend("    " + line for line in json.dumps(p.document, indent=2).splitlines())
+    if not story.policies:
+        lines.append("  none recorded")
+    lines.append("notifications sent:")
+    lines.extend([f"  {n['at']}  {n['event']}" for n in story.notifications] or ["  none"])
+    lines.append("audit events:")
+    lines.extend(f"  {e['seq']:>6}  {e['at']}  {e['actor']}  {e['action']}"
+                 for e in story.events)
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     audit_app = typer.Typer(help="Check and export the tamper-evident audit trail.")
     app.add_typer(audit_app, name="audit")
 
     @audit_app.command("verify")
-    def audit_verify() -> None:
-        """Walk the hash chain; exit 1 and name the first broken link if any."""
+    def audit_verify(
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Check the hash chain against the signed anchors (audit: in the operator config)
+        and cross-check requests and grants with their events; exit 1 naming the first
+        inconsistency, with what was expected and what was found."""
+        settings = settings_or_exit()
+        anchoring = _anchoring_or_exit(settings)
         engine, sessions = open_database()
         try:
             with sessions() as session:
-                result = verify_chain(session)
+                report = verify_configured(session, anchoring)
+        except SQLAlchemyError as exc:
+            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except AnchorError as exc:
+            typer.echo(f"error: could not read the anchors: {exc}", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            engine.dispose()
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            lines = report.lines()
+            typer.echo(lines[0], err=not report.ok)
+            for line in lines[1:]:
+                typer.echo(line, err=not report.ok or line.startswith("note:"))
+        if not report.ok:
+            raise typer.Exit(1)
+
+    @audit_app.command("checkpoint")
+    def audit_checkpoint() -> None:
+        """Sign the chain's head now and write it to the anchor stores."""
+        settings = settings_or_exit()
+        anchoring = _anchoring_or_exit(settings)
+        if anchoring is None:
+            typer.echo("error: no anchors are configured: set audit.kms_key_id or "
+                       "audit.signing_key_file, and audit.anchor_bucket, in the operator "
+                       "config (CONNECT_ACCESS_CONFIG)", err=True)
+            raise typer.Exit(2)
+        config = _config_or_exit(settings)
+        engine, sessions = open_database()
+        try:
+            outcome = anchoring.writer(sessions, SystemClock(), config.audit).write_now()
+        except SQLAlchemyError as exc:
+            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except AnchorError as exc:
+            typer.echo(f"error: checkpoint not written: {exc}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            engine.dispose()
+        assert outcome.written is not None
+        c = outcome.written.checkpoint
+        typer.echo(f"checkpoint written: event {c.seq}, head {c.head_hash}, signed by "
+                   f"{c.key_id}, stored in {', '.join(s.name for s in anchoring.stores)}")
+        for failure in outcome.failures:
+            typer.echo(f"warning: {failure}", err=True)
+
+    @audit_app.command("show")
+    def audit_show(
+        request_id: int = typer.Argument(..., help="The request id (#12 -> 12)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """The whole story of one request: who asked and why, the votes, the policy
+        documents as attached, grant, extensions, revocation and its lag, notifications."""
+        engine, sessions = open_database()
+        try:
+            with sessions() as session:
+                story = request_story(session, request_id)
+        except StoryNotFound as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
         except SQLAlchemyError as exc:
             typer.echo(f"error: could not read the audit trail: {exc}", err=True)
             raise typer.Exit(2) from None
         finally:
             engine.dispose()
-        if not result.ok:
-            typer.echo(f"audit chain BROKEN at event {result.broken_seq}: {result.problem} "
-                       f"({result.checked} events before it verified)", err=True)
-            raise typer.Exit(1)
-        typer.echo(f"audit chain intact: {result.checked} events verified")
+        if as_json:
+            typer.echo(json.dumps(story.to_dict(), indent=2, ensure_ascii=False))
+            return
+        for line in story_lines(story):
+            typer.echo(line)
+
+    @audit_app.command("keygen")
+    def audit_keygen(
+        path: Path = typer.Argument(..., help="Where to write the new private key (PEM)."),
+    ) -> None:
+        """Make an Ed25519 signing key for audit.signing_key_file (mode 0600)."""
+        try:
+            signer = write_new_key(path)
+        except AnchorError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"wrote {path} (key id {signer.key_id}); keep it away from the database "
+                   "host and its administrators")
 
     @audit_app.command("export")
     def audit_export(

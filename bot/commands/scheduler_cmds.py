@@ -15,6 +15,8 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.anchors import AnchorError, run_checkpoint_loop
+from bot.audit_runtime import build_anchoring
 from bot.aws.errors import AwsConfigError
 from bot.catalog import CatalogError
 from bot.commands.db_cmds import open_database, settings_or_exit
@@ -55,6 +57,14 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
                    f"{getattr(exc, 'orig', None) or exc}). Check that DATABASE_URL is "
                    "reachable and migrated (`connect-access db upgrade`).", err=True)
         raise typer.Exit(2) from None
+    try:
+        anchoring = build_anchoring(runtime.config.audit, runtime.aws,
+                                    slack_token=settings.slack_bot_token,
+                                    slack_api_url=settings.slack_api_url)
+    except AnchorError as exc:
+        runtime.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -74,6 +84,12 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
             sweep_interval=runtime.config.timings.sweep_interval,
             job_workers=job_workers,
         )
+        if anchoring is not None:
+            # Checkpoints are the leader's job, on their own thread (bot.anchors).
+            writer = anchoring.writer(runtime.sessions, runtime.clock, runtime.config.audit)
+            threading.Thread(target=run_checkpoint_loop, name="audit-checkpoints",
+                             args=(writer, stop, lambda: scheduler.leading),
+                             daemon=True).start()
         scheduler.run_forever(stop)
     except LeadershipError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -51,10 +51,13 @@ def test_chain_links_each_event_to_the_previous(session_factory: SessionFactory,
 
 
 def test_verify_ok(database_url: str, session_factory: SessionFactory, clock: FakeClock) -> None:
-    assert run_cli(database_url, "audit", "verify") == (0, "audit chain intact: 0 events verified\n")
+    code, output = run_cli(database_url, "audit", "verify")
+    assert code == 0 and output.startswith("audit chain intact: 0 events verified\n")
     add_events(session_factory, clock, 5)
     code, output = run_cli(database_url, "audit", "verify")
-    assert (code, output) == (0, "audit chain intact: 5 events verified\n")
+    assert code == 0 and output.startswith("audit chain intact: 5 events verified\n")
+    # Without anchors it says what it cannot see.
+    assert "note: no anchors are configured" in output
 
 
 @pytest.mark.parametrize(("tamper", "broken_at", "message"), [

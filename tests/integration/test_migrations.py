@@ -76,7 +76,7 @@ def test_alembic_command_line_and_db_upgrade_use_database_url(empty_database_url
         completed = subprocess.run([alembic, *args], cwd=PROJECT_ROOT, env=env,
                                    capture_output=True, text=True, check=False)
         assert completed.returncode == 0, completed.stderr
-    assert "0001 (head)" in completed.stdout
+    assert "(head)" in completed.stdout  # at the newest migration, whichever it is
     downgrade(empty_database_url)
     result = CliRunner().invoke(build_cli(), ["db", "upgrade"],
                                 env={"DATABASE_URL": empty_database_url})

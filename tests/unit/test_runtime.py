@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.evidence import NotificationRecorder
 from bot.fakes import RecordingNotifier
 from bot.lifecycle import RequestService
 from bot.runtime import build_runtime
@@ -31,7 +32,9 @@ def test_the_notifier_factory_is_given_the_service_it_notifies_for(settings: Set
     try:
         ((service, notifier),) = made
         assert service is runtime.service
-        assert runtime.service.notifier is notifier and runtime.notifier is notifier
+        # Wrapped so that each notification sent is recorded for `audit show`.
+        assert isinstance(runtime.service.notifier, NotificationRecorder)
+        assert runtime.service.notifier.inner is notifier and runtime.notifier is runtime.service.notifier
         assert runtime.service.min_duration == timedelta(seconds=1)
     finally:
         runtime.close()
@@ -41,7 +44,8 @@ def test_a_ready_notifier_is_used_as_it_is(settings: Settings) -> None:
     notifier = RecordingNotifier()
     runtime = build_runtime(settings, notifier=notifier)
     try:
-        assert runtime.service.notifier is notifier and runtime.notifier is notifier
+        assert isinstance(runtime.service.notifier, NotificationRecorder)
+        assert runtime.service.notifier.inner is notifier and runtime.notifier is runtime.service.notifier
         assert runtime.service.min_duration == timedelta(minutes=1)  # the lifecycle's floor
     finally:
         runtime.close()
