@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -113,6 +113,27 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class IamLimits:
+    """How the bot paces itself against IAM's request rate (the `iam:` section).
+
+    IAM throttles per account, and every process that talks to IAM (web, scheduler,
+    reconcile) has its own limit, so give each its share of what the account allows.
+    """
+
+    # Client-side limit per account and process; None: none (botocore's retries only).
+    requests_per_second: float | None = None
+    # Requests sent at once after a quiet spell; None: a quarter of a second's worth.
+    burst: float | None = None
+    # botocore's retry mode: "standard" backs off after a throttle, "adaptive" also lowers
+    # each client's send rate until throttling stops.
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    # HTTP attempts per IAM call, the first included (botocore's total_max_attempts).
+    max_attempts: int = 5
+    # Tell a requester when their approved grant will wait at least this long for IAM.
+    queued_notice_after: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
 class ApprovalRouter:
     tiers: Mapping[Tier, Route]
     overrides: tuple[Override, ...] = ()
@@ -137,6 +158,7 @@ class OperatorConfig:
     audit: AuditConfig = AuditConfig()
     # Slack user ids (U/W) and user-group ids (S) who may review the audit trail in Slack.
     auditors: tuple[str, ...] = ()
+    iam: IamLimits = IamLimits()
 
     def instance(self, alias_or_arn: str | None = None) -> Instance:
         """The named instance, or the only/first one when none is named."""
@@ -297,7 +319,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     top = reader.mapping("(top level)", raw)
     reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
                                   "require_managed_tag", "routing", "timings", "audit",
-                                  "auditors"))
+                                  "auditors", "iam"))
     instances: list[Instance] = []
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
@@ -345,6 +367,38 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
                           "a Slack user id (U...) or user-group id (S...)")
             for i, a in enumerate(reader.sequence("auditors", top.get("auditors")))
         ),
+        iam=_iam_limits(reader, reader.mapping("iam", top.get("iam"))),
+    )
+
+
+def _iam_limits(reader: _Reader, raw: Mapping[str, Any]) -> IamLimits:
+    reader.unknown_keys("iam", raw, tuple(IamLimits.__dataclass_fields__))
+
+    def positive(key: str, minimum: float = 0.0) -> float | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= minimum:
+            raise reader.fail(f"iam.{key}", f"must be a number above {minimum:g}, got {value!r}")
+        return float(value)
+
+    burst = positive("burst")
+    if burst is not None and burst < 1:
+        raise reader.fail("iam.burst", f"must be at least 1, got {raw['burst']!r}")
+    mode = raw.get("retry_mode", "standard")
+    if mode not in ("standard", "adaptive"):
+        raise reader.fail("iam.retry_mode", f"must be standard or adaptive, got {mode!r}")
+    attempts = raw.get("max_attempts", IamLimits.max_attempts)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
+        raise reader.fail("iam.max_attempts", f"must be a whole number 1-20, got {attempts!r}")
+    notice = raw.get("queued_notice_after")
+    return IamLimits(
+        requests_per_second=positive("requests_per_second"),
+        burst=burst,
+        retry_mode=mode,
+        max_attempts=attempts,
+        queued_notice_after=IamLimits.queued_notice_after if notice is None
+        else reader.duration("iam.queued_notice_after", notice),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import bindparam, func, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +47,7 @@ from bot.ports import (
     Notification,
     NotificationEvent,
     Notifier,
+    Pacing,
     PolicyKind,
     PrincipalDirectory,
     PrincipalError,
@@ -136,6 +138,7 @@ class GrantContext:
 
 
 PlanBuilder = Callable[[GrantContext], GrantPlan]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,18 @@ class RequestService:
         claim_lease: timedelta = timedelta(minutes=5),
         # Shorter grants only make sense in the demo, which shows a whole expiry in seconds.
         min_duration: timedelta = timedelta(minutes=1),
+        # A revoke IAM throttled (after botocore's own retries) is tried again this soon; it
+        # does not count as an attempt, so throttling alone never makes a grant irrevocable.
+        throttle_retry: timedelta = timedelta(seconds=5),
+        # Where IAM requests queue behind the client-side rate limit; with it, a requester
+        # whose grant will wait at least `queued_notice_after` is told so.
+        pacing: Pacing | None = None,
+        queued_notice_after: timedelta = timedelta(seconds=5),
+        # An attach IAM still throttles after botocore's retries waits throttle_retry and
+        # tries again, this many times, before the request fails: an approved grant is not
+        # thrown away because the account is busy for a while.
+        grant_throttle_retries: int = 12,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -206,6 +221,11 @@ class RequestService:
         self.revoke_backoff_cap = revoke_backoff_cap
         self.claim_lease = claim_lease
         self.min_duration = min_duration
+        self.throttle_retry = throttle_retry
+        self.pacing = pacing
+        self.queued_notice_after = queued_notice_after
+        self.grant_throttle_retries = grant_throttle_retries
+        self.sleep = sleep
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -589,6 +609,8 @@ class RequestService:
                     f"Request #{request.id} is {request.state.replace('_', ' ')}, not approved; "
                     "it cannot be granted now.")
         start = self.clock.now()
+        principal_arn = request.principal_arn
+        told_queued = self._tell_if_queued(request, start)
         context = GrantContext(
             grant_id=new_grant_id(), entry_id=request.entry_id,
             principal_arn=request.principal_arn, instance_arn=request.instance_arn,
@@ -596,8 +618,9 @@ class RequestService:
             inline_usage=0,
         )
         try:
-            context = replace(context,
-                              inline_usage=self.granter.inline_usage(request.principal_arn))
+            usage, told_queued = self._patiently(
+                request, told_queued, lambda: self.granter.inline_usage(principal_arn))
+            context = replace(context, inline_usage=usage)
             plan = self.plan_builder(context)
         except GrantError as exc:
             return self._fail_before_attach(request_id, f"could not read the principal: {exc}")
@@ -622,7 +645,7 @@ class RequestService:
             session.add(grant)
 
         try:
-            attached = self.granter.attach(plan)
+            attached, _ = self._patiently(request, told_queued, lambda: self.granter.attach(plan))
         except GrantError as exc:
             self._cleanup_partial(plan)
             with self._transaction() as session:
@@ -652,6 +675,45 @@ class RequestService:
         self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
                      expires_at=grant.expires_at.isoformat())
         return request
+
+    def _tell_if_queued(self, request: AccessRequest, now: datetime) -> bool:
+        """Tell the requester when their grant waits behind IAM's rate limit: it has waited
+        since approval, or the IAM requests queued ahead of it will make it wait, for at
+        least `queued_notice_after` (nothing is wrong; it will be granted). True if told."""
+        if self.pacing is None:
+            return False
+        ahead = self.pacing.expected_grant_wait(request.principal_arn)
+        if ahead <= 0:
+            return False
+        waited = 0.0 if request.approved_at is None else max(
+            0.0, (now - request.approved_at).total_seconds())
+        if waited + ahead < self.queued_notice_after.total_seconds():
+            return False
+        self._notify("grant_queued", request, waited_seconds=round(waited, 1),
+                     expected_wait_seconds=round(ahead, 1))
+        return True
+
+    def _patiently(self, request: AccessRequest, told_queued: bool,
+                   call: Callable[[], _T]) -> tuple[_T, bool]:
+        """call(), tried again after `throttle_retry` while IAM throttles it (botocore has
+        retried each time already), at most grant_throttle_retries times; the requester
+        hears once that their grant is queued. Returns the result and whether they were
+        told. Every granter call is idempotent, so trying again is safe."""
+        for retry in range(self.grant_throttle_retries + 1):
+            try:
+                return call(), told_queued
+            except GrantError as exc:
+                if not exc.throttled or retry == self.grant_throttle_retries:
+                    raise
+                if not told_queued:
+                    self._notify("grant_queued", request, waited_seconds=None,
+                                 expected_wait_seconds=round(
+                                     self.throttle_retry.total_seconds(), 1))
+                    told_queued = True
+                log.warning("IAM throttled the grant for request %s; trying again in %s",
+                            request.id, self.throttle_retry)
+                self.sleep(self.throttle_retry.total_seconds())
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _cleanup_partial(self, plan: GrantPlan) -> None:
         """After a failed attach, remove whatever part of the plan may have landed."""
@@ -1052,6 +1114,16 @@ class RequestService:
                 "lag_seconds": grant.revocation_lag_seconds})
             return event, ("revoked", {"grant_id": grant.id, "reason": grant.revoke_reason,
                                        "revoked_by": grant.revoked_by})
+        if error.throttled:
+            # IAM refused our pace, not this revoke: no attempt is counted (throttling alone
+            # never makes a grant irrevocable) and it is tried again soon, in expiry order
+            # with the other due grants.
+            grant.last_error = f"{error.code}: {error}" if error.code else str(error)
+            grant.next_attempt_at = now + self.throttle_retry
+            return self._event(request, SYSTEM, "revoke_failed", {
+                "grant_id": grant.id, "error": grant.last_error, "throttled": True,
+                "attempts": grant.revoke_attempts,
+                "next_attempt_at": grant.next_attempt_at.isoformat()}), None
         grant.revoke_attempts += 1
         grant.last_error = f"{error.code}: {error}" if error.code else str(error)
         exhausted = not error.transient or grant.revoke_attempts >= self.max_revoke_attempts

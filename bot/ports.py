@@ -44,12 +44,17 @@ class AttachedPolicy:
 class GrantError(Exception):
     """An IAM call for a grant failed. `transient` faults (throttling, service failure,
     time-outs) may succeed when retried; permanent ones (limits, access denied, malformed
-    policy) will not, and need a person."""
+    policy) will not, and need a person. `throttled` faults are transient ones where IAM
+    only refused the caller's request rate: they say nothing about the grant, so they never
+    count towards giving up on it."""
 
-    def __init__(self, message: str, *, transient: bool, code: str = "") -> None:
+    def __init__(
+        self, message: str, *, transient: bool, code: str = "", throttled: bool = False
+    ) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.transient = transient or throttled
         self.code = code
+        self.throttled = throttled
 
 
 class Granter(Protocol):
@@ -101,6 +106,9 @@ NotificationEvent = Literal[
     "irrevocable",
     "pending_reminder",
     "reconcile_finding",
+    # The grant is approved but waits behind IAM's request rate limit (detail:
+    # waited_seconds, expected_wait_seconds); "granted" follows.
+    "grant_queued",
 ]
 
 
@@ -114,6 +122,15 @@ class Notification:
 class Notifier(Protocol):
     def notify(self, notification: Notification) -> None:
         """Tell the people concerned. Must not raise for delivery problems: log them."""
+        ...
+
+
+class Pacing(Protocol):
+    """How far behind IAM's request rate limit the bot is running (bot.aws.sessions)."""
+
+    def expected_grant_wait(self, principal_arn: str) -> float:
+        """Seconds a grant to this principal started now would spend queued behind the
+        IAM requests already waiting for the rate limit (0 when none wait)."""
         ...
 
 

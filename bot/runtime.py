@@ -113,7 +113,10 @@ def build_runtime(
     config = load_config(settings.connect_access_config)
     clock = clock or SystemClock()
     aws = AwsSessions(settings.aws_region or DEFAULT_REGION, settings.aws_endpoint_url,
-                      instances=config.instances)
+                      instances=config.instances, retry_mode=config.iam.retry_mode,
+                      max_attempts=config.iam.max_attempts,
+                      iam_requests_per_second=config.iam.requests_per_second,
+                      iam_burst=config.iam.burst)
     granter = granter or IamGranter(aws.iam_for_principal)
     principals = IamPrincipalDirectory(
         aws.iam_for_account, config.principals, tag_lookup=config.principal_tag_lookup,
@@ -136,6 +139,8 @@ def build_runtime(
         # Until the factory has made the real notifier, nothing is dropped silently.
         notifier=notifier or LoggingNotifier(), approvers=approvers, principals=principals,
         clock=clock, plan_builder=plan_builder,
+        pacing=aws if config.iam.requests_per_second is not None else None,
+        queued_notice_after=config.iam.queued_notice_after,
     )
     if min_duration is not None:
         service.min_duration = min_duration

@@ -28,25 +28,36 @@ class AwsConfigError(AwsAdapterError):
     """The AWS settings (instances, assume-role ARNs, external ids) are unusable."""
 
 
-# Codes that say "try again later": the request was fine, AWS was busy or broken.
-TRANSIENT_CODES = frozenset(
+# Codes that say "slow down": the request was fine, the caller sends too many. botocore
+# retries them with backoff (and, in adaptive mode, lowers its own send rate); a throttled
+# call that still fails says nothing about the grant, only about the pace.
+THROTTLING_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
         "RequestLimitExceeded",
         "TooManyRequestsException",
+    }
+)
+
+# Codes that say "try again later": the request was fine, AWS was busy or broken.
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
         "ServiceFailure",
         "ServiceUnavailable",
         "InternalFailure",
         "InternalError",
-        # IAM returns these while an entity is being changed by another request; the
-        # same call succeeds moments later.
-        "EntityTemporarilyUnmodifiable",
-        "ConcurrentModification",
         "RequestTimeout",
         "RequestTimeoutException",
     }
 )
+
+# IAM returns these while an entity is being changed by another request; the same call
+# succeeds moments later. botocore does not retry them (they are not throttling, time-outs
+# or 5xx), so the granter does, with the read-after-write retry IAM's eventual consistency
+# needs anyway.
+CONSISTENCY_CODES = frozenset({"EntityTemporarilyUnmodifiable", "ConcurrentModification"})
+TRANSIENT_CODES = TRANSIENT_CODES | CONSISTENCY_CODES
 
 # Codes that will fail again unchanged: a person has to fix a quota, permission or input.
 PERMANENT_CODES = frozenset(
@@ -94,13 +105,34 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def is_throttling(exc: BaseException) -> bool:
+    """IAM (or STS) refused the call because of the caller's request rate."""
+    return isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES
+
+
+def is_consistency_conflict(exc: BaseException) -> bool:
+    """IAM is still applying another change to the same entity."""
+    return isinstance(exc, ClientError) and error_code(exc) in CONSISTENCY_CODES
+
+
+def attempts_made(exc: BaseException) -> int | None:
+    """How many HTTP attempts botocore made before giving up, when it says."""
+    if isinstance(exc, ClientError):
+        retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+        return None if retries is None else int(retries) + 1
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
+    """The same call may succeed later: throttling, a service failure, a time-out."""
     if isinstance(exc, ClientError):
         return error_code(exc) in TRANSIENT_CODES
     return isinstance(exc, _TRANSIENT_EXCEPTIONS)
 
 
-def to_grant_error(exc: BotoCoreError | ClientError, action: str, attempts: int) -> GrantError:
+def to_grant_error(
+    exc: BotoCoreError | ClientError, action: str, attempts: int | None = None
+) -> GrantError:
     """Turn a botocore failure into the port's GrantError, with a message for the operator.
 
     Unknown codes are permanent on purpose: retrying something we do not understand forever
@@ -108,10 +140,19 @@ def to_grant_error(exc: BotoCoreError | ClientError, action: str, attempts: int)
     """
     code = error_code(exc)
     transient = is_transient(exc)
-    if transient:
-        advice = f"AWS did not answer successfully after {attempts} attempt(s); it will be retried"
+    throttled = is_throttling(exc)
+    attempts = attempts or attempts_made(exc)
+    tries = f"{attempts} attempt(s)" if attempts else "botocore's retries"
+    if throttled:
+        advice = (f"IAM's request rate limit was still exceeded after {tries}; "
+                  "it will be retried at a slower pace")
+    elif transient:
+        advice = f"AWS did not answer successfully after {tries}; it will be retried"
     else:
         advice = _WHAT_TO_DO.get(code, "this will not succeed by retrying; a person must look")
     return GrantError(
-        f"{action} failed ({code}): {advice}. AWS said: {exc}", transient=transient, code=code
+        f"{action} failed ({code}): {advice}. AWS said: {exc}",
+        transient=transient,
+        code=code,
+        throttled=throttled,
     )

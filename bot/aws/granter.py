@@ -1,9 +1,13 @@
 """IamGranter: puts a grant's policies on an IAM principal and takes them off again.
 
-Every IAM call goes through one retry loop: transient faults (throttling, service failure,
-time-outs) are retried with exponential backoff and full jitter, on top of botocore's own
-`standard` retries; permanent ones surface at once as GrantError with the AWS code. Every
-call is safe to repeat, so a retry after a time-out whose request did reach IAM does no harm.
+One retry policy: botocore's (standard or adaptive mode, set in bot.aws.sessions) retries
+throttling, service failures and time-outs, paced by the client-side rate limit when one is
+configured. The granter adds only what IAM's eventual consistency needs and botocore does
+not do: a policy just written that does not read back yet, and IAM's "entity is being
+modified" conflicts, are retried here with exponential backoff and full jitter. Everything
+else surfaces at once as GrantError with the AWS code (`throttled` when IAM still refused
+the rate after botocore's retries). Every call is safe to repeat, so a retry after a
+time-out whose request did reach IAM does no harm.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from urllib.parse import unquote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bot.aws.errors import error_code, is_transient, to_grant_error
+from bot.aws.errors import error_code, is_consistency_conflict, to_grant_error
 from bot.aws.principals import IamPrincipal, parse_principal_arn
 
 # The one definition of a policy's canonical form and hash (re-exported for bot.aws users).
@@ -368,15 +372,18 @@ class IamGranter:
         missing_ok: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """fn(*args, **kwargs) with retries; None when missing_ok and IAM says NoSuchEntity."""
+        """fn(*args, **kwargs); None when missing_ok and IAM says NoSuchEntity.
+
+        botocore has already retried what it retries (throttling, 5xx, time-outs) by the
+        time an error reaches here; only IAM's consistency conflicts are retried again."""
         for attempt in range(1, self._attempts + 1):
             try:
                 return fn(*args, **kwargs)
             except (ClientError, BotoCoreError) as exc:
                 if missing_ok and error_code(exc) == "NoSuchEntity":
                     return None
-                if not is_transient(exc) or attempt == self._attempts:
-                    raise to_grant_error(exc, action, attempt) from exc
+                if not is_consistency_conflict(exc) or attempt == self._attempts:
+                    raise to_grant_error(exc, action) from exc
                 delay = self._backoff(attempt)
                 log.warning("%s: %s, retry %d in %.2fs", action, error_code(exc), attempt, delay)
                 self._sleep(delay)
@@ -384,7 +391,7 @@ class IamGranter:
 
     def _pages(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
         """Every page of a paginated IAM list call, each page fetched through `_call` (so
-        each is retried on its own)."""
+        botocore retries each on its own)."""
         while True:
             page = self._call(action, fn, **kwargs)
             yield page

@@ -3,8 +3,11 @@
 One AwsSessions object is built by the CLI from settings and handed to the adapters; nothing
 creates a client at import time. It adds three things boto3 does not do on its own here:
 
-- the same botocore Config (standard retry mode, short timeouts, a connection pool big
-  enough for the threads that share a client) on every client;
+- the same botocore Config (standard or adaptive retry mode, short timeouts, a connection
+  pool big enough for the threads that share a client) on every client: botocore's retries
+  are the only retry policy for throttling, service failures and time-outs;
+- a client-side request rate limit for IAM (bot.aws.ratelimit), one per account and
+  process, shared by every IAM client of that account, when the operator sets one;
 - the endpoint passed in by the caller (AWS_ENDPOINT_URL, e.g. moto's server), not read
   from the environment at import;
 - per-instance `sts:AssumeRole` with an external id for Connect instances in other
@@ -17,16 +20,27 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import boto3
 from botocore.config import Config
 
 from bot.aws.errors import AwsConfigError
+from bot.aws.ratelimit import RequestRateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_sts import STSClient
+
+
+# botocore's retry modes the bot supports: `adaptive` also lowers a client's own send rate
+# after throttles (a per-client limiter that learns the rate), `standard` only backs off.
+RetryMode = Literal["standard", "adaptive"]
+
+
+# IAM requests an inline grant makes one after another: list and read the principal's
+# inline policies (quota), read the policy, put it, read it back.
+IAM_CALLS_PER_GRANT = 4
 
 
 class InstanceAccess(Protocol):
@@ -79,6 +93,9 @@ class AwsSessions:
         *,
         instances: Sequence[InstanceAccess] = (),
         max_attempts: int = 3,
+        retry_mode: RetryMode = "standard",
+        iam_requests_per_second: float | None = None,
+        iam_burst: float | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 15.0,
         # botocore keeps 10 connections per client; threads beyond that (the scheduler's
@@ -92,12 +109,16 @@ class AwsSessions:
     ) -> None:
         if max_pool_connections < 1:
             raise AwsConfigError("max_pool_connections must be at least 1")
+        if retry_mode not in ("standard", "adaptive"):
+            raise AwsConfigError(f"retry_mode must be standard or adaptive, not {retry_mode!r}")
+        if max_attempts < 1:
+            raise AwsConfigError("max_attempts must be at least 1")
         self.region = region
         self.endpoint_url = endpoint_url or None
         self.config = Config(
             region_name=region,
             # total_max_attempts counts the first try; botocore's `max_attempts` would not.
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            retries={"mode": retry_mode, "total_max_attempts": max_attempts},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
@@ -112,6 +133,9 @@ class AwsSessions:
         self._base_clients: dict[str, Any] = {}
         self._assumed: dict[str, _CachedCredentials] = {}
         self.assume_role_calls = 0  # visible so tests can see the cache working
+        self._iam_rate = iam_requests_per_second
+        self._iam_burst = iam_burst
+        self._iam_limiters: dict[str, RequestRateLimiter] = {}
         for instance in self._instances:
             if instance.external_id and not instance.assume_role_arn:
                 raise AwsConfigError(
@@ -151,7 +175,7 @@ class AwsSessions:
             entry = self._assumed_locked(instance.assume_role_arn, instance.external_id)
             cached = entry.clients.get(service)
             if cached is None:
-                cached = self._make_client(entry.session, service)
+                cached = self._make_client(entry.session, service, instance)
                 entry.clients[service] = cached
             return cached
 
@@ -168,12 +192,51 @@ class AwsSessions:
     def iam_for_principal(self, principal_arn: str) -> IAMClient:
         return self.iam_for_account(account_of(principal_arn))
 
+    # -- pacing -----------------------------------------------------------------------
+
+    def iam_limiter(self, account_id: str | None = None) -> RequestRateLimiter | None:
+        """The IAM rate limiter for the credentials that reach `account_id` (None: the
+        bot's own), or None when no rate limit is configured."""
+        if self._iam_rate is None:
+            return None
+        instance = self.instance_for_account(account_id) if account_id else None
+        with self._lock:
+            return self._limiter_locked(self._limit_key(instance))
+
+    def expected_grant_wait(self, principal_arn: str) -> float:
+        """bot.ports.Pacing: seconds a grant to this principal would queue behind the IAM
+        requests waiting for the rate limit (0 without a limit). Each of a grant's IAM
+        calls waits its turn, so the queue ahead counts once per call."""
+        limiter = self.iam_limiter(account_of(principal_arn))
+        return 0.0 if limiter is None else limiter.expected_wait() * IAM_CALLS_PER_GRANT
+
     # -- internals --------------------------------------------------------------------
 
-    def _make_client(self, session: boto3.Session, service: str) -> Any:
-        return session.client(  # type: ignore[call-overload]
+    def _make_client(
+        self, session: boto3.Session, service: str, instance: InstanceAccess | None = None
+    ) -> Any:
+        client = session.client(  # type: ignore[call-overload]
             service, region_name=self.region, endpoint_url=self.endpoint_url, config=self.config
         )
+        if service == "iam" and self._iam_rate is not None:
+            self._limiter_locked(self._limit_key(instance)).attach(client, "iam")
+        return client
+
+    @staticmethod
+    def _limit_key(instance: InstanceAccess | None) -> str:
+        # IAM's budget is per account: one limiter for the bot's own credentials, one per
+        # account reached by assuming a role.
+        if instance is None or not instance.assume_role_arn:
+            return ""
+        return account_of(instance.assume_role_arn)
+
+    def _limiter_locked(self, key: str) -> RequestRateLimiter:
+        limiter = self._iam_limiters.get(key)
+        if limiter is None:
+            assert self._iam_rate is not None
+            limiter = RequestRateLimiter(self._iam_rate, self._iam_burst)
+            self._iam_limiters[key] = limiter
+        return limiter
 
     def _assumed_locked(self, role_arn: str, external_id: str | None) -> _CachedCredentials:
         cached = self._assumed.get(role_arn)

@@ -602,6 +602,8 @@ OUTCOME_SENTENCES = {
     "extended": "was extended.",
     "extension_requested": "has an extension waiting for approval.",
     "irrevocable": "could not be removed yet; we keep retrying and the operators were alerted.",
+    "grant_queued": "is approved and queued behind AWS IAM's request rate limit; you will "
+    "get a message as soon as it is active.",
 }
 
 

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Events after which the requester hears from us directly.
 DM_EVENTS = frozenset(
-    {"denied", "cancelled", "timed_out", "granted", "failed", "revoked", "extended", "irrevocable"}
+    {"denied", "cancelled", "timed_out", "granted", "failed", "revoked", "extended", "irrevocable",
+     "grant_queued"}
 )
 
 

@@ -56,8 +56,9 @@ def fake_aws(fake_aws_credentials: None) -> Iterator[None]:
 
 @pytest.fixture
 def flow(fake_aws: None, session_factory: SessionFactory, catalog: Catalog) -> Flow:
-    # botocore's own retries off: the granter's loop (with recorded, not real, sleeps) is
-    # what gives up, and botocore would sleep for real between its attempts.
+    # botocore's own retries off (it would sleep for real between its attempts): a hook
+    # fault is then what botocore gave up on. The granter's consistency retries and the
+    # lifecycle's throttle waits sleep through `sleeps`, recorded, not real.
     aws = AwsSessions(REGION, max_attempts=1)
     iam = aws.iam()
     iam.create_role(RoleName="alice-admin", AssumeRolePolicyDocument=TRUST)
@@ -73,5 +74,6 @@ def flow(fake_aws: None, session_factory: SessionFactory, catalog: Catalog) -> F
         notifier=notifier, approvers=StaticApproverDirectory({"S0LEADS": LEADS}),
         principals=StaticPrincipalDirectory(config.principals), clock=clock,
         plan_builder=plan_builder(catalog, IamReference()), max_revoke_attempts=3,
+        sleep=sleeps,
     )
     return Flow(service, session_factory, iam, granter, clock, notifier, sleeps)

@@ -27,7 +27,7 @@ READ_ENTRY = "home/describe-instance"  # one inline policy
 # Too big for a user's 2,048-character inline quota: the compiler makes a managed policy.
 MANAGED_ENTRY = "contact-lens-connectors/add-update-remove-contact-lens-connectors"
 LEADS = ("U0LEAD01", "U0LEAD02")
-ATTEMPTS = 3  # the granter's own retry loop
+ATTEMPTS = 3  # the granter's consistency retries (IAM's "being modified" conflicts)
 
 
 def operator_config_data() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aws_testkit import Fault, ProcessKilled
-from grant_flow_kit import ATTEMPTS, MANAGED_ENTRY, READ_ENTRY, Flow
+from grant_flow_kit import MANAGED_ENTRY, READ_ENTRY, Flow
 
 from bot.aws.granter import document_hash
 from bot.aws.reconcile import reconcile
@@ -74,9 +74,9 @@ def test_a_managed_grant_is_created_attached_and_deleted(flow: Flow) -> None:
     assert flow.chain_ok()
 
 
-@pytest.mark.parametrize(("code", "retried"), [("LimitExceeded", False), ("Throttling", True)])
+@pytest.mark.parametrize("code", ["LimitExceeded", "ServiceFailure"])
 def test_an_attach_that_fails_fails_the_request_with_nothing_left_in_iam(
-    flow: Flow, code: str, retried: bool
+    flow: Flow, code: str
 ) -> None:
     fault = Fault("PutRolePolicy", code)
     flow.inject("PutRolePolicy", fault.error_response)
@@ -84,9 +84,9 @@ def test_an_attach_that_fails_fails_the_request_with_nothing_left_in_iam(
 
     flow.service.approve(request_id, "U0LEAD01")
 
-    # A permanent fault is not retried; a transient one is, until the attempts run out.
-    assert fault.calls == (ATTEMPTS if retried else 1)
-    assert len(flow.sleeps.delays) == (ATTEMPTS - 1 if retried else 0)
+    # Neither is retried above botocore (whose retries are off here): one retry policy.
+    assert fault.calls == 1
+    assert flow.sleeps.delays == []
     assert flow.request(request_id).state == "failed"
     grant = flow.grant_of(request_id)
     assert grant.state == "failed" and code in (grant.last_error or "")
@@ -98,17 +98,51 @@ def test_an_attach_that_fails_fails_the_request_with_nothing_left_in_iam(
     assert flow.chain_ok()
 
 
+def test_a_throttled_attach_waits_and_the_grant_ends_active_and_the_requester_is_told(
+    flow: Flow,
+) -> None:
+    fault = Fault("PutRolePolicy", "Throttling", times=2)
+    flow.inject("PutRolePolicy", fault.error_response)
+    request_id = flow.submit()
+
+    flow.service.approve(request_id, "U0LEAD01")
+
+    assert fault.calls == 3  # throttled twice (after botocore's retries), then put
+    assert flow.sleeps.delays == [5.0, 5.0]  # the lifecycle's throttle_retry
+    assert flow.request(request_id).state == "active"
+    assert list(flow.inline()) == flow.grant_of(request_id).policy_names
+    events = flow.notifier.events(request_id)
+    assert events.count("grant_queued") == 1
+    assert events.index("grant_queued") < events.index("granted")
+    assert "failed" not in events
+    assert flow.chain_ok()
+
+
+def test_an_attach_throttled_past_patience_fails_with_nothing_left(flow: Flow) -> None:
+    flow.service.grant_throttle_retries = 2
+    fault = Fault("PutRolePolicy", "Throttling", times=None)
+    flow.inject("PutRolePolicy", fault.error_response)
+    request_id = flow.submit()
+
+    flow.service.approve(request_id, "U0LEAD01")
+
+    assert fault.calls == 3
+    assert flow.request(request_id).state == "failed"
+    assert flow.inline() == {}
+    assert flow.notifier.events(request_id)[-2:] == ["grant_queued", "failed"]
+
+
 def test_a_revoke_that_keeps_failing_becomes_irrevocable_and_is_retried_until_it_works(
     flow: Flow,
 ) -> None:
     request_id = flow.submit()
     flow.service.approve(request_id, "U0LEAD01")
     grant_id = flow.grant_of(request_id).id
-    fault = Fault("DeleteRolePolicy", "Throttling")
+    fault = Fault("DeleteRolePolicy", "ServiceFailure")
     flow.inject("DeleteRolePolicy", fault.error_response)
 
     first = flow.service.revoke(request_id, "U0ALICE", "done")
-    assert first.state == "revoking" and "Throttling" in (first.error or "")
+    assert first.state == "revoking" and "ServiceFailure" in (first.error or "")
     # The lifecycle's own backoff between whole attempts: 30 s, then 60 s.
     states = []
     for wait in (timedelta(seconds=30), timedelta(seconds=60)):
@@ -118,11 +152,11 @@ def test_a_revoke_that_keeps_failing_becomes_irrevocable_and_is_retried_until_it
         states.append(outcome.state if outcome else None)
 
     assert states == ["revoking", "irrevocable"]
-    assert fault.calls == 3 * ATTEMPTS  # three lifecycle attempts, each retried by the granter
+    assert fault.calls == 3  # three lifecycle attempts; botocore (off here) retries each
     assert list(flow.inline()) == flow.grant_of(request_id).policy_names  # still there
     alerts = [n for n in flow.notifier.sent if n.event == "irrevocable"]
     assert len(alerts) == 1 and alerts[0].detail["attempts"] == 3
-    assert "Throttling" in alerts[0].detail["error"]
+    assert "ServiceFailure" in alerts[0].detail["error"]
     # Irrevocable grants are retried on the longer period (15 m here), not before.
     flow.clock.advance(timedelta(minutes=14))
     assert flow.service.due_for_revocation() == []
@@ -205,3 +239,30 @@ def test_a_crash_between_the_iam_call_and_the_commit_is_repaired_by_reconcile(
     assert flow.chain_ok()
     # Nothing left to repair.
     assert reconcile(flow.granter, store, now=flow.clock.now()) == []
+
+
+def test_a_throttled_revoke_is_never_counted_and_never_becomes_irrevocable(flow: Flow) -> None:
+    request_id = flow.submit()
+    flow.service.approve(request_id, "U0LEAD01")
+    grant_id = flow.grant_of(request_id).id
+    fault = Fault("DeleteRolePolicy", "Throttling")
+    flow.inject("DeleteRolePolicy", fault.error_response)
+
+    first = flow.service.revoke(request_id, "U0ALICE", "done")
+    states = [first.state]
+    for _ in range(10):  # far past max_revoke_attempts (3 here)
+        flow.clock.advance(flow.service.throttle_retry)
+        outcome = flow.service.revoke_due(grant_id)
+        states.append(outcome.state if outcome else None)
+
+    assert states == ["revoking"] * 11
+    assert fault.calls == 11
+    grant = flow.grant_of(request_id)
+    assert grant.revoke_attempts == 0 and "Throttling" in (grant.last_error or "")
+    assert "irrevocable" not in flow.notifier.events(request_id)
+
+    flow.heal("DeleteRolePolicy", fault.error_response)
+    flow.clock.advance(flow.service.throttle_retry)
+    assert [o.state for o in flow.service.revoke_all_due()] == ["revoked"]
+    assert flow.inline() == {}
+    assert flow.chain_ok()

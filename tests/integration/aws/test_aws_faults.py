@@ -1,9 +1,12 @@
 """Faults injected at each IAM call the granter makes (botocore event hooks on the real
 client, so everything above the HTTP layer runs for real against moto).
 
-Transient faults are retried with backoff and then succeed; if they never stop the caller
-gets GrantError(transient=True) and, for an attach, nothing is left on the principal.
-Permanent faults are not retried. NoSuchEntity while removing means already removed.
+botocore's retries are off here (max_attempts=1), so each hook fault is what botocore
+would have given up on: throttling, service failures and time-outs surface at once as
+GrantError(transient=True) (throttled=True for Throttling), with nothing left on the
+principal after an attach; the granter retries only IAM's consistency conflicts. Permanent
+faults are not retried. NoSuchEntity while removing means already removed. botocore's own
+retries against a throttling IAM are in test_aws_throttling.py.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ REVOKE_CALLS = [
     ("revoke-managed", "DeletePolicy"),
 ]
 TRANSIENT = ["Throttling", "ServiceFailure", "ReadTimeout"]
+CONSISTENCY = ["ConcurrentModification", "EntityTemporarilyUnmodifiable"]
 
 
 class Scene:
@@ -82,7 +86,7 @@ class Scene:
 
 @pytest.mark.parametrize("code", TRANSIENT)
 @pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
-def test_a_transient_fault_is_retried_and_the_call_succeeds(
+def test_a_transient_fault_botocore_gave_up_on_is_not_retried_again(
     iam: Any,
     granter: IamGranter,
     inject: FaultFactory,
@@ -91,43 +95,67 @@ def test_a_transient_fault_is_retried_and_the_call_succeeds(
     operation: str,
     code: str,
 ) -> None:
+    # botocore's retries are off in these fixtures, so what reaches the granter is the
+    # fault botocore gave up on: one retry policy, so the granter does not try it again.
     scene = Scene(iam, granter, flow)
     sleeps.delays.clear()
-    fault = inject(operation, code, times=2)
-
-    scene.run()
-
-    assert fault.calls >= 3  # two failures, then the call that went through
-    assert len(sleeps.delays) == 2
-    assert all(0 <= d <= 0.1 * 2**i for i, d in enumerate(sleeps.delays))
-    assert scene.policy_present() is flow.startswith("attach")
-
-
-@pytest.mark.parametrize("code", TRANSIENT)
-@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
-def test_a_fault_that_never_clears_becomes_a_transient_grant_error(
-    iam: Any,
-    granter: IamGranter,
-    inject: FaultFactory,
-    flow: str,
-    operation: str,
-    code: str,
-) -> None:
-    scene = Scene(iam, granter, flow)
     fault = inject(operation, code, times=None)
 
     with pytest.raises(GrantError) as caught:
         scene.run()
 
     assert caught.value.transient
+    assert caught.value.throttled is (code == "Throttling")
     assert caught.value.code == ("ReadTimeoutError" if code == "ReadTimeout" else code)
-    assert fault.calls >= ATTEMPTS
+    assert fault.calls == 1
+    assert sleeps.delays == []
     # A failed attach leaves nothing behind; a failed revoke leaves the grant in place
-    # for the caller to retry (the lifecycle marks it irrevocable and alerts).
+    # for the caller to retry (the lifecycle tries again later).
     if flow.startswith("attach"):
         assert not scene.policy_present()
     else:
         assert scene.policy_present()
+
+
+@pytest.mark.parametrize("code", CONSISTENCY)
+@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
+def test_an_iam_consistency_conflict_is_retried_and_the_call_succeeds(
+    iam: Any,
+    granter: IamGranter,
+    inject: FaultFactory,
+    sleeps: SleepRecorder,
+    flow: str,
+    operation: str,
+    code: str,
+) -> None:
+    # botocore does not retry these (they are IAM's "still applying another change"), so
+    # the granter does, with the backoff of its read-after-write retry.
+    scene = Scene(iam, granter, flow)
+    sleeps.delays.clear()
+    fault = inject(operation, code, times=2)
+
+    scene.run()
+
+    assert fault.calls >= 3  # two conflicts, then the call that went through
+    assert len(sleeps.delays) == 2
+    assert all(0 <= d <= 0.1 * 2**i for i, d in enumerate(sleeps.delays))
+    assert scene.policy_present() is flow.startswith("attach")
+
+
+@pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS[:2] + REVOKE_CALLS[:1])
+def test_a_conflict_that_never_clears_becomes_a_transient_grant_error(
+    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+) -> None:
+    scene = Scene(iam, granter, flow)
+    fault = inject(operation, "ConcurrentModification", times=None)
+
+    with pytest.raises(GrantError) as caught:
+        scene.run()
+
+    assert (caught.value.transient, caught.value.throttled) == (True, False)
+    assert caught.value.code == "ConcurrentModification"
+    assert fault.calls >= ATTEMPTS
+    assert scene.policy_present() is flow.startswith("revoke")
 
 
 @pytest.mark.parametrize("code", ["LimitExceeded", "MalformedPolicyDocument", "AccessDenied"])
@@ -194,7 +222,7 @@ def test_no_such_entity_when_putting_is_a_permanent_error(
     assert "principal mapping" in str(caught.value)
 
 
-def test_throttled_assume_role_is_retried(
+def test_throttled_assume_role_is_a_throttled_grant_error_and_the_next_attach_works(
     sessions: AwsSessions, granter: IamGranter, sleeps: SleepRecorder
 ) -> None:
     # Set the other account up with separate sessions, so the granter's own first
@@ -205,10 +233,15 @@ def test_throttled_assume_role_is_retried(
     sts = sessions.client("sts")  # the client AwsSessions assumes roles with
     sts.meta.events.register("before-call.sts.AssumeRole", fault.error_response)
 
+    with pytest.raises(GrantError) as caught:
+        granter.attach(make_plan(arn, "inline", "f2"))
+    assert (caught.value.throttled, caught.value.code) == (True, "Throttling")
+    assert sessions.assume_role_calls == 0
+
     granter.attach(make_plan(arn, "inline", "f2"))
 
     assert fault.calls == 2  # throttled, then assumed
-    assert len(sleeps.delays) == 1
+    assert sleeps.delays == []
     assert sessions.assume_role_calls == 1
     remote_iam = sessions.iam(OTHER_INSTANCE)
     assert remote_iam.list_role_policies(RoleName="remote")["PolicyNames"] == ["connect-access-f2"]

@@ -21,6 +21,7 @@ from slack_harness import (
     SlackEnv,
 )
 
+from bot.ports import Notification
 from bot.sandbox.fake_slack import FakeSlack, FakeSlackTimeout
 from bot.sandbox.slack_client import HttpResult, find_button
 
@@ -276,3 +277,12 @@ def test_an_unexpected_failure_tells_the_user_and_logs_the_detail(
     ref = failure.args[0] if isinstance(failure.args, tuple) else ""
     assert ref and str(ref) in shown
     assert "database is on fire" in str(failure.exc_info[1] if failure.exc_info else "")
+
+
+def test_a_grant_queued_behind_iams_rate_limit_is_told_to_the_requester(slack_env: SlackEnv) -> None:
+    message = slack_env.request()
+    slack_env.services.notifier.notify(Notification(
+        "grant_queued", 1, {"waited_seconds": 12.0, "expected_wait_seconds": 30.0}))
+    dm = slack_env.wait_for_dm(ALICE, "queued behind AWS IAM")
+    assert "#1" in dm.text
+    assert message.channel  # the approval message stays where it was
