@@ -87,6 +87,20 @@ class Timings:
     pending_reminder_after: timedelta = timedelta(hours=1)
     sweep_interval: timedelta = timedelta(seconds=30)
     irrevocable_retry: timedelta = timedelta(minutes=15)
+    # How often the scheduler leader compares IAM with the grants (and once at start).
+    reconcile_interval: timedelta = timedelta(minutes=15)
+
+
+# Reconcile lists every mapped and tagged principal in IAM; more often than this would spend
+# the bot's IAM request rate on checking rather than on granting and revoking.
+MIN_RECONCILE_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where failures that need a person are posted (`alerts: {channel: C...}`)."""
+
+    channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,7 @@ class OperatorConfig:
     # Slack user ids (U/W) and user-group ids (S) who may review the audit trail in Slack.
     auditors: tuple[str, ...] = ()
     iam: IamLimits = IamLimits()
+    alerts: Alerts = Alerts()
 
     def instance(self, alias_or_arn: str | None = None) -> Instance:
         """The named instance, or the only/first one when none is named."""
@@ -319,7 +334,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     top = reader.mapping("(top level)", raw)
     reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
                                   "require_managed_tag", "routing", "timings", "audit",
-                                  "auditors", "iam"))
+                                  "auditors", "iam", "alerts"))
     instances: list[Instance] = []
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
@@ -352,6 +367,14 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     timings = Timings(**{
         key: reader.duration(f"timings.{key}", value) for key, value in raw_timings.items()
     })
+    if timings.reconcile_interval < MIN_RECONCILE_INTERVAL:
+        raise reader.fail("timings.reconcile_interval",
+                          f"must be at least 1m, got {raw_timings['reconcile_interval']!r}")
+    raw_alerts = reader.mapping("alerts", top.get("alerts"))
+    reader.unknown_keys("alerts", raw_alerts, ("channel",))
+    alert_channel = raw_alerts.get("channel")
+    alerts = Alerts(channel=None if alert_channel is None else reader.string(
+        "alerts.channel", alert_channel, _CHANNEL_ID, "a Slack channel id like C0ALERTS"))
     return OperatorConfig(
         instances=tuple(instances),
         principals=principals,
@@ -368,6 +391,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
             for i, a in enumerate(reader.sequence("auditors", top.get("auditors")))
         ),
         iam=_iam_limits(reader, reader.mapping("iam", top.get("iam"))),
+        alerts=alerts,
     )
 
 

@@ -141,3 +141,22 @@ def test_durations(text: str, expected: timedelta) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match=r"(No duration|not understood|negative|zero)"):
         parse_duration_text(text)
+
+
+def test_the_alerts_channel_is_read_and_checked() -> None:
+    assert parse_config({}).alerts.channel is None
+    assert parse_config({"alerts": {"channel": "C0ALERTS"}}).alerts.channel == "C0ALERTS"
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"alerts": {"channel": "#alerts"}}, "op.yaml")
+    assert str(bad.value) == ("op.yaml: alerts.channel: must be a Slack channel id like "
+                              "C0ALERTS, got '#alerts'")
+    with pytest.raises(ConfigError, match=r"alerts\.chanel: unknown key"):
+        parse_config({"alerts": {"chanel": "C0ALERTS"}})
+
+
+def test_reconcile_interval_defaults_to_15m_and_accepts_down_to_1m() -> None:
+    assert parse_config({}).timings.reconcile_interval == timedelta(minutes=15)
+    parsed = parse_config({"timings": {"reconcile_interval": "1m"}})
+    assert parsed.timings.reconcile_interval == timedelta(minutes=1)
+    with pytest.raises(ConfigError, match=r"timings\.reconcile_interval: must be at least 1m"):
+        parse_config({"timings": {"reconcile_interval": "30s"}})
