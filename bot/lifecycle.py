@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstanceState, Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
+from bot.alerts import Alert, Alerter, AlertRef, LoggingAlerter
 from bot.audit import NewEvent, append_events
 from bot.catalog import Catalog, CatalogEntry
 from bot.config import ConfigError, OperatorConfig, Route
@@ -206,6 +207,7 @@ class RequestService:
         # thrown away because the account is busy for a while.
         grant_throttle_retries: int = 12,
         sleep: Callable[[float], None] = time.sleep,
+        alerter: Alerter | None = None,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -226,6 +228,10 @@ class RequestService:
         self.queued_notice_after = queued_notice_after
         self.grant_throttle_retries = grant_throttle_retries
         self.sleep = sleep
+        # Failures that need a person (irrevocable grants, requests stuck between approval
+        # and grant) are alerted from here, so every process that runs the lifecycle
+        # alerts the same way; the notifier only tells the requester and the channel.
+        self.alerter: Alerter = alerter or LoggingAlerter()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -308,6 +314,48 @@ class RequestService:
                 "approval_channel": request.approval_channel, "approval_ts": request.approval_ts}
         self.notifier.notify(Notification(event=event, request_id=request.id,
                                           detail={**base, **detail}))
+        if event == IRREVOCABLE:
+            self._send_alert(request, Alert(
+                kind="irrevocable",
+                summary=(f"Access #{request.id} ({request.entry_id}) could not be removed "
+                         f"from its principal after {detail.get('attempts')} attempt(s): "
+                         f"{detail.get('error')}"),
+                next_step=(
+                    "Fix what the error names (the bot's IAM permissions, a deleted "
+                    "principal) or delete the listed policies from the principal by hand. "
+                    "The bot retries every "
+                    f"{_fmt_duration(self.config.timings.irrevocable_retry.total_seconds())}"
+                    " and follows up in this thread once they are gone; until then the "
+                    "policy's own aws:CurrentTime condition still ends the access."),
+                request_id=request.id, requester=request.requester,
+                principal_arn=request.principal_arn,
+                policy_names=tuple(detail.get("policy_names") or ()),
+            ))
+        elif (event == REVOKED and detail.get("after_irrevocable") and request.alert_ts
+              and request.alert_channel):
+            self._send_alert(request, Alert(
+                kind="irrevocable_resolved",
+                summary=f"Access #{request.id} ({request.entry_id}) has now been removed; "
+                        "nothing of it is left on the principal.",
+                next_step="Nothing more; the request is closed.",
+                request_id=request.id, requester=request.requester,
+                principal_arn=request.principal_arn,
+                policy_names=tuple(detail.get("policy_names") or ()),
+                follows_up=AlertRef(request.alert_channel, request.alert_ts),
+            ))
+
+    def _send_alert(self, request: AccessRequest, alert: Alert) -> None:
+        """Alert, and remember where the first alert about a request went so the next one
+        follows it up in its thread."""
+        ref = self.alerter.alert(alert)
+        if ref is None or alert.follows_up is not None:
+            return
+        request.alert_channel, request.alert_ts = ref.channel, ref.ts
+        # A plain column write, not a transition: the request may be locked elsewhere for
+        # a state change, which this must neither wait out for long nor conflict with.
+        with self.sessions.begin() as session:
+            session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
+                            .values(alert_channel=ref.channel, alert_ts=ref.ts))
 
     def _check_approver(self, request: AccessRequest, approver: str) -> Route:
         if approver == request.requester:
@@ -632,6 +680,12 @@ class RequestService:
 
         with self._transaction() as session:
             request = self._locked(session, request_id)
+            if request.state != APPROVED:
+                # Another process (the scheduler recovering it, or a second click) took it
+                # between our check and this lock; its grant is the one that counts.
+                log.info("request %s became %s while a grant was planned; leaving it to "
+                         "whoever moved it", request_id, request.state)
+                return request
             self._move(session, request, GRANTING, actor=SYSTEM, action="granting", details={
                 "grant_id": plan.grant_id, "policy_names": [p.name for p in plan.policies],
                 "kind": plan.kind, "expires_at": context.expires_at.isoformat()})
@@ -647,6 +701,8 @@ class RequestService:
         try:
             attached, _ = self._patiently(request, told_queued, lambda: self.granter.attach(plan))
         except GrantError as exc:
+            if self._settled_elsewhere(plan.grant_id):
+                return self.get(request_id)
             self._cleanup_partial(plan)
             with self._transaction() as session:
                 request = self._locked(session, request_id)
@@ -659,7 +715,11 @@ class RequestService:
 
         with self._transaction() as session:
             request = self._locked(session, request_id)
-            grant = session.get_one(Grant, plan.grant_id)
+            grant = session.get_one(Grant, plan.grant_id, populate_existing=True)
+            if grant.state != GRANTING:
+                log.info("grant %s was settled (%s) by another process meanwhile",
+                         grant.id, grant.state)
+                return request
             grant.state, grant.attached_at = ACTIVE, self.clock.now()
             grant.document_hash = _combined_hash([a.document_hash for a in attached])
             documents = _attached_documents(plan, attached)
@@ -714,6 +774,12 @@ class RequestService:
                             request.id, self.throttle_retry)
                 self.sleep(self.throttle_retry.total_seconds())
         raise AssertionError("unreachable")  # the loop returns or raises
+    def _settled_elsewhere(self, grant_id: str) -> bool:
+        """Whether a grant this process was attaching has been settled by another (the
+        scheduler's recovery): then its outcome stands and this one's failure is moot."""
+        with self.sessions() as session:
+            state = session.execute(select(Grant.state).where(Grant.id == grant_id)).scalar()
+        return state != GRANTING
 
     def _cleanup_partial(self, plan: GrantPlan) -> None:
         """After a failed attach, remove whatever part of the plan may have landed."""
@@ -729,6 +795,171 @@ class RequestService:
                        details={"error": error, "attached": False})
         self._notify("failed", request, error=error)
         return request
+
+    # -- recovery of requests stuck between approval and grant ---------------------------
+
+    def recover_stuck(self, older_than: timedelta, now: datetime | None = None
+                      ) -> list[int]:
+        """Settle requests left `approved` or `granting` for longer than `older_than` (the
+        process granting them died: a web worker killed mid-burst, a deploy). Returns the
+        ids of the requests settled.
+
+        - approved: granted now, for its full duration, if it was approved no longer ago
+          than that duration (the approval still means what the approvers agreed to);
+          otherwise failed, nothing attached.
+        - granting: its recorded plan is rebuilt and attached again (attaching the same plan
+          twice is a no-op), keeping the planned expiry, if at least half of the window is
+          left; otherwise, or when the plan cannot be rebuilt or attached, whatever part
+          of it reached IAM is removed and it fails.
+
+        Either way the requester is told (granted / failed) and may ask again, and the
+        alerts channel hears of it. Safe beside a process that is still granting: every
+        step is a checked transition under the request lock, and the loser leaves it be.
+        """
+        now = now or self.clock.now()
+        cutoff = now - older_than
+        with self.sessions() as session:
+            approved = list(session.execute(
+                select(AccessRequest.id).where(AccessRequest.state == APPROVED,
+                                               AccessRequest.updated_at <= cutoff)
+                .order_by(AccessRequest.id)).scalars())
+            granting = list(session.execute(
+                select(Grant.id).join(AccessRequest, AccessRequest.id == Grant.request_id)
+                .where(Grant.state == GRANTING, AccessRequest.state == GRANTING,
+                       AccessRequest.updated_at <= cutoff)
+                .order_by(Grant.created_at)).scalars())
+        settled: list[int] = []
+        for request_id in approved:
+            outcome = self._recover_approved(request_id, now)
+            if outcome is not None:
+                settled.append(outcome)
+        for grant_id in granting:
+            outcome = self._recover_granting(grant_id, now)
+            if outcome is not None:
+                settled.append(outcome)
+        return settled
+
+    def _recover_approved(self, request_id: int, now: datetime) -> int | None:
+        request = self.get(request_id)
+        if request.state != APPROVED:
+            return None
+        approved_at = request.approved_at or request.updated_at
+        waited = now - approved_at
+        if waited <= timedelta(seconds=request.duration_seconds):
+            try:
+                result = self.grant(request_id)
+            except LifecycleError as exc:
+                log.info("recovering request %s: %s", request_id, exc)
+                return None
+            outcome = ("granted it now" if result.state == ACTIVE
+                       else f"tried to grant it; it is {result.state.replace('_', ' ')}")
+        else:
+            try:
+                result = self._fail_before_attach(
+                    request_id, f"it was approved {_fmt_duration(waited.total_seconds())} "
+                    "ago but never granted (the bot stopped), which is longer than the "
+                    "access asked for; nothing was attached. Request it again.")
+            except LifecycleError as exc:
+                log.info("recovering request %s: %s", request_id, exc)
+                return None
+            outcome = "failed it (too long after the approval); nothing was attached"
+        self._alert_recovered(result, "approved", outcome, ())
+        return request_id
+
+    def _recover_granting(self, grant_id: str, now: datetime) -> int | None:
+        with self.sessions() as session:
+            grant = session.get(Grant, grant_id)
+            if grant is None or grant.state != GRANTING:
+                return None
+            request = session.get_one(AccessRequest, grant.request_id)
+        names = tuple(grant.policy_names)
+        kind = cast(PolicyKind, grant.kind)
+        window = grant.expires_at - grant.starts_at
+        problem = ""
+        attached: tuple[Any, ...] = ()
+        if grant.expires_at - now < window / 2:
+            problem = "less than half of its time was left"
+        else:
+            context = GrantContext(
+                grant_id=grant.id, entry_id=request.entry_id,
+                principal_arn=grant.principal_arn, instance_arn=request.instance_arn,
+                start=grant.starts_at, expires_at=grant.expires_at,
+                # Rebuild the same kind of plan: no room inline forces managed again.
+                inline_usage=0 if kind == "inline" else _NO_INLINE_ROOM,
+                existing_policy_names=names)
+            try:
+                plan = self.plan_builder(context)
+                if plan.kind != kind or tuple(p.name for p in plan.policies) != names:
+                    raise GrantError("the rebuilt plan differs from the recorded one",
+                                     transient=False)
+                attached = self.granter.attach(plan)
+            except GrantError as exc:
+                if exc.throttled:
+                    return None  # IAM is busy, not refusing: the next sweep tries again
+                problem = f"its policy could not be attached again ({exc})"
+            except Exception as exc:  # any other refusal: clean up and fail below
+                problem = f"its policy could not be attached again ({exc})"
+        if not problem:
+            with self._transaction() as session:
+                request = self._locked(session, grant.request_id)
+                row = session.get_one(Grant, grant_id, populate_existing=True)
+                if row.state != GRANTING:
+                    return None  # the process that was attaching it finished meanwhile
+                row.state, row.attached_at = ACTIVE, self.clock.now()
+                row.document_hash = _combined_hash([a.document_hash for a in attached])
+                self._move(session, request, ACTIVE, actor=SYSTEM, action="granted",
+                           details={"grant_id": row.id, "recovered": True,
+                                    "policy_names": list(names),
+                                    "expires_at": row.expires_at.isoformat()})
+            self._notify("granted", request, grant_id=grant_id, policy_names=list(names),
+                         expires_at=grant.expires_at.isoformat(), recovered=True)
+            self._alert_recovered(request, "granting", "attached it again, with the "
+                                  "expiry that was planned", names)
+            return request.id
+        try:
+            self.granter.revoke(grant.principal_arn, kind, names)
+        except GrantError as exc:
+            if exc.throttled:
+                return None  # the next sweep tries again
+            # Cannot tell what is attached: it must stay visible, not be called failed.
+            if not request.alert_ts:
+                self._send_alert(request, Alert(
+                    kind="stuck_request",
+                    summary=(f"Request #{request.id} ({request.entry_id}) is stuck "
+                             f"granting: {problem}, and removing what may have reached IAM "
+                             f"failed too: {exc}"),
+                    next_step="Fix what the error names, or delete the listed policies "
+                              "from the principal by hand; the scheduler retries every "
+                              "sweep and settles it once it can.",
+                    request_id=request.id, requester=request.requester,
+                    principal_arn=grant.principal_arn, policy_names=names))
+            return None
+        error = (f"the bot stopped while granting this and {problem}; whatever reached "
+                 "IAM was removed, so nothing is granted. Request it again.")
+        with self._transaction() as session:
+            request = self._locked(session, grant.request_id)
+            row = session.get_one(Grant, grant_id, populate_existing=True)
+            if row.state != GRANTING:
+                return None
+            row.state, row.last_error = FAILED, error
+            self._move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
+                       details={"grant_id": row.id, "recovered": True, "error": error})
+        self._notify("failed", request, grant_id=grant_id, error=error)
+        self._alert_recovered(request, "granting", f"failed it ({problem}) and removed "
+                              "whatever reached IAM", names)
+        return request.id
+
+    def _alert_recovered(self, request: AccessRequest, was: str, outcome: str,
+                         policy_names: tuple[str, ...]) -> None:
+        self._send_alert(request, Alert(
+            kind="stuck_request",
+            summary=(f"Request #{request.id} ({request.entry_id}) was left {was} by a "
+                     f"process that stopped; the scheduler {outcome}."),
+            next_step=("Nothing for this request (the requester was told). Find out why "
+                       "the web process stopped mid-grant (crash, OOM kill, deploy without "
+                       "graceful shutdown)."),
+            request_id=request.id, requester=request.requester,
+            principal_arn=request.principal_arn, policy_names=policy_names))
 
     def stuck_grants(self, older_than: timedelta = timedelta(minutes=5),
                      now: datetime | None = None) -> list[Grant]:
@@ -967,8 +1198,9 @@ class RequestService:
         The audit events of each transaction are appended under one chain-head lock, which
         is what lets a batch go faster than grant-by-grant revocation. A crash between 1
         and 3 leaves claimed grants revoking with a lease; a later call picks them up once
-        it runs out. Returns an outcome per grant whose result was recorded; an empty list
-        means nothing was due (or every claimed revoke failed unexpectedly, see the log).
+        it runs out. Returns an outcome per grant whose result was recorded (a failure the
+        granter did not classify counts as an attempt, see revoke_error); an empty list
+        means nothing was due.
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -976,24 +1208,18 @@ class RequestService:
         if not claimed:
             return []
 
-        def attempt(claim: _ClaimedRevoke) -> Exception | None:
+        def attempt(claim: _ClaimedRevoke) -> GrantError | None:
             try:
                 self.granter.revoke(claim.principal_arn, claim.kind, claim.policy_names)
-            except GrantError as exc:
-                return exc
             except Exception as exc:
-                # Like revoke_due raising: the grant keeps its lease and is retried after it.
-                log.exception("revoking grant %s failed unexpectedly; it is retried after "
-                              "its claim lease", claim.grant_id)
-                return exc
+                return revoke_error(exc, claim.grant_id)
             return None
 
         if executor is None:
             results = [attempt(claim) for claim in claimed]
         else:
             results = list(executor.map(attempt, claimed))
-        settled = {claim.grant_id: result for claim, result in zip(claimed, results, strict=True)
-                   if result is None or isinstance(result, GrantError)}
+        settled = {claim.grant_id: result for claim, result in zip(claimed, results, strict=True)}
         return self._settle_claimed(claimed, settled)
 
     def _claim_due(self, now: datetime, limit: int, states: Collection[str]
@@ -1087,8 +1313,8 @@ class RequestService:
         try:
             self.granter.revoke(grant.principal_arn, cast(PolicyKind, grant.kind),
                                 grant.policy_names)
-        except GrantError as exc:
-            error = exc
+        except Exception as exc:
+            error = revoke_error(exc, grant_id)
         with self._transaction() as session:
             request = self._locked(session, grant.request_id)
             grant = session.get_one(Grant, grant_id, populate_existing=True)
@@ -1107,13 +1333,16 @@ class RequestService:
         and the notification to send after commit."""
         now = self.clock.now()
         if error is None:
+            after_irrevocable = grant.state == IRREVOCABLE
             grant.state, grant.revoked_at, grant.next_attempt_at = REVOKED, now, None
             event = self._moved(request, REVOKED, actor=SYSTEM, action="revoked", details={
                 "grant_id": grant.id, "reason": grant.revoke_reason,
                 "attempts": grant.revoke_attempts + 1,
                 "lag_seconds": grant.revocation_lag_seconds})
             return event, ("revoked", {"grant_id": grant.id, "reason": grant.revoke_reason,
-                                       "revoked_by": grant.revoked_by})
+                                       "revoked_by": grant.revoked_by,
+                                       "policy_names": list(grant.policy_names),
+                                       "after_irrevocable": after_irrevocable})
         if error.throttled:
             # IAM refused our pace, not this revoke: no attempt is counted (throttling alone
             # never makes a grant irrevocable) and it is tried again soon, in expiry order
@@ -1146,6 +1375,26 @@ class RequestService:
             "grant_id": grant.id, "error": grant.last_error,
             "attempts": grant.revoke_attempts,
             "next_attempt_at": grant.next_attempt_at.isoformat()}), None
+
+
+UNEXPECTED_ERROR = "UnexpectedError"
+# An inline usage no principal's quota holds: rebuilding a managed plan with it makes the
+# compiler choose managed policies again (inline plans rebuild with 0).
+_NO_INLINE_ROOM = 10**9
+
+
+def revoke_error(exc: Exception, grant_id: str) -> GrantError:
+    """What a failed revoke attempt counts as. The granter classifies IAM's answers itself
+    (GrantError: transient or permanent, with the AWS code); anything else is a fault
+    nobody foresaw, and counts as a transient attempt like any other: retried with backoff
+    and, once the attempts are used up, irrevocable and alerted, rather than retried after
+    every claim lease for ever with nobody told."""
+    if isinstance(exc, GrantError):
+        return exc
+    log.error("revoking grant %s failed unexpectedly (%s: %s); counted as an attempt",
+              grant_id, type(exc).__name__, exc)
+    return GrantError(f"unexpected {type(exc).__name__}: {exc}", transient=True,
+                      code=UNEXPECTED_ERROR)
 
 
 def _write_changed_rows(session: Session) -> None:

@@ -90,6 +90,10 @@ class AccessRequest(Base):
     # Slack fills these once the approval message is posted.
     approval_channel: Mapped[str | None] = mapped_column(String(32))
     approval_ts: Mapped[str | None] = mapped_column(String(32))
+    # The alert posted about this request (irrevocable, stuck), so a later alert about the
+    # same request follows it up in its thread instead of starting a new one.
+    alert_channel: Mapped[str | None] = mapped_column(String(32))
+    alert_ts: Mapped[str | None] = mapped_column(String(32))
     # Extension rounds: round 0 is the original approval, each extension adds one.
     approval_round: Mapped[int] = mapped_column(Integer, default=0)
     extension_seconds: Mapped[int | None] = mapped_column(Integer)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alerts_kit import RecordingAlerter
 from expiry_kit import entries, make_active
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
@@ -335,13 +336,15 @@ def test_grants_claimed_by_a_batch_that_died_are_finished_after_the_lease(
     assert chain_ok(session_factory)
 
 
-def test_an_unexpected_error_keeps_that_grant_leased_and_records_the_others(
+def test_an_unexpected_error_counts_as_an_attempt_and_ends_irrevocable_and_alerted(
         request_service: RequestService, catalog: Catalog, clock: FakeClock,
         session_factory: SessionFactory) -> None:
     grant_ids = make_many(request_service, catalog, 3, minutes=30)
     clock.advance(timedelta(minutes=30))
     original = request_service.granter
     broken = grant_row(session_factory, grant_ids[0]).policy_names
+    alerter = RecordingAlerter()
+    request_service.alerter = alerter
 
     class Flaky(InMemoryGranter):
         def revoke(self, principal_arn: str, kind: PolicyKind,
@@ -351,15 +354,33 @@ def test_an_unexpected_error_keeps_that_grant_leased_and_records_the_others(
             original.revoke(principal_arn, kind, policy_names)
 
     request_service.granter = Flaky()
-    outcomes = request_service.revoke_due_batch()
-    assert sorted(o.grant_id for o in outcomes) == sorted(grant_ids[1:])
-    leased = grant_row(session_factory, grant_ids[0])
-    assert leased.state == REVOKING and leased.revoke_attempts == 0
-    assert leased.next_attempt_at == clock.now() + request_service.claim_lease
+    outcomes = {o.grant_id: o for o in request_service.revoke_due_batch()}
+    assert sorted(outcomes) == sorted(grant_ids)
+    assert [outcomes[g].state for g in grant_ids[1:]] == ["revoked", "revoked"]
+    failing = grant_row(session_factory, grant_ids[0])
+    assert failing.state == REVOKING and failing.revoke_attempts == 1
+    assert failing.last_error == "UnexpectedError: unexpected RuntimeError: bug in an adapter"
+    assert failing.next_attempt_at == clock.now() + request_service.revoke_backoff
 
+    # Retried with backoff like any failure, not after every claim lease for ever.
+    for _ in range(request_service.max_revoke_attempts - 1):
+        clock.advance(request_service.revoke_backoff_cap)
+        assert len(request_service.revoke_due_batch()) == 1
+    failing = grant_row(session_factory, grant_ids[0])
+    assert failing.state == IRREVOCABLE
+    assert failing.revoke_attempts == request_service.max_revoke_attempts
+    (alert,) = alerter.sent
+    assert alert.kind == "irrevocable" and alert.request_id == failing.request_id
+    assert alert.policy_names == tuple(broken)
+    assert alert.principal_arn == failing.principal_arn and alert.requester == "U0ALICE"
+
+    # A later retry that works follows the alert up in its thread.
     request_service.granter = original
-    clock.advance(request_service.claim_lease)
+    clock.advance(request_service.config.timings.irrevocable_retry)
     assert [o.state for o in request_service.revoke_due_batch()] == ["revoked"]
+    followup = alerter.sent[-1]
+    assert followup.kind == "irrevocable_resolved"
+    assert followup.follows_up is not None and followup.follows_up.ts == "1.000"
     assert chain_ok(session_factory)
 
 
