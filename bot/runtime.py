@@ -1,24 +1,37 @@
-"""The composition root for long-running commands (scheduler, web, demo): one place that
-turns a Settings object into the engine, the operator config, the AWS adapters, the
-policy-compiling plan builder and the RequestService built on them.
+"""The composition root: one place that turns a Settings object into a running process.
 
-Nothing here runs at import; `build_runtime(settings)` builds, `Runtime.close()` releases.
-The notifier and the approver directory are injectable because they belong to Slack: the
-web process and the demo pass a `notifier_factory` (the Slack notifier reads requests
-through the RequestService it notifies for, so it can only be made once that exists),
-commands and tests with a ready notifier pass `notifier=`, and without either the default
-notifier only logs.
+There is one composition function per process kind, and each one wires Slack the same way
+whenever SLACK_BOT_TOKEN is set (a Web API client on SLACK_API_URL, the user-group
+directory, the notifier and the alerter):
+
+- `web_runtime`        the Bolt web process (gunicorn workers, Socket Mode);
+- `scheduler_runtime`  `connect-access scheduler`: expiry, reminders, timeouts, recovery of
+                       stuck requests, scheduled reconcile;
+- `cli_runtime`        a command that changes requests (`connect-access reconcile`).
+
+Whatever one of them decides, it tells people itself; nothing depends on the web process
+being up to deliver a scheduler's news. The Slack notifier reads requests through a
+read-only port over the database (bot.slack.request_views), not through the RequestService
+it notifies for, so it is built before the service and handed to it like any other port.
+
+Where alerts go is decided once here (bot.alerts.alert_destination) and said once, in the
+log, when the process starts.
+
+Nothing here runs at import; `Runtime.close()` releases what a composition opened.
+`build_runtime` is the common part, for tests that pass their own notifier or clock.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
+from bot.alerts import AlertDestination, Alerter, LoggingAlerter, alert_destination
 from bot.aws.granter import IamGranter
 from bot.aws.principals import IamPrincipalDirectory
 from bot.aws.sessions import AwsSessions
@@ -44,8 +57,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 
-NotifierFactory = Callable[[RequestService], Notifier]
-"""Makes the notifier for the RequestService it will be given to."""
 
 
 class LoggingNotifier:
@@ -84,6 +95,10 @@ class Runtime:
     approvers: ApproverDirectory
     notifier: Notifier
     service: RequestService
+    alerter: Alerter
+    alert_destination: AlertDestination
+    # The Web API client (slack_sdk.WebClient) when SLACK_BOT_TOKEN was wired, else None.
+    slack_client: Any = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -92,23 +107,23 @@ class Runtime:
 def build_runtime(
     settings: Settings,
     *,
+    slack: bool = False,
     notifier: Notifier | None = None,
-    notifier_factory: NotifierFactory | None = None,
     approvers: ApproverDirectory | None = None,
+    alerter: Alerter | None = None,
     clock: Clock | None = None,
     plan_builder: PlanBuilder | None = None,
     granter: Granter | None = None,
     db_pool_size: int = 5,
     min_duration: timedelta | None = None,
 ) -> Runtime:
-    """Everything a long-running command needs. Raises ConfigError/CatalogError for a bad
-    operator config or catalog (the CLI prints them), before any connection is opened.
+    """Everything a process needs. Raises ConfigError/CatalogError for a bad operator
+    config or catalog (the CLI prints them), before any connection is opened.
 
-    Give `notifier` when it exists already, or `notifier_factory` when it needs the
-    RequestService (the Slack notifier does); not both. `min_duration` lowers the
-    lifecycle's shortest grant (only the demo does, to show an expiry in seconds)."""
-    if notifier is not None and notifier_factory is not None:
-        raise TypeError("build_runtime takes notifier or notifier_factory, not both")
+    With `slack=True` and SLACK_BOT_TOKEN set, the notifier, approver directory and
+    alerter are Slack's (each unless given); otherwise notifications and alerts are
+    logged. `min_duration` lowers the lifecycle's shortest grant (only the demo does, to
+    show an expiry in seconds)."""
     catalog = load_catalog(settings.connect_access_catalog)
     config = load_config(settings.connect_access_config)
     clock = clock or SystemClock()
@@ -127,32 +142,87 @@ def build_runtime(
     # The IAM reference loads its data per action on first use, so processes that never
     # grant (the scheduler) do not pay for it.
     plan_builder = plan_builder or policy_plan_builder(catalog, IamReference())
-    if notifier is None and notifier_factory is None and settings.slack_bot_token:
-        log.warning("SLACK_BOT_TOKEN is set but this process was given no Slack "
-                    "notifier; notifications are logged only")
-    approvers = approvers or DirectApproverDirectory()
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))
     sessions = make_session_factory(engine)
+    wired = slack and bool(settings.slack_bot_token)
+    destination = alert_destination(config, slack=wired)
+    client: Any = None
+    if wired:
+        assert settings.slack_bot_token is not None
+        client, slack_notifier, slack_approvers, slack_alerter = _slack_parts(
+            settings.slack_bot_token, settings.slack_api_url, destination, sessions, catalog,
+            config, clock)
+        notifier = notifier or slack_notifier
+        approvers = approvers or slack_approvers
+        alerter = alerter or slack_alerter
+    elif settings.slack_bot_token and notifier is None:
+        log.warning("SLACK_BOT_TOKEN is set but this process was built without Slack; "
+                    "notifications are logged only")
+    notifier = notifier or LoggingNotifier()
+    approvers = approvers or DirectApproverDirectory()
+    alerter = alerter or LoggingAlerter()
     service = RequestService(
         sessions=sessions, catalog=catalog, config=config, granter=granter,
-        # Until the factory has made the real notifier, nothing is dropped silently.
-        notifier=notifier or LoggingNotifier(), approvers=approvers, principals=principals,
-        clock=clock, plan_builder=plan_builder,
+        notifier=notifier, approvers=approvers, principals=principals,
+        clock=clock, plan_builder=plan_builder, alerter=alerter,
         pacing=aws if config.iam.requests_per_second is not None else None,
         queued_notice_after=config.iam.queued_notice_after,
     )
     if min_duration is not None:
         service.min_duration = min_duration
-    if notifier_factory is not None:
-        service.notifier = notifier_factory(service)
-    if notifier is not None or notifier_factory is not None:
+    if not isinstance(notifier, LoggingNotifier):
         # Each request's story (`audit show`) lists the notifications sent for it.
         service.notifier = NotificationRecorder(service.notifier, sessions, clock)
     return Runtime(settings=settings, engine=engine, sessions=sessions, catalog=catalog,
                    config=config, clock=clock, aws=aws, granter=granter,
                    principals=principals, plan_builder=plan_builder, approvers=approvers,
-                   notifier=service.notifier, service=service)
+                   notifier=service.notifier, service=service, alerter=alerter,
+                   alert_destination=destination, slack_client=client)
+
+
+def _slack_parts(token: str, api_url: str, destination: AlertDestination,
+                 sessions: SessionFactory, catalog: Catalog, config: OperatorConfig,
+                 clock: Clock) -> tuple[Any, Notifier, ApproverDirectory, Alerter]:
+    # Imported here: commands that never talk to Slack do not load slack_sdk.
+    from bot.slack.alerter import SlackAlerter
+    from bot.slack.approvers import SlackApproverDirectory
+    from bot.slack.notifier import SlackNotifier
+    from bot.slack.request_views import DbRequestViews
+    from bot.slack.webapi import build_web_client
+
+    client = build_web_client(token, api_url)
+    views = DbRequestViews(sessions, catalog, config.router)
+    return (client, SlackNotifier(client, views, views, clock=clock),
+            SlackApproverDirectory(client), SlackAlerter(client, destination.channel))
+
+
+def _announce(runtime: Runtime, process: str) -> Runtime:
+    level = logging.INFO if runtime.config.alerts.channel else logging.WARNING
+    log.log(level, "%s: %s", process, runtime.alert_destination.explanation)
+    return runtime
+
+
+def web_runtime(settings: Settings, *, clock: Clock | None = None, db_pool_size: int = 8,
+                min_duration: timedelta | None = None) -> Runtime:
+    """The web process (its lazy listeners each hold a connection for a moment, so the
+    pool is sized for them)."""
+    return _announce(build_runtime(settings, slack=True, clock=clock,
+                                   db_pool_size=db_pool_size, min_duration=min_duration),
+                     "web")
+
+
+def scheduler_runtime(settings: Settings, *, db_pool_size: int = 12,
+                      clock: Clock | None = None) -> Runtime:
+    """`connect-access scheduler`: its revoke and job threads each hold a connection."""
+    return _announce(build_runtime(settings, slack=True, db_pool_size=db_pool_size,
+                                   clock=clock), "scheduler")
+
+
+def cli_runtime(settings: Settings) -> Runtime:
+    """A command that changes requests (reconcile): one connection, Slack when configured,
+    so a requester whose grant it ends hears of it like from any other process."""
+    return _announce(build_runtime(settings, slack=True, db_pool_size=1), "cli")
 
 
 def _pool_options(database_url: str, pool_size: int) -> dict[str, int | float]:

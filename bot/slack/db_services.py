@@ -10,28 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TypeVar, cast
+from typing import TypeVar
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import or_
 
 from bot.catalog import Catalog
 from bot.config import Route
 from bot.lifecycle import ACTIVE, PENDING, LifecycleError, RequestService
-from bot.models import AccessRequest, Grant
+from bot.models import AccessRequest
 from bot.resolve import Resolver
+from bot.slack.request_views import DbRequestViews
 from bot.slack.services import (
     ApprovalRoute,
     EntryDescription,
     EntryListing,
     HomeSummary,
     InstanceChoice,
-    RequestState,
     RequestView,
     Resolved,
     ServiceError,
-    VoteRecord,
-    brief,
     catalog_entry,
     describe,
     list_catalog,
@@ -40,13 +37,6 @@ from bot.slack.services import (
 
 T = TypeVar("T")
 RECENT_REQUESTS = 10
-# Why a grant ended, in the words the approval message and the DM use ("expired" is the
-# word the Block Kit builders look for).
-REVOKE_NOTES = {
-    "done": "ended by requester",
-    "approver": "revoked by an approver",
-    "expiry": "expired",
-}
 
 
 @contextmanager
@@ -70,10 +60,13 @@ def _approval_route(route: Route) -> ApprovalRoute:
 class DbSlackServices:
     """Implements bot.slack.services.SlackServices."""
 
-    def __init__(self, service: RequestService, resolver: Resolver | None = None) -> None:
+    def __init__(self, service: RequestService, resolver: Resolver | None = None,
+                 views: DbRequestViews | None = None) -> None:
         self.service = service
         self.catalog: Catalog = service.catalog
         self.resolver = resolver or Resolver(service.catalog)
+        self.views = views or DbRequestViews(service.sessions, service.catalog,
+                                             service.config.router)
 
     # --- catalog --------------------------------------------------------------------------
 
@@ -142,66 +135,10 @@ class DbSlackServices:
     # --- views ----------------------------------------------------------------------------
 
     def request_view(self, request_id: int) -> RequestView:
-        with _as_service_errors():
-            request = self.service.get(request_id)
-        return self._view(request)
-
-    def _view(self, request: AccessRequest) -> RequestView:
-        entry = self.catalog.entries.get(request.entry_id)
-        route = self.service.config.router.route_for(entry) if entry else None
-        grant: Grant | None = request.grants[-1] if request.grants else None
-        votes = tuple(
-            VoteRecord(v.approver, v.decision == "approve", v.comment or "", v.at)
-            for v in request.votes
-            if v.approval_round == request.approval_round
-        )
-        note = None
-        if request.state == "failed":
-            # A plan that could not be built leaves no grant row; the audit trail has the
-            # error, the requester gets the generic sentence.
-            note = grant.last_error if grant is not None else None
-        elif request.state == "denied":
-            denial = next((v for v in votes if not v.approve), None)
-            note = denial.comment if denial is not None and denial.comment else None
-        elif grant is not None and grant.revoke_reason:
-            note = REVOKE_NOTES.get(grant.revoke_reason, grant.revoke_reason)
-            if request.state == "irrevocable" and grant.last_error:
-                note = grant.last_error
-        extension = (
-            timedelta(seconds=request.extension_seconds)
-            if request.extension_seconds is not None
-            else None
-        )
-        return RequestView(
-            id=request.id,
-            requester=request.requester,
-            entry=brief(entry) if entry else brief(catalog_entry(self.catalog, request.entry_id)),
-            instance_alias=request.instance_alias or "",
-            duration=timedelta(seconds=request.duration_seconds),
-            reason=request.reason,
-            state=cast(RequestState, request.state),
-            approvers=route.approvers if route else (),
-            approvals_needed=request.required_approvals,
-            votes=votes,
-            created_at=request.created_at,
-            expires_at=grant.expires_at if grant is not None else None,
-            # Before the approval message is posted, the channel it goes to is the route's.
-            channel=request.approval_channel or (route.channel if route else None),
-            message_ts=request.approval_ts,
-            note=note,
-            extension=extension,
-        )
+        return self.views.request_view(request_id)
 
     def _requests(self, *conditions: object) -> tuple[RequestView, ...]:
-        with self.service.sessions() as session:
-            rows = session.execute(
-                select(AccessRequest)
-                .where(*conditions)  # type: ignore[arg-type]
-                .options(selectinload(AccessRequest.votes), selectinload(AccessRequest.grants))
-                .order_by(AccessRequest.id.desc())
-                .limit(50)
-            ).scalars().all()
-            return tuple(self._view(r) for r in rows)
+        return tuple(self.views.views(*conditions))
 
     def status(self, user: str) -> tuple[RequestView, ...]:
         return self._requests(AccessRequest.requester == user)[:RECENT_REQUESTS]

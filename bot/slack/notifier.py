@@ -5,6 +5,12 @@ request is submitted and updated in place on every vote and outcome. The request
 DM at each outcome and before expiry (with Extend and I'm done buttons). Delivery problems
 are logged, never raised: the state change already happened and must not be undone by a
 Slack outage.
+
+It reads requests through the read-only `RequestViews` port and records the approval
+message through `ApprovalMessages` (bot.slack.request_views), never through the service
+that notifies it, so every process (web, scheduler, reconcile) builds it the same way
+before its RequestService exists. Alerts for people on call are not its job: the lifecycle
+and reconcile send those through bot.alerts.Alerter.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot.ports import Clock, Notification, SystemClock
 from bot.slack import blocks
-from bot.slack.escape import escape
-from bot.slack.services import RequestView, ServiceError, SlackServices
+from bot.slack.request_views import ApprovalMessages, RequestViews
+from bot.slack.services import RequestView, ServiceError
 from bot.slack.webapi import DirectMessages
 
 logger = logging.getLogger(__name__)
@@ -33,15 +39,15 @@ class SlackNotifier:
     def __init__(
         self,
         client: WebClient,
-        services: SlackServices,
+        views: RequestViews,
+        messages: ApprovalMessages,
         *,
-        alert_channel: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
-        self._services = services
+        self._views = views
+        self._messages = messages
         self._dms = DirectMessages(client)
-        self._alert_channel = alert_channel
         self._clock = clock or SystemClock()
 
     def notify(self, notification: Notification) -> None:
@@ -63,9 +69,10 @@ class SlackNotifier:
 
     def _deliver(self, notification: Notification) -> None:
         if notification.request_id is None:
-            self._alert(escape(str(notification.detail.get("message", notification.event))))
+            # Findings without a request (reconcile's orphans) are alerts, sent by whoever
+            # found them through bot.alerts; there is no requester or message to tell.
             return
-        view = self._services.request_view(notification.request_id)
+        view = self._views.request_view(notification.request_id)
         event = notification.event
         if event == "submitted":
             self._post_approval_message(view)
@@ -81,11 +88,6 @@ class SlackNotifier:
         if event in DM_EVENTS:
             text, dm_blocks = blocks.outcome_dm(view, event, self._clock.now())
             self._dms.send(view.requester, text, dm_blocks)
-        if event == "irrevocable":
-            text, alert_blocks = blocks.irrevocable_alert(view)
-            channel = self._alert_channel or view.channel
-            if channel:
-                self._client.chat_postMessage(channel=channel, text=text, blocks=alert_blocks)
 
     def _post_approval_message(self, view: RequestView) -> None:
         if not view.channel:
@@ -95,7 +97,8 @@ class SlackNotifier:
         response = self._client.chat_postMessage(
             channel=view.channel, text=text, blocks=message_blocks
         )
-        self._services.set_approval_message(view.id, str(response["channel"]), str(response["ts"]))
+        self._messages.set_approval_message(view.id, str(response["channel"]),
+                                            str(response["ts"]))
 
     def update_approval_message(self, view: RequestView) -> None:
         if not view.channel or not view.message_ts:
@@ -114,11 +117,3 @@ class SlackNotifier:
                 text=f"Request #{view.id} is still waiting for "
                 f"{view.approvals_needed - view.approvals} more approval(s).",
             )
-
-    def _alert(self, text: str) -> None:
-        if self._alert_channel:
-            self._client.chat_postMessage(
-                channel=self._alert_channel, text=f":rotating_light: {text}"
-            )
-        else:
-            logger.warning("alert with no alert channel configured: %s", text)

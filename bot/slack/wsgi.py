@@ -27,15 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.aws.errors import AwsConfigError
 from bot.catalog import Catalog, CatalogError
 from bot.config import ConfigError, OperatorConfig, Route
-from bot.lifecycle import RequestService
 from bot.ports import Clock
-from bot.runtime import Runtime, build_runtime
+from bot.runtime import Runtime, web_runtime
 from bot.settings import Settings, SettingsError, load_settings
 from bot.slack.app import EVENTS_PATH, build_app
 from bot.slack.approvers import SlackApproverDirectory
 from bot.slack.db_services import DbSlackServices
-from bot.slack.notifier import SlackNotifier
-from bot.slack.webapi import build_web_client
 
 logger = logging.getLogger(__name__)
 
@@ -150,19 +147,14 @@ def build_slack_web(
             "CONNECT_ACCESS_CONFIG: not set; point it at the operator YAML with instances, "
             "principals and approval routing (see deploy/connect-access.example.yaml)."
         )
-    web = build_web_client(bot_token, settings.slack_api_url)
-    directory = SlackApproverDirectory(web)
-
-    def slack_notifier(service: RequestService) -> SlackNotifier:
-        return SlackNotifier(web, DbSlackServices(service), clock=service.clock)
-
     try:
-        runtime = build_runtime(settings, notifier_factory=slack_notifier, approvers=directory,
-                                clock=clock,
-                                # lazy listeners each hold a connection for a moment
-                                db_pool_size=lazy_workers)
+        runtime = web_runtime(settings, clock=clock,
+                              # lazy listeners each hold a connection for a moment
+                              db_pool_size=lazy_workers)
     except AwsConfigError as exc:
         raise StartupError(f"CONNECT_ACCESS_CONFIG: instances: {exc}") from None
+    directory = runtime.approvers
+    assert isinstance(directory, SlackApproverDirectory)  # web_runtime wires Slack
     try:
         source = str(settings.connect_access_config)
         if not runtime.config.instances:

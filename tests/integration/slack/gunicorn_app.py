@@ -27,7 +27,7 @@ def create() -> object:
         instances=(InstanceChoice("prod", "arn:aws:connect:us-east-1:111122223333:instance/p"),),
         approver_directory=directory,
     )
-    services.notifier = SlackNotifier(web, services)
+    services.notifier = SlackNotifier(web, services, services)
     return build_wsgi_app(
         signing_secret=os.environ["TEST_SLACK_SIGNING_SECRET"],
         bot_token=token,

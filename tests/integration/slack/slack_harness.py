@@ -92,7 +92,7 @@ def slack_env(catalog: Catalog) -> Iterator[SlackEnv]:
         services = MemoryServices(
             catalog=catalog, tiers=TIERS, instances=INSTANCES, approver_directory=directory
         )
-        services.notifier = SlackNotifier(web, services)
+        services.notifier = SlackNotifier(web, services, services)
         wsgi = build_wsgi_app(
             signing_secret=SIGNING_SECRET,
             bot_token=fake.bot_token,
