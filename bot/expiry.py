@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -46,7 +46,8 @@ class LifecycleExpiryWork:
 
     def __init__(self, service: RequestService, sessions: SessionFactory, *,
                  revoke_workers: int = 1, batch_size: int = 200,
-                 batches_in_flight: int | None = None) -> None:
+                 batches_in_flight: int | None = None,
+                 stuck_after: timedelta = timedelta(seconds=30)) -> None:
         if revoke_workers < 1:
             raise ValueError("revoke_workers must be at least 1")
         if batch_size < 1:
@@ -60,6 +61,9 @@ class LifecycleExpiryWork:
         self.revoke_workers = revoke_workers
         self.batch_size = batch_size
         self.batches_in_flight = batches_in_flight
+        # How long a request may sit approved or granting before it counts as abandoned by
+        # the process that was granting it (a grant takes a second or two).
+        self.stuck_after = stuck_after
         # One drain at a time in this process: when many grants expire together, their
         # jobs and the sweep all arrive here, and the first drain takes every due grant.
         # The row claims keep it correct across processes; this keeps it cheap inside one.
@@ -108,6 +112,9 @@ class LifecycleExpiryWork:
         """Requesters shortly before expiry, approvers about requests waiting too long;
         the lifecycle stamps each so it is sent once."""
         return len(self.service.expiring_soon(now)) + len(self.service.pending_reminders(now))
+
+    def recover_stuck(self, now: datetime) -> int:
+        return len(self.service.recover_stuck(self.stuck_after, now))
 
     def active_expiries(self) -> list[tuple[str, datetime]]:
         with self.sessions() as session:

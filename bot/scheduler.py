@@ -20,6 +20,11 @@ processing while it runs, and every drain batch deletes the jobs of the grants i
 one statement: APScheduler never sees them.
 
 Only the leader (bot/leader.py) runs APScheduler, so two schedulers never share a job store.
+
+The leader also settles requests a crashed process left `approved` or `granting` (each
+sweep), and runs reconcile once when it starts leading and then every
+`timings.reconcile_interval`, on a thread of its own so a long IAM listing never holds up
+a sweep.
 """
 
 from __future__ import annotations
@@ -83,6 +88,10 @@ class ExpiryWork(Protocol):
 
     def send_reminders(self, now: datetime) -> int: ...
 
+    def recover_stuck(self, now: datetime) -> int:
+        """Settle requests left approved or granting by a process that stopped."""
+        ...
+
     def active_expiries(self) -> list[tuple[str, datetime]]:
         """(grant id, expires_at) of every active grant."""
         ...
@@ -99,6 +108,7 @@ class SweepResult:
     retried: int
     reminded: int
     scheduled: int
+    recovered: int = 0
 
 
 # APScheduler's job store persists jobs as an importable function plus arguments, so the
@@ -170,6 +180,8 @@ class ExpiryScheduler:
         sweep_interval: timedelta,
         job_workers: int = 10,
         due_jobs_per_wakeup: int = DUE_JOBS_PER_WAKEUP,
+        reconcile: Callable[[datetime], int] | None = None,
+        reconcile_interval: timedelta = timedelta(minutes=15),
     ) -> None:
         self.engine = engine
         self.work = work
@@ -184,6 +196,10 @@ class ExpiryScheduler:
         self._pause_lock = threading.Lock()
         self._drain_holds = 0
         self._paused_for_drain = False
+        self.reconcile = reconcile
+        self.reconcile_interval = reconcile_interval
+        self._reconcile_stop = threading.Event()
+        self._reconcile_thread: threading.Thread | None = None
 
     @property
     def leading(self) -> bool:
@@ -235,14 +251,15 @@ class ExpiryScheduler:
             timed_out = self._safely(self.work.expire_pending, now)
             retried = self._safely(self.work.retry_irrevocable, now)
             reminded = self._safely(self.work.send_reminders, now)
+            recovered = self._safely(self.work.recover_stuck, now)
             try:
                 scheduled = self._schedule_missing_jobs()
             except Exception:
                 # Not fatal: the sweep itself revokes overdue grants without jobs.
                 log.exception("scheduling revoke jobs failed; the next sweep tries again")
                 scheduled = 0
-            result = SweepResult(revoked, timed_out, retried, reminded, scheduled)
-            if any((revoked, timed_out, retried, reminded, scheduled)):
+            result = SweepResult(revoked, timed_out, retried, reminded, scheduled, recovered)
+            if any((revoked, timed_out, retried, reminded, scheduled, recovered)):
                 log.info("sweep: %s", result)
             return result
 
@@ -321,9 +338,31 @@ class ExpiryScheduler:
         scheduler.start(paused=True)
         self.sweep()
         scheduler.resume()
+        if self.reconcile is not None:
+            self._reconcile_stop.clear()
+            self._reconcile_thread = threading.Thread(
+                target=self._reconcile_loop, name="scheduled-reconcile", daemon=True)
+            self._reconcile_thread.start()
+
+    def _reconcile_loop(self) -> None:
+        """Reconcile now, then every reconcile_interval, until stop()."""
+        assert self.reconcile is not None
+        while True:
+            try:
+                self.reconcile(self.clock.now())
+            except Exception:
+                log.exception("scheduled reconcile failed; it runs again in %s",
+                              self.reconcile_interval)
+            if self._reconcile_stop.wait(self.reconcile_interval.total_seconds()):
+                return
 
     def stop(self) -> None:
         global _current_work
+        self._reconcile_stop.set()
+        if self._reconcile_thread is not None:
+            # A run in flight finishes (its repairs are each one IAM call and one commit).
+            self._reconcile_thread.join()
+            self._reconcile_thread = None
         if self._scheduler is not None:
             # Let a revoke in flight finish: cut off halfway it would wait out its claim
             # lease before anyone retried it.

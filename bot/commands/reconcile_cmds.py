@@ -10,15 +10,9 @@ settings, config or catalog.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 import typer
 
 from bot.commands.db_cmds import settings_or_exit
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 
 def register(app: typer.Typer) -> None:
@@ -31,33 +25,22 @@ def register(app: typer.Typer) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
         from sqlalchemy.exc import SQLAlchemyError
 
-        from bot.aws.granter import IamGranter
-        from bot.aws.reconcile import format_summary, reconcile
+        from bot.aws.reconcile import format_summary
         from bot.catalog import CatalogError
         from bot.config import ConfigError
         from bot.ports import GrantError
-        from bot.reconcile_store import DbReconcileStore
-        from bot.runtime import build_runtime
+        from bot.reconcile_job import alert_run, run_reconcile
+        from bot.runtime import cli_runtime
 
         settings = settings_or_exit()
         try:
-            runtime = build_runtime(settings, db_pool_size=1)
+            runtime = cli_runtime(settings)
         except (ConfigError, CatalogError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         try:
-            granter = runtime.granter
-            if not isinstance(granter, IamGranter):  # build_runtime always makes one
-                typer.echo("error: reconcile needs the IAM granter", err=True)
-                raise typer.Exit(2)
-            store = DbReconcileStore(runtime.service)
             try:
-                findings = reconcile(
-                    granter, store, now=runtime.clock.now(), dry_run=dry_run,
-                    extra_principals=_tagged(runtime) if runtime.config.principal_tag_lookup
-                    else (),
-                    notifier=runtime.notifier,
-                )
+                run = run_reconcile(runtime, dry_run=dry_run)
             except GrantError as exc:
                 typer.echo(f"error: could not read IAM, nothing was changed: {exc}", err=True)
                 raise typer.Exit(1) from None
@@ -68,33 +51,24 @@ def register(app: typer.Typer) -> None:
             except SQLAlchemyError as exc:
                 typer.echo(f"error: reconcile stopped at a database step: {exc}", err=True)
                 raise typer.Exit(1) from None
+            if not dry_run:
+                alert_run(runtime, run)
         finally:
             runtime.close()
+        findings = run.findings
 
         typer.echo(format_summary(findings))
         if dry_run:
             typer.echo("dry run: nothing was changed")
-        for item in store.unverifiable:
+        for item in run.unverifiable:
             typer.echo(f"warning: grant {item.grant_id} (request #{item.request_id}) on "
                        f"{item.principal_arn} was not checked: {item.reason}", err=True)
-        for conflict in store.conflicts:
+        for conflict in run.conflicts:
             typer.echo(f"warning: {conflict}; run reconcile again", err=True)
         failed = [f for f in findings if f.error]
         if failed:
             typer.echo(f"error: {len(failed)} repair(s) failed; see the ERROR column",
                        err=True)
-        if failed or store.unverifiable or store.conflicts:
+        if failed or run.unverifiable or run.conflicts:
             raise typer.Exit(1)
 
-
-def _tagged(runtime: Runtime) -> Iterator[str]:
-    """Principals tagged connect-access:* in the bot's account and in every account it
-    reaches by assuming a role, so policies on them are checked even if no grant names
-    them."""
-    from bot.aws.principals import tagged_principals
-
-    accounts = (None, *sorted({i.account for i in runtime.config.instances
-                               if i.assume_role_arn}))
-    for account in accounts:
-        for arn, _tags in tagged_principals(runtime.aws.iam_for_account(account)):
-            yield arn

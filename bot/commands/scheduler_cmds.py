@@ -24,7 +24,8 @@ from bot.config import ConfigError
 from bot.expiry import LifecycleExpiryWork
 from bot.leader import LeadershipError, leadership_for
 from bot.models import Grant
-from bot.runtime import build_runtime
+from bot.reconcile_job import ScheduledReconcile
+from bot.runtime import Runtime, scheduler_runtime
 from bot.scheduler import ExpiryScheduler
 
 HOLDING_STATES = ("active", "revoking", "irrevocable")
@@ -36,6 +37,26 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
+def build_scheduler(runtime: Runtime, *, revoke_workers: int = 8, job_workers: int = 10,
+                    batch_size: int = 200) -> ExpiryScheduler:
+    """The scheduler exactly as `connect-access scheduler` runs it, on a scheduler_runtime.
+    A request left approved or granting for a whole sweep interval counts as abandoned (a
+    grant takes a second or two), so a crash is settled within two sweeps."""
+    timings = runtime.config.timings
+    return ExpiryScheduler(
+        engine=runtime.engine,
+        work=LifecycleExpiryWork(runtime.service, runtime.sessions,
+                                 revoke_workers=revoke_workers, batch_size=batch_size,
+                                 stuck_after=timings.sweep_interval),
+        clock=runtime.clock,
+        leadership=leadership_for(runtime.engine),
+        sweep_interval=timings.sweep_interval,
+        job_workers=job_workers,
+        reconcile=ScheduledReconcile(runtime),
+        reconcile_interval=timings.reconcile_interval,
+    )
+
+
 def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) -> None:
     settings = settings_or_exit()
     logging.basicConfig(
@@ -43,7 +64,9 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
         format="%(asctime)s %(levelname)s [scheduler pid %(process)d] %(name)s: %(message)s",
     )
     try:
-        runtime = build_runtime(settings, db_pool_size=revoke_workers + job_workers + 2)
+        # Its revoke and job threads, the reconcile thread and the sweep each hold a
+        # connection for a moment.
+        runtime = scheduler_runtime(settings, db_pool_size=revoke_workers + job_workers + 3)
     except (ConfigError, CatalogError, AwsConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -75,15 +98,8 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        scheduler = ExpiryScheduler(
-            engine=runtime.engine,
-            work=LifecycleExpiryWork(runtime.service, runtime.sessions,
-                                     revoke_workers=revoke_workers, batch_size=batch_size),
-            clock=runtime.clock,
-            leadership=leadership_for(runtime.engine),
-            sweep_interval=runtime.config.timings.sweep_interval,
-            job_workers=job_workers,
-        )
+        scheduler = build_scheduler(runtime, revoke_workers=revoke_workers,
+                                    job_workers=job_workers, batch_size=batch_size)
         if anchoring is not None:
             # Checkpoints are the leader's job, on their own thread (bot.anchors).
             writer = anchoring.writer(runtime.sessions, runtime.clock, runtime.config.audit)

@@ -380,3 +380,16 @@ def test_the_command_also_scans_tagged_principals(
     assert result.exit_code == 0, result.output
     assert "orphan" in result.stdout and "connect-access-stray" in result.stdout
     assert flow.iam.list_role_policies(RoleName="dave")["PolicyNames"] == []
+
+
+def test_the_command_scans_mapped_principals_that_never_had_a_grant(
+        flow: Flow, cli_env: dict[str, str]) -> None:
+    # carol is mapped in the operator config but was never granted anything.
+    flow.iam.put_user_policy(UserName="carol", PolicyName="connect-access-stray",
+                             PolicyDocument=json.dumps(STRAY))
+
+    result = CliRunner().invoke(build_cli(), ["reconcile"], env=cli_env)
+
+    assert result.exit_code == 0, result.output
+    assert "orphan" in result.stdout and CAROL_USER in result.stdout
+    assert flow.iam.list_user_policies(UserName="carol")["PolicyNames"] == []
