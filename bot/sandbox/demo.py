@@ -4,8 +4,11 @@ Everything is real except the two outside services, which are stood in for over 
 a SQLite database in a temporary folder migrated by the project's Alembic migrations;
 moto's server as AWS (an Amazon Connect instance and IAM roles for alice and bob); the fake
 Slack Web API; the real Bolt app served on 127.0.0.1; the real composition root
-(bot.runtime.build_runtime) over an operator config file read by bot.config; and the real
-expiry scheduler, leading on the temporary database.
+(bot.runtime.web_runtime) over an operator config file read by bot.config; and the real
+expiry scheduler, run as its own process exactly as production runs it (`connect-access
+scheduler`, its own Slack notifier and alerter on the fake Slack), leading on the temporary
+database. Whatever the scheduler tells people therefore reaches Slack only if the scheduler
+process itself is wired for it: the demo cannot hide a wiring gap.
 
 A scripted conversation is then played through signed HTTP requests exactly as Slack sends
 them, and each step prints what a Slack user would have seen (rendered from the Block Kit
@@ -25,9 +28,10 @@ import logging
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -47,8 +51,6 @@ from bot.aws.granter import iam_policy_size
 from bot.aws.principals import MANAGED_TAG, SLACK_USER_TAG
 from bot.catalog import DEFAULT_CATALOG_FILE
 from bot.db import upgrade
-from bot.expiry import LifecycleExpiryWork
-from bot.leader import leadership_for
 from bot.lifecycle import (
     ACTIVE,
     FAILED,
@@ -58,7 +60,7 @@ from bot.lifecycle import (
 )
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.policy import INLINE_QUOTAS, MANAGED_POLICY_QUOTA
-from bot.runtime import Runtime, build_runtime
+from bot.runtime import Runtime, web_runtime
 from bot.sandbox.fake_slack import FakeSlack, Message, ResponsePost
 from bot.sandbox.slack_client import (
     AppServer,
@@ -67,15 +69,11 @@ from bot.sandbox.slack_client import (
     SlackDriver,
     find_button,
 )
-from bot.scheduler import ExpiryScheduler
 from bot.settings import Settings
 from bot.slack import blocks
 from bot.slack.app import build_wsgi_app
-from bot.slack.approvers import SlackApproverDirectory
 from bot.slack.db_services import DbSlackServices
-from bot.slack.notifier import SlackNotifier
 from bot.slack.render import render_message, render_view
-from bot.slack.webapi import build_web_client
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +87,8 @@ COMMAND = "/connect-access"
 INSTANCE_ALIAS = "demo"
 REASON = "Customer escalation INC-4242: chat transcripts stopped landing in S3."
 SWEEP_INTERVAL = "1s"
+# What `connect-access scheduler` logs once it leads (bot.scheduler.run_forever).
+LEADER_LINE = "this process is now the scheduler leader"
 # moto's default account; a realistic id also keeps the config's ARN checks meaningful.
 DEMO_ACCOUNT = "123456789012"
 # Where the Connect instance comes from when moto cannot create one (moto 5.2 can).
@@ -293,7 +293,8 @@ class Sandbox:
         self.services: DbSlackServices | None = None
         self.app_server: AppServer | None = None
         self.driver: SlackDriver | None = None
-        self.scheduler_error: BaseException | None = None
+        self.scheduler_process: subprocess.Popen[bytes] | None = None
+        self.scheduler_log: Path | None = None
 
     # -- starting -----------------------------------------------------------------------
 
@@ -329,7 +330,9 @@ class Sandbox:
             f"approver bob ({BOB}), {route.approvals} approval needed (the shipped "
             "default for critical is 2; this config sets 1, so bob alone approves), "
             f"longest grant {int(route.max_duration.total_seconds())} s",
-            f"scheduler  leader on the demo database, sweep every {SWEEP_INTERVAL}"
+            f"scheduler  `connect-access scheduler` as its own process (pid "
+            f"{self.scheduler_process.pid if self.scheduler_process else '?'}), leading on "
+            f"the demo database, sweep every {SWEEP_INTERVAL}, Slack through its own client"
             + ("" if self.grant_seconds >= LIFECYCLE_MIN_SECONDS else
                "; the demo allows grants under a minute (production's floor is 1m)"),
         ]
@@ -398,15 +401,12 @@ class Sandbox:
             aws_region=REGION,
             aws_endpoint_url=self.moto_url,
         )
-        web = build_web_client(fake.bot_token, fake.api_url)
-        approvers = SlackApproverDirectory(web)
-        runtime = build_runtime(
-            settings, approvers=approvers,
-            notifier_factory=lambda service: SlackNotifier(
-                web, DbSlackServices(service), clock=service.clock),
+        runtime = web_runtime(
+            settings,
             # The demo shows a whole expiry in seconds; production keeps the 1-minute floor.
             min_duration=(timedelta(seconds=1) if self.grant_seconds < LIFECYCLE_MIN_SECONDS
                           else None))
+        approvers = runtime.approvers
         self.runtime = runtime
         self._stack.callback(runtime.close)
         self.service = runtime.service
@@ -428,36 +428,60 @@ class Sandbox:
         self.driver = SlackDriver(fake, client, timeout=SLACK_WAIT_SECONDS)
 
     def _start_scheduler(self) -> None:
-        assert self.runtime is not None and self.service is not None
-        runtime = self.runtime
-        leadership = leadership_for(runtime.engine)
-        scheduler = ExpiryScheduler(
-            engine=runtime.engine,
-            work=LifecycleExpiryWork(self.service, runtime.sessions),
-            clock=runtime.clock, leadership=leadership,
-            sweep_interval=runtime.config.timings.sweep_interval,
-        )
-        stop = threading.Event()
-
-        def lead() -> None:
-            try:
-                scheduler.run_forever(stop)
-            except BaseException as exc:  # reported by the step that waits on it
-                self.scheduler_error = exc
-                log.exception("the demo scheduler stopped")
-
-        thread = threading.Thread(target=lead, name="demo-scheduler", daemon=True)
-        thread.start()
+        """`connect-access scheduler` in its own process, on the demo's database, moto and
+        fake Slack, with the environment production gives it (and nothing of the user's:
+        sandbox_environment has hidden that already)."""
+        assert self.fake is not None
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": self.database_url,
+            "CONNECT_ACCESS_CONFIG": str(self.config_path),
+            "SLACK_BOT_TOKEN": self.fake.bot_token,
+            "SLACK_API_URL": self.fake.api_url,
+            "AWS_ENDPOINT_URL": self.moto_url,
+            "AWS_REGION": REGION,
+        })
+        log_path = self.folder / "scheduler.log"
+        log_file = log_path.open("wb")
+        self._stack.callback(log_file.close)
+        process = subprocess.Popen(
+            [*cli_command(), "scheduler", "--revoke-workers", "2", "--job-workers", "2"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        self.scheduler_process = process
+        self.scheduler_log = log_path
 
         def stop_scheduler() -> None:
-            stop.set()
-            thread.join(timeout=30)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
 
         self._stack.callback(stop_scheduler)
-        _wait_until(lambda: leadership.still_held() or self.scheduler_error is not None,
-                    10.0, "the scheduler to take the lead on the demo database")
-        if self.scheduler_error is not None:
-            raise DemoError(f"the scheduler did not start: {self.scheduler_error}")
+
+        def leads() -> bool:
+            if process.poll() is not None:
+                raise DemoError(f"the scheduler exited with {process.returncode}:\n"
+                                f"{self.scheduler_output()}")
+            return LEADER_LINE in log_path.read_text(errors="replace")
+
+        _wait_until(leads, 30.0, "the scheduler process to take the lead on the demo "
+                                 "database")
+
+    def scheduler_output(self, lines: int = 20) -> str:
+        if self.scheduler_log is None or not self.scheduler_log.exists():
+            return ""
+        return "\n".join(self.scheduler_log.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def scheduler_error(self) -> str | None:
+        """Why the scheduler process is gone, while the demo still needs it."""
+        process = self.scheduler_process
+        if process is None or process.poll() is None:
+            return None
+        return f"exit status {process.returncode}; its last lines:\n{self.scheduler_output()}"
 
     def close(self) -> None:
         """Stop everything started, newest first. A part that fails to stop is logged, not
@@ -513,6 +537,15 @@ def _as_document(raw: Any) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(raw)
         return loaded
     return dict(raw)
+
+
+def cli_command() -> list[str]:
+    """How to run `connect-access` as a process: the console script beside this Python
+    when it is installed there, else the same entry point through this interpreter."""
+    script = Path(sys.executable).parent / "connect-access"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-c", "from bot.cli import main; main()"]
 
 
 def _wait_until(found: Callable[[], Any], timeout: float, what: str) -> Any:
