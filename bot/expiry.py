@@ -64,6 +64,7 @@ class LifecycleExpiryWork:
         # How long a request may sit approved or granting before it counts as abandoned by
         # the process that was granting it (a grant takes a second or two).
         self.stuck_after = stuck_after
+        self._unsettled: dict[int, tuple[int, datetime]] = {}  # id -> (version, first seen)
         # One drain at a time in this process: when many grants expire together, their
         # jobs and the sweep all arrive here, and the first drain takes every due grant.
         # The row claims keep it correct across processes; this keeps it cheap inside one.
@@ -114,7 +115,22 @@ class LifecycleExpiryWork:
         return len(self.service.expiring_soon(now)) + len(self.service.pending_reminders(now))
 
     def recover_stuck(self, now: datetime) -> int:
-        return len(self.service.recover_stuck(self.stuck_after, now))
+        """Requests this process has seen approved or granting, unchanged (same row
+        version), for at least `stuck_after` by its own clock are settled. Their own
+        timestamps are not used: they come from whichever host wrote them."""
+        current = self.service.unsettled()
+        remembered: dict[int, tuple[int, datetime]] = {}
+        stale: dict[int, int] = {}
+        for request_id, version in current.items():
+            known = self._unsettled.get(request_id)
+            first_seen = known[1] if known is not None and known[0] == version else now
+            remembered[request_id] = (version, first_seen)
+            if now - first_seen >= self.stuck_after:
+                stale[request_id] = version
+        self._unsettled = remembered
+        if not stale:
+            return 0
+        return len(self.service.recover_stuck(stale, now))
 
     def active_expiries(self) -> list[tuple[str, datetime]]:
         with self.sessions() as session:

@@ -798,11 +798,21 @@ class RequestService:
 
     # -- recovery of requests stuck between approval and grant ---------------------------
 
-    def recover_stuck(self, older_than: timedelta, now: datetime | None = None
+    def unsettled(self) -> dict[int, int]:
+        """Requests now `approved` or `granting`: id -> row version. A caller that sees
+        one again at the same version a while later knows nobody has moved it since."""
+        with self.sessions() as session:
+            return {request_id: version for request_id, version in session.execute(
+                select(AccessRequest.id, AccessRequest.version)
+                .where(AccessRequest.state.in_((APPROVED, GRANTING))))}
+
+    def recover_stuck(self, seen: Mapping[int, int], now: datetime | None = None
                       ) -> list[int]:
-        """Settle requests left `approved` or `granting` for longer than `older_than` (the
-        process granting them died: a web worker killed mid-burst, a deploy). Returns the
-        ids of the requests settled.
+        """Settle the requests of `seen` (from `unsettled`, a whole interval ago) that are
+        still `approved` or `granting` at the version seen: the process granting them
+        died (a web worker killed mid-burst, a deploy). Stillness is judged by the row's
+        version, not by timestamps, so clock skew between hosts cannot make a live grant
+        look abandoned. Returns the ids of the requests settled.
 
         - approved: granted now, for its full duration, if it was approved no longer ago
           than that duration (the approval still means what the approvers agreed to);
@@ -817,24 +827,24 @@ class RequestService:
         step is a checked transition under the request lock, and the loser leaves it be.
         """
         now = now or self.clock.now()
-        cutoff = now - older_than
+        still = {request_id for request_id, version in self.unsettled().items()
+                 if seen.get(request_id) == version}
+        if not still:
+            return []
         with self.sessions() as session:
-            approved = list(session.execute(
-                select(AccessRequest.id).where(AccessRequest.state == APPROVED,
-                                               AccessRequest.updated_at <= cutoff)
-                .order_by(AccessRequest.id)).scalars())
-            granting = list(session.execute(
-                select(Grant.id).join(AccessRequest, AccessRequest.id == Grant.request_id)
-                .where(Grant.state == GRANTING, AccessRequest.state == GRANTING,
-                       AccessRequest.updated_at <= cutoff)
-                .order_by(Grant.created_at)).scalars())
+            rows = session.execute(
+                select(AccessRequest.id, AccessRequest.state, Grant.id)
+                .outerjoin(Grant, (Grant.request_id == AccessRequest.id)
+                           & (Grant.state == GRANTING))
+                .where(AccessRequest.id.in_(still)).order_by(AccessRequest.id)).all()
         settled: list[int] = []
-        for request_id in approved:
-            outcome = self._recover_approved(request_id, now)
-            if outcome is not None:
-                settled.append(outcome)
-        for grant_id in granting:
-            outcome = self._recover_granting(grant_id, now)
+        for request_id, state, grant_id in rows:
+            if state == APPROVED:
+                outcome = self._recover_approved(request_id, now)
+            elif grant_id is not None:
+                outcome = self._recover_granting(grant_id, now)
+            else:
+                continue
             if outcome is not None:
                 settled.append(outcome)
         return settled

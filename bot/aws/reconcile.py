@@ -186,8 +186,11 @@ def reconcile(
 
     # Policies in IAM that no live grant explains. A grant made after our snapshot of the
     # database looks like an orphan here, so ask again before removing its policy.
+    # And a grant revoked while we ran had its policy removed by the lifecycle meanwhile:
+    # read the policy again, so that is not reported (and alerted) as an orphan.
     for key, item in sorted(present.items()):
-        if key not in by_policy and not store.is_live(grant_id_of(item.name)):
+        if (key not in by_policy and not store.is_live(grant_id_of(item.name))
+                and _still_present(granter, item)):
             act(_remove(granter, item, None, "orphan", dry_run))
     # Managed policies left behind detached (a revoke that died between detach and delete).
     for item in detached:
@@ -205,6 +208,11 @@ def reconcile(
         for policy in grant.policies:
             key = (grant.principal_arn, grant.kind, policy.name)
             held = present.get(key)
+            drifted = held is None or held.hash != grant.expected_hash(policy.name)
+            if drifted and not store.is_live(grant.grant_id):
+                # Revoked while we ran (expiry, "I'm done"): putting it back would grant
+                # what was just taken away.
+                continue
             if held is None:
                 act(_restore(granter, store, grant, policy.name, "missing", now, dry_run))
             elif held.hash != grant.expected_hash(policy.name):
@@ -229,6 +237,16 @@ def grant_id_of(policy_name: str) -> str:
     grant_part = policy_name.removeprefix(POLICY_PREFIX)
     head, sep, tail = grant_part.rpartition("-")
     return head if sep and tail.isdigit() else grant_part
+
+
+def _still_present(granter: IamGranter, item: _Present) -> bool:
+    try:
+        if item.kind == "inline":
+            return granter.inline_document(item.principal_arn, item.name) is not None
+        return any(arn.rsplit("/", 1)[-1] == item.name
+                   for arn in granter.attached_managed_arns(item.principal_arn))
+    except GrantError:
+        return True  # cannot tell: act on what the scan found
 
 
 def _one_principal_per_account(principals: Iterable[str]) -> list[str]:
