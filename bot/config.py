@@ -16,7 +16,15 @@ from typing import Any, Literal
 import yaml
 
 from bot.catalog import DEFAULT_CATALOG_DIR, CatalogEntry
-from bot.durations import parse_duration
+from bot.durations import format_duration, parse_duration
+from bot.targets import (
+    GrantTarget,
+    IamTarget,
+    IdentityCenterTarget,
+    SharedRoleTarget,
+    TargetError,
+    target_from_mapping,
+)
 from bot.tiers import TIERS, Tier
 
 DEFAULT_ROUTING_FILE = DEFAULT_CATALOG_DIR / "routing.yaml"
@@ -26,7 +34,11 @@ _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
 _INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[A-Za-z0-9-]+")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
-_PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:(role|user|group)/[\w+=,.@/-]+")
+_SSO_INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:sso:::instance/ssoins-[a-zA-Z0-9]{16}")
+_IDENTITY_STORE_ID = re.compile(r"d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                                r"[0-9a-f]{4}-[0-9a-f]{12}")
+# Extensions may add up to this many times the tier's max_duration unless the tier says.
+DEFAULT_TOTAL_FACTOR = 3
 
 
 class ConfigError(ValueError):
@@ -66,6 +78,29 @@ class Route:
     approvals: int
     max_duration: timedelta
     auto_approve: bool
+    # The most a request may last with all its extensions; None: DEFAULT_TOTAL_FACTOR
+    # times max_duration (so an override changing max_duration moves it too).
+    max_total_duration: timedelta | None = None
+
+    @property
+    def total_limit(self) -> timedelta:
+        if self.max_total_duration is not None:
+            return self.max_total_duration
+        return self.max_duration * DEFAULT_TOTAL_FACTOR
+
+
+@dataclass(frozen=True)
+class IdentityCenter:
+    """The IAM Identity Center instance whose users may be grant targets."""
+
+    instance_arn: str
+    identity_store_id: str
+    portal_url: str | None = None
+
+    @property
+    def access_portal(self) -> str:
+        """Where people sign in to use an assignment (the AWS access portal)."""
+        return self.portal_url or f"https://{self.identity_store_id}.awsapps.com/start"
 
 
 @dataclass(frozen=True)
@@ -174,6 +209,8 @@ class OperatorConfig:
     auditors: tuple[str, ...] = ()
     iam: IamLimits = IamLimits()
     alerts: Alerts = Alerts()
+    identity_center: IdentityCenter | None = None
+    allow_group_targets: bool = False
 
     def instance(self, alias_or_arn: str | None = None) -> Instance:
         """The named instance, or the only/first one when none is named."""
@@ -196,6 +233,7 @@ def _apply(route: Route, changes: Mapping[str, Any]) -> Route:
         approvals=changes.get("approvals", route.approvals),
         max_duration=changes.get("max_duration", route.max_duration),
         auto_approve=changes.get("auto_approve", route.auto_approve),
+        max_total_duration=changes.get("max_total_duration", route.max_total_duration),
     )
 
 
@@ -248,7 +286,10 @@ class _Reader:
                                 f"unknown key (allowed: {', '.join(allowed)})")
 
 
-_ROUTE_KEYS = ("channel", "approvers", "approvals", "max_duration", "auto_approve")
+_ROUTE_KEYS = ("channel", "approvers", "approvals", "max_duration", "auto_approve",
+               "max_total_duration")
+# What every tier of catalog/routing.yaml must set (the rest has defaults).
+_REQUIRED_ROUTE_KEYS = ("channel", "approvers", "approvals", "max_duration", "auto_approve")
 
 
 def _route_changes(reader: _Reader, path: str, raw: Mapping[str, Any],
@@ -276,6 +317,9 @@ def _route_changes(reader: _Reader, path: str, raw: Mapping[str, Any],
         changes["max_duration"] = reader.duration(f"{path}.max_duration", raw["max_duration"])
     if "auto_approve" in raw:
         changes["auto_approve"] = reader.boolean(f"{path}.auto_approve", raw["auto_approve"])
+    if "max_total_duration" in raw:
+        changes["max_total_duration"] = reader.duration(f"{path}.max_total_duration",
+                                                        raw["max_total_duration"])
     return changes
 
 
@@ -296,7 +340,7 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
     for tier in TIERS:
         base = _route_changes(defaults_reader, f"tiers.{tier}",
                               defaults_reader.mapping(f"tiers.{tier}", default_tiers.get(tier)))
-        missing = [k for k in _ROUTE_KEYS if k not in base]
+        missing = [k for k in _REQUIRED_ROUTE_KEYS if k not in base]
         if missing:
             raise defaults_reader.fail(f"tiers.{tier}", f"missing {', '.join(missing)}")
         path = f"routing.tiers.{tier}"
@@ -306,6 +350,7 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
             raise reader.fail(f"{path}.auto_approve",
                               "only the read tier may be auto-approved")
         tiers[tier] = Route(tier=tier, **base)
+        _check_total(reader, path, tiers[tier])
     overrides: list[Override] = []
     raw_overrides = reader.sequence("routing.overrides", operator_routing.get("overrides"))
     for index, raw_override in enumerate(raw_overrides):
@@ -321,6 +366,10 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
         if changes.get("auto_approve"):
             raise reader.fail(f"{path}.auto_approve",
                               "overrides may not auto-approve (only the read tier may)")
+        if "max_total_duration" in changes:
+            # Against the override's own max_duration, or every tier it could apply to.
+            for route in tiers.values():
+                _check_total(reader, path, _apply(route, changes))
         overrides.append(Override(
             entry_id=None if entry_id is None else reader.string(f"{path}.match.entry", entry_id),
             page=None if page is None else reader.string(f"{path}.match.page", page),
@@ -329,12 +378,107 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
     return ApprovalRouter(tiers=tiers, overrides=tuple(overrides))
 
 
+def _check_total(reader: _Reader, path: str, route: Route | None) -> None:
+    if route is None or route.max_total_duration is None:
+        return
+    if route.max_total_duration < route.max_duration:
+        raise reader.fail(
+            f"{path}.max_total_duration",
+            f"must be at least max_duration ({format_duration(route.max_duration)}), got "
+            f"{format_duration(route.max_total_duration)}")
+
+
+def _parse_identity_center(reader: _Reader, raw: Any) -> IdentityCenter | None:
+    if raw is None:
+        return None
+    item = reader.mapping("identity_center", raw)
+    reader.unknown_keys("identity_center", item,
+                        ("instance_arn", "identity_store_id", "portal_url"))
+    portal = item.get("portal_url")
+    if portal is not None and not (isinstance(portal, str) and portal.startswith("https://")):
+        raise reader.fail("identity_center.portal_url",
+                          f"must be the https:// address of the AWS access portal, got "
+                          f"{portal!r}")
+    return IdentityCenter(
+        instance_arn=reader.string(
+            "identity_center.instance_arn", item.get("instance_arn"), _SSO_INSTANCE_ARN,
+            "an IAM Identity Center instance ARN like arn:aws:sso:::instance/ssoins-..."),
+        identity_store_id=reader.string(
+            "identity_center.identity_store_id", item.get("identity_store_id"),
+            _IDENTITY_STORE_ID, "an identity store id like d-1234567890"),
+        portal_url=portal,
+    )
+
+
+def _parse_principals(reader: _Reader, raw: Any, *, identity_center: IdentityCenter | None,
+                      allow_groups: bool) -> dict[str, str]:
+    """Slack user -> target reference (bot.targets), refusing mappings that would let one
+    person's grant reach someone else."""
+    targets: dict[str, GrantTarget] = {}
+    for user_id, value in reader.mapping("principals", raw).items():
+        path = f"principals.{user_id}"
+        reader.string(path, str(user_id), _SLACK_USER_ID, "keyed by a Slack user id (U...)")
+        try:
+            target = target_from_mapping(value)
+        except TargetError as exc:
+            raise reader.fail(path, str(exc)) from None
+        if isinstance(target, IdentityCenterTarget) and identity_center is None:
+            raise reader.fail(path, "names an Identity Center user, but there is no "
+                                    "`identity_center:` section (instance_arn, "
+                                    "identity_store_id)")
+        if isinstance(target, IamTarget) and target.is_group and not allow_groups:
+            raise reader.fail(path, f"{target.principal.arn} is an IAM group: a grant to it "
+                                    "reaches every member. Map the person's own role or "
+                                    "user, or set `allow_group_targets: true`")
+        targets[str(user_id)] = target
+    _refuse_shared(reader, targets)
+    return {user_id: target.ref for user_id, target in targets.items()}
+
+
+def _refuse_shared(reader: _Reader, targets: Mapping[str, GrantTarget]) -> None:
+    """One IAM principal (or Identity Center user) mapped to several Slack users hands
+    each one's grants to all of them, and lets them approve each other's requests. Only a
+    shared role where every mapping names its own session is safe."""
+    by_holder: dict[str, list[tuple[str, GrantTarget]]] = {}
+    for user_id, target in targets.items():
+        if isinstance(target, IamTarget) and target.is_group:
+            continue  # a group is shared by design; allow_group_targets already decided
+        key = (target.ref if isinstance(target, IdentityCenterTarget)
+               else str(target.policy_holder)).lower()
+        by_holder.setdefault(key, []).append((user_id, target))
+    for users in by_holder.values():
+        if len(users) < 2:
+            continue
+        names = ", ".join(sorted(u for u, _ in users))
+        plain = sorted(u for u, t in users if not isinstance(t, SharedRoleTarget))
+        if plain:
+            first = plain[0]
+            shared = targets[first]
+            raise reader.fail(
+                f"principals.{first}",
+                f"{shared.describe()} is mapped to {len(users)} Slack users ({names}); "
+                "each would receive the others' grants and could approve their requests. "
+                "Give each a session name ({role: ARN, session_name: ...}) or map each "
+                "person to their own principal")
+        sessions: dict[str, str] = {}
+        for user_id, target in sorted(users):
+            assert isinstance(target, SharedRoleTarget)
+            if target.session_name in sessions:
+                raise reader.fail(
+                    f"principals.{user_id}",
+                    f"session name {target.session_name!r} of {target.role.arn} is also "
+                    f"mapped to {sessions[target.session_name]}; each person needs their "
+                    "own session name")
+            sessions[target.session_name] = user_id
+
+
 def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     reader = _Reader(source)
     top = reader.mapping("(top level)", raw)
     reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
                                   "require_managed_tag", "routing", "timings", "audit",
-                                  "auditors", "iam", "alerts"))
+                                  "auditors", "iam", "alerts", "identity_center",
+                                  "allow_group_targets"))
     instances: list[Instance] = []
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
@@ -355,12 +499,10 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     for alias in aliases:
         if aliases.count(alias) > 1:
             raise reader.fail("instances", f"alias {alias!r} is used more than once")
-    principals: dict[str, str] = {}
-    for user_id, arn in reader.mapping("principals", top.get("principals")).items():
-        path = f"principals.{user_id}"
-        reader.string(path, str(user_id), _SLACK_USER_ID, "keyed by a Slack user id (U...)")
-        principals[str(user_id)] = reader.string(path, arn, _PRINCIPAL_ARN,
-                                                 "an IAM role, user or group ARN")
+    identity_center = _parse_identity_center(reader, top.get("identity_center"))
+    allow_groups = reader.boolean("allow_group_targets", top.get("allow_group_targets", False))
+    principals = _parse_principals(reader, top.get("principals"),
+                                   identity_center=identity_center, allow_groups=allow_groups)
     raw_timings = reader.mapping("timings", top.get("timings"))
     timing_keys = tuple(Timings.__dataclass_fields__)
     reader.unknown_keys("timings", raw_timings, timing_keys)
@@ -392,6 +534,8 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
         ),
         iam=_iam_limits(reader, reader.mapping("iam", top.get("iam"))),
         alerts=alerts,
+        identity_center=identity_center,
+        allow_group_targets=allow_groups,
     )
 
 

@@ -118,6 +118,7 @@ GLOBAL_CONDITION_KEYS = frozenset(
         "aws:SourceIp",
         "aws:MultiFactorAuthPresent",
         "aws:PrincipalArn",
+        "aws:userid",
         "aws:PrincipalTag/${TagKey}",
         "aws:RequestedRegion",
         "aws:CalledVia",

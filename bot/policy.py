@@ -518,7 +518,7 @@ def pack_statements(statements: Sequence[Statement], limit: int) -> list[list[St
 def compile_policy(
     catalog: Catalog,
     entry_id: str,
-    principal_arn: str,
+    principal_arn: str | Principal,
     *,
     grant_id: str,
     start: datetime,
@@ -529,6 +529,7 @@ def compile_policy(
     existing_inline_chars: int = 0,
     existing_managed_policies: int = 0,
     managed_attach_limit: int = DEFAULT_MANAGED_ATTACH_LIMIT,
+    extra_condition: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CompiledPolicy:
     """Build and validate the policy for one grant.
 
@@ -550,7 +551,8 @@ def compile_policy(
         raise DurationError("The duration must be positive, e.g. 30m or 4h.")
     if max_duration is not None:
         check_within(duration, max_duration, entry.tier)
-    principal = parse_principal(principal_arn)
+    principal = (principal_arn if isinstance(principal_arn, Principal)
+                 else parse_principal(principal_arn))
     instance = parse_instance_arn(instance_arn) if instance_arn is not None else None
     if instance is not None and (
         instance.account_id != principal.account_id or instance.partition != principal.partition
@@ -567,7 +569,9 @@ def compile_policy(
     # keeps the policy from outliving the scheduled revoke.
     starts_at = start.astimezone(UTC).replace(microsecond=0)
     expires_at = (start.astimezone(UTC) + duration).replace(microsecond=0)
-    window = time_box(starts_at, expires_at)
+    # extra_condition (bot.targets: a shared role's aws:userid) joins the time box on
+    # every statement, so sizes and packing below already count it.
+    window = merge_conditions(time_box(starts_at, expires_at), extra_condition or {})
 
     actions = catalog.granted_actions(entry.id)
     statements = build_statements(actions, principal, instance, window, iam)

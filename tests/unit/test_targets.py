@@ -1,0 +1,223 @@
+"""Grant targets (bot.targets), their config forms (bot.config) and their compiled
+policies (bot.target_policy): pure, no AWS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bot.catalog import Catalog, load_catalog
+from bot.config import ConfigError, parse_config
+from bot.iamref import IamReference
+from bot.policy import validate_document
+from bot.target_policy import compile_for_target
+from bot.targets import (
+    IamTarget,
+    IdentityCenterTarget,
+    SharedRoleTarget,
+    TargetError,
+    is_session_scoped,
+    parse_target,
+    reaches,
+    self_approval_refusal,
+    session_condition,
+)
+
+ROLE = "arn:aws:iam::111122223333:role/ConnectAdmins"
+USER = "arn:aws:iam::111122223333:user/carol"
+GROUP = "arn:aws:iam::111122223333:group/admins"
+INSTANCE = "arn:aws:connect:us-east-1:111122223333:instance/11111111-2222-3333-4444-555555555555"
+SSO = {"instance_arn": "arn:aws:sso:::instance/ssoins-1234567890abcdef",
+       "identity_store_id": "d-1234567890"}
+ROLE_ID = "AROAEXAMPLEID1234567"
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+@pytest.mark.parametrize("ref", [
+    ROLE, USER, GROUP, f"{ROLE};session=bob@example.com", "identity-center-user:alice@example.com",
+    "arn:aws:iam::111122223333:role/team/a/Admins;session=x.y",
+])
+def test_every_target_reference_reads_back_as_itself(ref: str) -> None:
+    assert parse_target(ref).ref == ref
+
+
+def test_the_three_kinds_and_where_their_policies_go() -> None:
+    iam, shared, ic = (parse_target(USER), parse_target(f"{ROLE};session=bob"),
+                       parse_target("identity-center-user:alice@example.com"))
+    assert isinstance(iam, IamTarget) and iam.policy_holder == USER
+    assert isinstance(shared, SharedRoleTarget) and shared.policy_holder == ROLE
+    assert shared.session_name == "bob"
+    assert isinstance(ic, IdentityCenterTarget) and ic.policy_holder is None
+
+
+@pytest.mark.parametrize(("ref", "fault"), [
+    (f"{USER};session=bob", "only narrows a role"),
+    (f"{ROLE};session=b", "not a role session name"),
+    (f"{ROLE};session=bob*", "not a role session name"),
+    ("identity-center-user:", "not an Identity Center user"),
+    ("identity-center-user:a b", "not an Identity Center user"),
+    ("alice", "not an IAM principal ARN"),
+])
+def test_bad_references_are_refused_with_the_reason(ref: str, fault: str) -> None:
+    with pytest.raises(TargetError, match=fault):
+        parse_target(ref)
+
+
+@pytest.mark.parametrize(("holder", "target", "expected"), [
+    (ROLE, ROLE, True),
+    (USER, USER, True),
+    (GROUP, GROUP, True),
+    (USER, ROLE, False),
+    (ROLE, f"{ROLE};session=bob", True),  # a plain mapping may assume any session name
+    (f"{ROLE};session=bob", ROLE, True),
+    (f"{ROLE};session=bob", f"{ROLE};session=bob", True),
+    (f"{ROLE};session=erin", f"{ROLE};session=bob", False),
+    ("identity-center-user:Alice@Example.com", "identity-center-user:alice@example.com", True),
+    ("identity-center-user:erin@example.com", "identity-center-user:alice@example.com", False),
+    ("identity-center-user:alice@example.com", ROLE, False),
+])
+def test_reaches(holder: str, target: str, expected: bool) -> None:
+    assert reaches(parse_target(holder), parse_target(target)) is expected
+
+
+def test_self_approval_is_judged_by_slack_id_and_by_principal() -> None:
+    assert self_approval_refusal("U0A", "U0A", ROLE, ROLE) == (
+        "You cannot approve or deny your own request.")
+    refusal = self_approval_refusal("U0A", "U0B", f"{ROLE};session=a1", ROLE)
+    assert refusal is not None and "reaches the access it grants" in refusal
+    assert self_approval_refusal("U0A", "U0B", f"{ROLE};session=a1",
+                                 f"{ROLE};session=b1") is None
+    assert self_approval_refusal("U0A", "U0B", ROLE, None) is None
+
+
+def test_the_session_condition_and_its_check() -> None:
+    condition = session_condition(ROLE_ID, "bob@example.com")
+    assert condition == {"StringLike": {"aws:userid": f"{ROLE_ID}:bob@example.com"}}
+    with pytest.raises(TargetError, match="unique id"):
+        session_condition("alice", "bob@example.com")
+    assert not is_session_scoped({"Statement": []}, ROLE_ID, "bob@example.com")
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def config(principals: dict[str, Any], **top: Any) -> Any:
+    return parse_config({"instances": [{"alias": "prod", "arn": INSTANCE}],
+                         "principals": principals, **top}, "op.yaml")
+
+
+def test_the_three_principal_forms_load() -> None:
+    loaded = config({
+        "U0A": ROLE,
+        "U0B": {"role": "arn:aws:iam::111122223333:role/Shared", "session_name": "bob@x.io"},
+        "U0C": {"role": "arn:aws:iam::111122223333:role/Shared", "session_name": "cat@x.io"},
+        "U0D": {"identity_center_user": "dora@example.com"},
+    }, identity_center=SSO)
+    assert loaded.principals == {
+        "U0A": ROLE,
+        "U0B": "arn:aws:iam::111122223333:role/Shared;session=bob@x.io",
+        "U0C": "arn:aws:iam::111122223333:role/Shared;session=cat@x.io",
+        "U0D": "identity-center-user:dora@example.com",
+    }
+    assert loaded.identity_center is not None
+    assert loaded.identity_center.access_portal == "https://d-1234567890.awsapps.com/start"
+
+
+@pytest.mark.parametrize(("principals", "top", "message"), [
+    ({"U0A": ROLE, "U0B": ROLE}, {},
+     "principals.U0A: IAM role .* is mapped to 2 Slack users \\(U0A, U0B\\)"),
+    ({"U0A": ROLE, "U0B": {"role": ROLE, "session_name": "bob"}}, {},
+     "principals.U0A: .* mapped to 2 Slack users"),
+    ({"U0A": {"role": ROLE, "session_name": "bob"}, "U0B": {"role": ROLE, "session_name": "bob"}},
+     {}, "principals.U0B: session name 'bob' .* is also mapped to U0A"),
+    ({"U0A": {"identity_center_user": "a@x.io"}, "U0B": {"identity_center_user": "A@x.io"}},
+     {"identity_center": SSO}, "principals.U0A: IAM Identity Center user .* mapped to 2"),
+    ({"U0A": GROUP}, {}, "principals.U0A: .* is an IAM group: .* `allow_group_targets: true`"),
+    ({"U0A": {"identity_center_user": "a@x.io"}}, {},
+     "principals.U0A: names an Identity Center user, but there is no `identity_center:`"),
+    ({"U0A": {"role": ROLE}}, {}, "principals.U0A: a shared role needs the person's session_name"),
+    ({"U0A": {"role": USER, "session_name": "bob"}}, {}, "principals.U0A: .* only narrows a role"),
+    ({}, {"identity_center": {"instance_arn": "ssoins-1", "identity_store_id": "d-1234567890"}},
+     "identity_center.instance_arn: must be an IAM Identity Center instance ARN"),
+    ({}, {"identity_center": {**SSO, "identity_store_id": "store"}},
+     "identity_center.identity_store_id: must be an identity store id"),
+    ({}, {"identity_center": {**SSO, "portal": "x"}}, "identity_center.portal: unknown key"),
+    ({}, {"allow_group_targets": "yes"}, "allow_group_targets: must be true or false"),
+])
+def test_config_refusals_name_the_key(principals: dict[str, Any], top: dict[str, Any],
+                                      message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^op.yaml: {message}"):
+        config(principals, **top)
+
+
+def test_groups_load_when_allowed_and_may_be_shared() -> None:
+    loaded = config({"U0A": GROUP, "U0B": GROUP}, allow_group_targets=True)
+    assert loaded.allow_group_targets and loaded.principals["U0B"] == GROUP
+
+
+def test_max_total_duration_defaults_to_three_times_max_duration() -> None:
+    loaded = parse_config({"routing": {"tiers": {
+        "read": {"max_duration": "2h"},
+        "write": {"max_duration": "1h", "max_total_duration": "90m"}}}})
+    assert loaded.router.tiers["read"].total_limit == timedelta(hours=6)
+    assert loaded.router.tiers["write"].total_limit == timedelta(minutes=90)
+    with pytest.raises(ConfigError, match=r"routing\.tiers\.write\.max_total_duration: must be "
+                                          r"at least max_duration \(1h\), got 30m"):
+        parse_config({"routing": {"tiers": {
+            "write": {"max_duration": "1h", "max_total_duration": "30m"}}}})
+    with pytest.raises(ConfigError, match=r"routing\.overrides\[0\]\.max_total_duration"):
+        parse_config({"routing": {"overrides": [
+            {"match": {"page": "Home"}, "max_total_duration": "1m"}]}})
+
+
+# -- compiled policies --------------------------------------------------------------------
+
+
+def test_a_shared_role_policy_carries_the_session_condition_on_every_statement(
+    catalog: Catalog,
+) -> None:
+    # An entry with several statements, IAM-scoped ones among them.
+    entry = "contact-lens-connectors/add-update-remove-contact-lens-connectors"
+    compiled = compile_for_target(
+        catalog, entry, f"{ROLE};session=bob@example.com", grant_id="abc123",
+        start=START, duration=timedelta(hours=1), max_duration=None, iam=IamReference(),
+        instance_arn=INSTANCE, role_unique_id=lambda arn: ROLE_ID)
+    assert compiled.principal_arn == f"{ROLE};session=bob@example.com"
+    for policy in compiled.policies:
+        assert is_session_scoped(policy.document, ROLE_ID, "bob@example.com")
+        assert len(policy.document["Statement"]) >= 1
+        validate_document(policy.document, IamReference(), starts_at=compiled.starts_at,
+                          expires_at=compiled.expires_at)
+    plain = compile_for_target(
+        catalog, entry, ROLE, grant_id="abc123", start=START, duration=timedelta(hours=1),
+        max_duration=None, iam=IamReference(), instance_arn=INSTANCE)
+    assert compiled.size > plain.size  # the condition is counted against the quota
+    assert not is_session_scoped(plain.policies[0].document, ROLE_ID, "bob@example.com")
+
+
+def test_an_identity_center_grant_is_one_permission_set_policy_in_the_instance_account(
+    catalog: Catalog,
+) -> None:
+    compiled = compile_for_target(
+        catalog, "home/describe-instance", "identity-center-user:alice@example.com",
+        grant_id="abc123", start=START, duration=timedelta(hours=1), max_duration=None,
+        iam=IamReference(), instance_arn=INSTANCE, existing_inline_chars=9000)
+    assert compiled.kind == "permission_set" and compiled.quota == 10240
+    assert compiled.policy_names == ("connect-access-abc123",)
+    assert compiled.existing_inline_chars == 0  # a set of its own: nothing else counts
+    plan = compiled.to_plan()
+    assert plan.principal_arn == "identity-center-user:alice@example.com"
+    assert plan.instance_arn == INSTANCE
+    assert INSTANCE in str(compiled.policies[0].document)
+    with pytest.raises(TargetError, match="configure an instance"):
+        compile_for_target(
+            catalog, "home/describe-instance", "identity-center-user:alice@example.com",
+            grant_id="abc123", start=START, duration=timedelta(hours=1), max_duration=None,
+            iam=IamReference())
