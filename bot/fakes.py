@@ -53,8 +53,16 @@ class StaticApproverDirectory:
 
 
 class StaticPrincipalDirectory:
-    def __init__(self, principals: Mapping[str, str]) -> None:
+    def __init__(self, principals: Mapping[str, str],
+                 group_members: Mapping[str, int] | None = None) -> None:
         self.principals = dict(principals)
+        self.group_members = dict(group_members or {})
+
+    def group_member_count(self, group_arn: str) -> int:
+        try:
+            return self.group_members[group_arn]
+        except KeyError:
+            raise PrincipalError(f"The IAM group {group_arn} does not exist.") from None
 
     def principal_for(self, slack_user_id: str) -> str:
         try:

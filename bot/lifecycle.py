@@ -53,6 +53,14 @@ from bot.ports import (
     PrincipalDirectory,
     PrincipalError,
 )
+from bot.targets import (
+    IamTarget,
+    IdentityCenterTarget,
+    TargetError,
+    account_of_target,
+    parse_target,
+    self_approval_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +366,10 @@ class RequestService:
                             .values(alert_channel=ref.channel, alert_ts=ref.ts))
 
     def _check_approver(self, request: AccessRequest, approver: str) -> Route:
-        if approver == request.requester:
-            raise SelfApproval("You cannot approve or deny your own request.")
+        refusal = self_approval_refusal(request.requester, approver, request.principal_arn,
+                                        self.config.principals.get(approver))
+        if refusal is not None:
+            raise SelfApproval(refusal)
         route = self._route(request)
         if not route.approvers:
             raise NotAllowed(
@@ -441,6 +451,7 @@ class RequestService:
             principal_arn = self.principals.principal_for(requester)
         except PrincipalError as exc:
             raise NotAllowed(str(exc)) from None
+        target_detail = self._target_detail(principal_arn, instance_arn)
 
         now = self.clock.now()
         with self._transaction() as session:
@@ -472,10 +483,11 @@ class RequestService:
                 "entry_id": entry.id, "entry_hash": request.entry_hash, "tier": route.tier,
                 "principal_arn": principal_arn, "instance_arn": instance_arn,
                 "reason": reason, "duration_seconds": seconds,
-                "required_approvals": route.approvals})
+                "required_approvals": route.approvals, **target_detail})
         self._notify("submitted", request, reason=reason, duration_seconds=seconds,
                      channel=route.channel, approvers=list(route.approvers),
-                     required_approvals=route.approvals, auto_approve=route.auto_approve)
+                     required_approvals=route.approvals, auto_approve=route.auto_approve,
+                     **target_detail)
         if route.auto_approve:
             with self._transaction() as session:
                 request = self._locked(session, request.id)
@@ -484,6 +496,48 @@ class RequestService:
             self._notify("approved", request, auto_approve=True)
             return self.grant(request.id)
         return request
+
+    def _target_detail(self, ref: str, instance_arn: str | None) -> dict[str, Any]:
+        """Check the target may receive a grant here, and what approvers should see about
+        it: its kind, and for a group how many IAM users it reaches."""
+        try:
+            target = parse_target(ref)
+            account_of_target(target, instance_arn)
+        except TargetError as exc:
+            raise NotAllowed(str(exc)) from None
+        if isinstance(target, IdentityCenterTarget) and self.config.identity_center is None:
+            raise NotAllowed(
+                f"{target.describe()} needs the bot's `identity_center:` config; ask an "
+                "administrator to add it.")
+        detail: dict[str, Any] = {"target_kind": target.kind,
+                                  "access": self._access(ref, instance_arn)}
+        if isinstance(target, IamTarget) and target.is_group:
+            if not self.config.allow_group_targets:
+                raise NotAllowed(
+                    f"{ref} is an IAM group, and a grant to it would reach every member; "
+                    "this bot does not grant to groups (allow_group_targets is off). Ask an "
+                    "administrator to map your own role or user.")
+            try:
+                detail["group_members"] = self.principals.group_member_count(ref)
+            except PrincipalError as exc:
+                raise NotAllowed(str(exc)) from None
+        return detail
+
+    def _access(self, ref: str, instance_arn: str | None,
+                policy_name: str | None = None) -> dict[str, Any]:
+        """How the person reaches the access, for the approval message and the DM."""
+        target = parse_target(ref)
+        access: dict[str, Any] = {"kind": target.kind,
+                                  "account": account_of_target(target, instance_arn),
+                                  "target": target.describe()}
+        if isinstance(target, IdentityCenterTarget) and self.config.identity_center:
+            access["portal_url"] = self.config.identity_center.access_portal
+            access["user"] = target.user
+            if policy_name is not None:
+                access["permission_set"] = policy_name
+        elif policy_name is not None:
+            access["policy_name"] = policy_name
+        return access
 
     def approve(self, request_id: int, approver: str, comment: str | None = None
                 ) -> AccessRequest:
@@ -692,7 +746,9 @@ class RequestService:
             grant = Grant(
                 id=plan.grant_id, request_id=request.id,
                 policy_names=[p.name for p in plan.policies], kind=plan.kind,
-                principal_arn=plan.principal_arn, account=plan.principal_arn.split(":")[4],
+                principal_arn=plan.principal_arn,
+                account=account_of_target(parse_target(plan.principal_arn),
+                                          request.instance_arn),
                 state=GRANTING, created_at=start, starts_at=start,
                 expires_at=context.expires_at, revoke_attempts=0,
             )
@@ -733,7 +789,9 @@ class RequestService:
                                    audit_seq=event.seq, attached_at=self.clock.now(),
                                    documents=documents)
         self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
-                     expires_at=grant.expires_at.isoformat())
+                     expires_at=grant.expires_at.isoformat(),
+                     access=self._access(request.principal_arn, request.instance_arn,
+                                         grant.policy_names[0]))
         return request
 
     def _tell_if_queued(self, request: AccessRequest, now: datetime) -> bool:
@@ -1033,6 +1091,23 @@ class RequestService:
                 raise InvalidRequest(
                     f"An extension must be between 1 minute and "
                     f"{_fmt_duration(route.max_duration.total_seconds())}.")
+            total = request.duration_seconds + seconds
+            limit = route.total_limit.total_seconds()
+            if total > limit:
+                raise InvalidRequest(
+                    f"Request #{request.id} has had {_fmt_duration(request.duration_seconds)} "
+                    f"so far; {_fmt_duration(seconds)} more would make "
+                    f"{_fmt_duration(total)}, over the {_fmt_duration(limit)} a "
+                    f"{request.tier}-tier request may last in total. Request the access again "
+                    "instead, so it is approved afresh.")
+            # A human approves anything past the tier's own maximum, even on an
+            # auto-approved tier: otherwise access could be stretched with nobody looking.
+            auto = route.auto_approve and total <= route.max_duration.total_seconds()
+            if not auto and not route.approvers:
+                raise InvalidRequest(
+                    f"Extending request #{request.id} to {_fmt_duration(total)} needs an "
+                    f"approver, and none is configured for {request.tier}-tier requests. "
+                    "Request the access again instead.")
             request.extension_seconds = seconds
             request.extension_requested_at = self.clock.now()
             request.approval_round += 1
@@ -1040,7 +1115,7 @@ class RequestService:
             request.updated_at = self.clock.now()
             self._audit(session, request, actor, "extension_requested",
                         {"extension_seconds": seconds, "round": request.approval_round})
-            if route.auto_approve:
+            if auto:
                 extended_to = self._apply_extension(session, request, AUTO_APPROVER)
         self._notify("extension_requested", request, extension_seconds=seconds,
                      channel=route.channel, approvers=list(route.approvers),

@@ -152,7 +152,7 @@ class Grant(Base):
     request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id", ondelete="CASCADE"),
                                             index=True)
     policy_names: Mapped[list[str]] = mapped_column(JSON)
-    kind: Mapped[str] = mapped_column(String(8))  # inline | managed
+    kind: Mapped[str] = mapped_column(String(16))  # inline | managed | permission_set
     principal_arn: Mapped[str] = mapped_column(String(2048))
     account: Mapped[str] = mapped_column(String(12))
     document_hash: Mapped[str | None] = mapped_column(String(64))

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-PolicyKind = Literal["inline", "managed"]
+# permission_set: an IAM Identity Center permission set made for the grant (bot.targets).
+PolicyKind = Literal["inline", "managed", "permission_set"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,14 @@ class Granter(Protocol):
 class PrincipalDirectory(Protocol):
     def principal_for(self, slack_user_id: str) -> str:
         """The IAM principal ARN that receives grants for this Slack user.
-        Raises PrincipalError with a message for the user when there is none."""
+        Raises PrincipalError with a message for the user when there is none.
+        The answer is a grant-target reference (bot.targets): an IAM ARN, a shared role
+        with a session name, or an Identity Center user."""
+        ...
+
+    def group_member_count(self, group_arn: str) -> int:
+        """How many IAM users a group target reaches (shown to approvers).
+        Raises PrincipalError when the group cannot be read."""
         ...
 
 

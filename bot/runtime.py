@@ -32,16 +32,16 @@ from typing import Any
 from sqlalchemy import Engine
 
 from bot.alerts import AlertDestination, Alerter, LoggingAlerter, alert_destination
-from bot.aws.granter import IamGranter
+from bot.aws.identity_center import IdentityCenterGranter
 from bot.aws.principals import IamPrincipalDirectory
 from bot.aws.sessions import AwsSessions
+from bot.aws.target_granter import TargetGranter
 from bot.catalog import Catalog, load_catalog
 from bot.config import OperatorConfig, load_config
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.evidence import NotificationRecorder
 from bot.iamref import IamReference
 from bot.lifecycle import PlanBuilder, RequestService
-from bot.policy import plan_builder as policy_plan_builder
 from bot.ports import (
     ApproverDirectory,
     Clock,
@@ -52,6 +52,7 @@ from bot.ports import (
     SystemClock,
 )
 from bot.settings import Settings
+from bot.target_policy import target_plan_builder
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +133,20 @@ def build_runtime(
                       max_attempts=config.iam.max_attempts,
                       iam_requests_per_second=config.iam.requests_per_second,
                       iam_burst=config.iam.burst)
-    granter = granter or IamGranter(aws.iam_for_principal)
+    granter = granter or make_granter(aws, config)
     principals = IamPrincipalDirectory(
         aws.iam_for_account, config.principals, tag_lookup=config.principal_tag_lookup,
         require_managed_tag=config.require_managed_tag,
+        allow_group_targets=config.allow_group_targets,
         tag_lookup_accounts=(None, *sorted({i.account for i in config.instances
                                             if i.assume_role_arn})),
     )
     # The IAM reference loads its data per action on first use, so processes that never
     # grant (the scheduler) do not pay for it.
-    plan_builder = plan_builder or policy_plan_builder(catalog, IamReference())
+    role_ids = (granter if isinstance(granter, TargetGranter)
+                else TargetGranter(aws.iam_for_principal)).role_unique_id
+    plan_builder = plan_builder or target_plan_builder(catalog, IamReference(),
+                                                       role_unique_id=role_ids)
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))
     sessions = make_session_factory(engine)
@@ -223,6 +228,19 @@ def cli_runtime(settings: Settings) -> Runtime:
     """A command that changes requests (reconcile): one connection, Slack when configured,
     so a requester whose grant it ends hears of it like from any other process."""
     return _announce(build_runtime(settings, slack=True, db_pool_size=1), "cli")
+
+
+def make_granter(aws: AwsSessions, config: OperatorConfig) -> TargetGranter:
+    """The granter for every kind of target the config can map: IAM principals and shared
+    roles always, Identity Center users when `identity_center:` is configured."""
+    identity_center = None
+    if config.identity_center is not None:
+        identity_center = IdentityCenterGranter(
+            lambda: aws.client("sso-admin"), lambda: aws.client("identitystore"),
+            instance_arn=config.identity_center.instance_arn,
+            identity_store_id=config.identity_center.identity_store_id,
+        )
+    return TargetGranter(aws.iam_for_principal, identity_center=identity_center)
 
 
 def _pool_options(database_url: str, pool_size: int) -> dict[str, int | float]:

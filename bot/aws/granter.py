@@ -36,6 +36,7 @@ from bot.ports import (
     PolicyKind,
     PrincipalError,
 )
+from bot.targets import TargetError, parse_target
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -98,6 +99,7 @@ class IamGranter:
 
     def attach(self, plan: GrantPlan) -> tuple[AttachedPolicy, ...]:
         principal = self._principal(plan.principal_arn)
+        _check_kind(plan.kind)
         for policy in plan.policies:
             _check_name(policy.name)
         iam = self._client(principal)
@@ -118,6 +120,7 @@ class IamGranter:
 
     def revoke(self, principal_arn: str, kind: PolicyKind, policy_names: Sequence[str]) -> None:
         principal = self._principal(principal_arn)
+        _check_kind(kind)
         for name in policy_names:
             _check_name(name)
         iam = self._client(principal)
@@ -350,9 +353,16 @@ class IamGranter:
     # -- shared -----------------------------------------------------------------------
 
     def _principal(self, arn: str) -> IamPrincipal:
+        """The IAM principal a target reference writes to: the ARN itself, or a shared
+        role's ARN (its plans already carry the session condition)."""
         try:
-            return parse_principal_arn(arn)
-        except PrincipalError as exc:
+            holder = parse_target(arn).policy_holder
+            if holder is None:
+                raise GrantError(
+                    f"{arn} is an Identity Center user; the IAM granter cannot grant to it",
+                    transient=False, code="InvalidPrincipal")
+            return parse_principal_arn(holder)
+        except (PrincipalError, TargetError) as exc:
             raise GrantError(str(exc), transient=False, code="InvalidPrincipal") from exc
 
     def _client(self, principal: IamPrincipal) -> IAMClient:
@@ -455,6 +465,12 @@ class IamGranter:
 def _named(principal: IamPrincipal) -> dict[str, Any]:
     """The RoleName=/UserName=/GroupName= argument for the principal's IAM calls."""
     return {principal.name_param: principal.name}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("inline", "managed"):
+        raise GrantError(f"the IAM granter writes inline or managed policies, not {kind}",
+                         transient=False, code="InvalidPlan")
 
 
 def _check_name(name: str) -> None:

@@ -10,6 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from bot.aws.errors import error_code
 from bot.policy import Principal, PrincipalArnError, parse_principal
 from bot.ports import PrincipalError
+from bot.targets import IamTarget, IdentityCenterTarget, TargetError, parse_target
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -54,12 +55,14 @@ class IamPrincipalDirectory:
         tag_lookup: bool = False,
         require_managed_tag: bool = False,
         tag_lookup_accounts: Sequence[str | None] = (None,),
+        allow_group_targets: bool = False,
     ) -> None:
         self._iam = iam_client_factory
         self._mapping = dict(mapping)
         self._tag_lookup = tag_lookup
         self._require_managed_tag = require_managed_tag
         self._tag_lookup_accounts = tuple(tag_lookup_accounts)
+        self._allow_groups = allow_group_targets
 
     def principal_for(self, slack_user_id: str) -> str:
         arn = self._mapping.get(slack_user_id)
@@ -78,8 +81,22 @@ class IamPrincipalDirectory:
         self.check(arn)
         return arn
 
-    def check(self, arn: str) -> IamPrincipal:
-        """Raise PrincipalError unless grants may go to `arn`."""
+    def check(self, ref: str) -> IamPrincipal | None:
+        """Raise PrincipalError unless grants may go to the target `ref` (bot.targets).
+        Returns the IAM principal the policy goes on; None for an Identity Center user,
+        whom the Identity Center granter looks up in the identity store."""
+        try:
+            target = parse_target(ref)
+        except TargetError as exc:
+            raise PrincipalError(str(exc)) from None
+        if isinstance(target, IdentityCenterTarget):
+            return None
+        if isinstance(target, IamTarget) and target.is_group and not self._allow_groups:
+            raise PrincipalError(
+                f"{target.principal.arn} is an IAM group; a grant to it reaches every "
+                "member, and this bot does not grant to groups (allow_group_targets is off)."
+            )
+        arn = target.policy_holder
         # Refuses service-linked and Identity Center roles by their path, too.
         principal = parse_principal_arn(arn)
         iam = self._iam(principal.account_id)
@@ -111,6 +128,23 @@ class IamPrincipalDirectory:
                     "principals carrying that tag. Ask an administrator to add it."
                 )
         return principal
+
+    def group_member_count(self, group_arn: str) -> int:
+        principal = parse_principal_arn(group_arn)
+        if principal.kind != "group":
+            raise PrincipalError(f"{group_arn} is not an IAM group")
+        iam = self._iam(principal.account_id)
+        try:
+            pages = iam.get_paginator("get_group").paginate(GroupName=principal.name)
+            return sum(len(page["Users"]) for page in pages)
+        except ClientError as exc:
+            raise PrincipalError(
+                f"Could not read the members of IAM group {group_arn} ({error_code(exc)})."
+            ) from exc
+        except BotoCoreError as exc:
+            raise PrincipalError(
+                f"Could not reach IAM to read group {group_arn} ({type(exc).__name__})."
+            ) from exc
 
     # -- internals --------------------------------------------------------------------
 

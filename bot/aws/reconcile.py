@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from bot.aws.granter import POLICY_PREFIX, IamGranter, document_hash
 from bot.ports import GrantError, GrantPlan, Notification, Notifier, PolicyKind
+from bot.targets import TargetError, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,16 @@ def reconcile(
     Grants in `granting` for less than `granting_grace` are left alone: an attach may be
     running right now.
     """
-    expected = list(store.expected_grants())
+    everything = list(store.expected_grants())
+    # Permission sets (Identity Center users) are reconciled by their own module below.
+    permission_sets = [g for g in everything if g.kind == "permission_set"]
+    expected = [g for g in everything if g.kind != "permission_set"]
+    # Keyed by the IAM principal holding the policies: a shared role's grants (one per
+    # person's session) all sit on the role.
     principals = sorted(
-        set(store.principals_ever_granted())
-        | set(extra_principals)
-        | {g.principal_arn for g in expected}
+        {holder for ref in (*store.principals_ever_granted(), *extra_principals,
+                            *(g.principal_arn for g in expected))
+         if (holder := _holder(ref)) is not None}
     )
     in_flight = {
         g.grant_id
@@ -159,7 +165,8 @@ def reconcile(
         if g.state == "granting" and g.state_since and now - g.state_since < granting_grace
     }
     by_policy: dict[tuple[str, PolicyKind, str], ExpectedGrant] = {
-        (g.principal_arn, g.kind, name): g for g in expected for name in g.policy_names
+        (_holder(g.principal_arn) or "", g.kind, name): g
+        for g in expected for name in g.policy_names
     }
     # Every read happens before any change, so an IAM failure while scanning (GrantError
     # raised to the caller) leaves nothing half-repaired.
@@ -206,7 +213,7 @@ def reconcile(
                 act(finding)
             continue
         for policy in grant.policies:
-            key = (grant.principal_arn, grant.kind, policy.name)
+            key = (_holder(grant.principal_arn) or "", grant.kind, policy.name)
             held = present.get(key)
             drifted = held is None or held.hash != grant.expected_hash(policy.name)
             if drifted and not store.is_live(grant.grant_id):
@@ -229,7 +236,29 @@ def reconcile(
                         applied=False,
                     )
                 )
+    _reconcile_identity_center(granter, store, permission_sets, now=now, dry_run=dry_run,
+                               granting_grace=granting_grace, act=act)
     return findings
+
+
+def _reconcile_identity_center(granter: IamGranter, store: ReconcileStore,
+                               expected: list[ExpectedGrant], **options: Any) -> None:
+    from bot.aws.identity_center_reconcile import reconcile_permission_sets
+    from bot.aws.target_granter import TargetGranter
+
+    if isinstance(granter, TargetGranter) and granter.identity_center is not None:
+        reconcile_permission_sets(granter.identity_center, store, expected, **options)
+    elif expected:
+        log.warning("%d Identity Center grant(s) not reconciled: no identity_center config",
+                    len(expected))
+
+
+def _holder(ref: str) -> str | None:
+    """The IAM principal a target reference's policies sit on (None: Identity Center)."""
+    try:
+        return parse_target(ref).policy_holder
+    except TargetError:
+        return ref  # scanned as it is; the IAM granter reports what is wrong with it
 
 
 def grant_id_of(policy_name: str) -> str:
@@ -340,7 +369,7 @@ def _resolve_stranded(
 ) -> list[Finding]:
     findings: list[Finding] = []
     for name in grant.policy_names:
-        item = present.get((grant.principal_arn, grant.kind, name))
+        item = present.get((_holder(grant.principal_arn) or "", grant.kind, name))
         if item is not None:
             finding = _remove(granter, item, grant.grant_id, "stranded", dry_run)
         elif grant.kind == "managed":

@@ -26,10 +26,40 @@ def test_a_mapped_role_is_returned(sessions: AwsSessions, iam: Any) -> None:
     assert directory(sessions, {"U1": arn}).principal_for("U1") == arn
 
 
-def test_a_mapped_group_is_a_valid_target(sessions: AwsSessions, iam: Any) -> None:
+def test_a_mapped_group_is_a_target_only_when_groups_are_allowed(
+    sessions: AwsSessions, iam: Any
+) -> None:
     arn = make_principal(iam, "group", "contact-center-admins")
 
-    assert directory(sessions, {"U1": arn}).principal_for("U1") == arn
+    assert directory(sessions, {"U1": arn},
+                     allow_group_targets=True).principal_for("U1") == arn
+    with pytest.raises(PrincipalError, match="reaches every member"):
+        directory(sessions, {"U1": arn}).principal_for("U1")
+
+
+def test_group_member_count_counts_the_iam_users_in_the_group(
+    sessions: AwsSessions, iam: Any
+) -> None:
+    arn = make_principal(iam, "group", "contact-center-admins")
+    for name in ("ann", "ben", "cat"):
+        iam.create_user(UserName=name)
+        iam.add_user_to_group(GroupName="contact-center-admins", UserName=name)
+
+    assert directory(sessions, allow_group_targets=True).group_member_count(arn) == 3
+    with pytest.raises(PrincipalError, match="Could not read the members"):
+        directory(sessions).group_member_count(f"arn:aws:iam::{HOME_ACCOUNT}:group/gone")
+
+
+def test_a_shared_role_with_a_session_is_checked_as_its_role(
+    sessions: AwsSessions, iam: Any
+) -> None:
+    role = make_principal(iam, "role", "ConnectAdmins")
+    ref = f"{role};session=bob@example.com"
+
+    assert directory(sessions, {"U1": ref}).principal_for("U1") == ref
+    with pytest.raises(PrincipalError, match="does not exist"):
+        directory(sessions, {"U1": f"arn:aws:iam::{HOME_ACCOUNT}:role/Gone;session=bob"}
+                  ).principal_for("U1")
 
 
 def test_a_mapped_principal_in_another_account_is_checked_there(sessions: AwsSessions) -> None:
@@ -82,7 +112,7 @@ def test_principals_that_do_not_exist_are_refused(sessions: AwsSessions) -> None
     for kind in ("role", "user", "group"):
         arn = f"arn:aws:iam::{HOME_ACCOUNT}:{kind}/ghost"
         with pytest.raises(PrincipalError, match=f"The IAM {kind} .* does not exist"):
-            directory(sessions, {"U1": arn}).principal_for("U1")
+            directory(sessions, {"U1": arn}, allow_group_targets=True).principal_for("U1")
 
 
 def test_unmanaged_principals_are_refused_when_the_tag_is_required(
@@ -92,7 +122,8 @@ def test_unmanaged_principals_are_refused_when_the_tag_is_required(
     managed = make_principal(iam, "user", "managed", MANAGED)
     group = make_principal(iam, "group", "admins")
     strict = directory(
-        sessions, {"U1": plain, "U2": managed, "U3": group}, require_managed_tag=True
+        sessions, {"U1": plain, "U2": managed, "U3": group}, require_managed_tag=True,
+        allow_group_targets=True,
     )
 
     with pytest.raises(PrincipalError, match="not tagged connect-access:managed=true"):
