@@ -221,7 +221,7 @@ class PolicyEvidence(Base):
     request_id: Mapped[int] = mapped_column(Integer, index=True)
     audit_seq: Mapped[int] = mapped_column(BigInteger)
     policy_name: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(16))  # inline | managed | permission_set
     policy_arn: Mapped[str | None] = mapped_column(String(2048))
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     document_hash: Mapped[str] = mapped_column(String(64))

@@ -1,5 +1,6 @@
-"""Grants can be IAM Identity Center permission sets: `grants.kind` holds
-"permission_set", longer than the 8 characters "inline"/"managed" needed.
+"""Grants can be IAM Identity Center permission sets: `grants.kind` and
+`policy_evidence.kind` hold "permission_set", longer than the 8 characters that
+"inline"/"managed" needed.
 
 Revision ID: 0004_identity_center_grants
 Revises: 0003_alert_messages
@@ -18,14 +19,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+TABLES = ("grants", "policy_evidence")
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("grants") as batch:
-        batch.alter_column("kind", existing_type=sa.String(length=8),
-                           type_=sa.String(length=16), existing_nullable=False)
+    for table in TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column("kind", existing_type=sa.String(length=8),
+                               type_=sa.String(length=16), existing_nullable=False)
 
 
 def downgrade() -> None:
     # Refuses (on PostgreSQL) while permission-set grants exist, rather than cut them.
-    with op.batch_alter_table("grants") as batch:
-        batch.alter_column("kind", existing_type=sa.String(length=16),
-                           type_=sa.String(length=8), existing_nullable=False)
+    for table in TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column("kind", existing_type=sa.String(length=16),
+                               type_=sa.String(length=8), existing_nullable=False)

@@ -97,7 +97,8 @@ def test_every_iam_call_the_bot_makes_is_allowed(sessions: AwsSessions, iam: Any
         make_principal(iam, "group", "g"),
     ]
     directory = IamPrincipalDirectory(
-        sessions.iam_for_account, {"U2": principals[1], "U3": principals[2]}, tag_lookup=True
+        sessions.iam_for_account, {"U2": principals[1], "U3": principals[2]}, tag_lookup=True,
+        allow_group_targets=True,
     )
     called.clear()  # setup calls above are not the bot's
     for slack_user in ("U1", "U2", "U3"):
