@@ -124,6 +124,11 @@ class Timings:
     irrevocable_retry: timedelta = timedelta(minutes=15)
     # How often the scheduler leader compares IAM with the grants (and once at start).
     reconcile_interval: timedelta = timedelta(minutes=15)
+    # Principals found by tag (principal_tag_lookup): the index of tags is rescanned in the
+    # background when older than this, and at once on a miss unless it is younger than
+    # principal_index_miss_refresh (bot.aws.principal_index).
+    principal_index_max_age: timedelta = timedelta(minutes=10)
+    principal_index_miss_refresh: timedelta = timedelta(seconds=30)
 
 
 # Reconcile lists every mapped and tagged principal in IAM; more often than this would spend

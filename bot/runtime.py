@@ -140,6 +140,8 @@ def build_runtime(
         allow_group_targets=config.allow_group_targets,
         tag_lookup_accounts=(None, *sorted({i.account for i in config.instances
                                             if i.assume_role_arn})),
+        index_max_age=config.timings.principal_index_max_age.total_seconds(),
+        index_miss_refresh=config.timings.principal_index_miss_refresh.total_seconds(),
     )
     # The IAM reference loads its data per action on first use, so processes that never
     # grant (the scheduler) do not pay for it.

@@ -8,6 +8,12 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.aws.errors import error_code
+from bot.aws.principal_index import (
+    SERVICE_ROLE_PATH,
+    SLACK_USER_TAG,
+    PrincipalIndex,
+    tagged_in_account,
+)
 from bot.policy import Principal, PrincipalArnError, parse_principal
 from bot.ports import PrincipalError
 from bot.targets import IamTarget, IdentityCenterTarget, TargetError, parse_target
@@ -15,9 +21,9 @@ from bot.targets import IamTarget, IdentityCenterTarget, TargetError, parse_targ
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
 
-SLACK_USER_TAG = "connect-access:slack-user"
 MANAGED_TAG = "connect-access:managed"
-SERVICE_ROLE_PATH = "/aws-service-role/"
+__all__ = ["MANAGED_TAG", "SERVICE_ROLE_PATH", "SLACK_USER_TAG", "IamPrincipalDirectory",
+           "parse_principal_arn", "tagged_principals"]
 
 # Given an account id (None: the bot's own account), the IAM client that can read it.
 IamClientFactory = Callable[[str | None], "IAMClient"]
@@ -41,7 +47,9 @@ class IamPrincipalDirectory:
     """PrincipalDirectory over the operator's mapping and, optionally, IAM tags.
 
     The mapping wins; tag lookup (`connect-access:slack-user=<id>` on roles and users) is
-    tried only when the user is not mapped. Every answer is checked against IAM: the
+    tried only when the user is not mapped, through a PrincipalIndex (no IAM call when the
+    index knows the user; see bot.aws.principal_index for how fresh it is). Every answer
+    is checked against IAM with one call (GetRole/GetUser return the tags too): the
     principal must exist, must not be a service-linked role, and, when
     `require_managed_tag`, must carry `connect-access:managed=true` (groups cannot carry
     tags in IAM, so they are refused in that mode).
@@ -56,6 +64,9 @@ class IamPrincipalDirectory:
         require_managed_tag: bool = False,
         tag_lookup_accounts: Sequence[str | None] = (None,),
         allow_group_targets: bool = False,
+        index: PrincipalIndex | None = None,
+        index_max_age: float = 600.0,
+        index_miss_refresh: float = 30.0,
     ) -> None:
         self._iam = iam_client_factory
         self._mapping = dict(mapping)
@@ -63,11 +74,16 @@ class IamPrincipalDirectory:
         self._require_managed_tag = require_managed_tag
         self._tag_lookup_accounts = tuple(tag_lookup_accounts)
         self._allow_groups = allow_group_targets
+        self.index = index
+        if tag_lookup and index is None:
+            self.index = PrincipalIndex(iam_client_factory, self._tag_lookup_accounts,
+                                        max_age=index_max_age,
+                                        miss_refresh=index_miss_refresh)
 
     def principal_for(self, slack_user_id: str) -> str:
         arn = self._mapping.get(slack_user_id)
         if arn is None and self._tag_lookup:
-            arn = self._find_by_tag(slack_user_id)
+            return self._by_tag(slack_user_id)
         if arn is None:
             how = (
                 f" or tag your IAM role/user with {SLACK_USER_TAG}={slack_user_id}"
@@ -80,6 +96,25 @@ class IamPrincipalDirectory:
             )
         self.check(arn)
         return arn
+
+    def _by_tag(self, slack_user_id: str) -> str:
+        """The principal tagged for this user, checked (one IAM call once the index is
+        warm). When the principal no longer carries the tag the index is behind (the tag
+        moved or went): look again, freshly, once."""
+        for _ in range(2):
+            arn = self._find_by_tag(slack_user_id)
+            if arn is None:
+                break
+            _principal, tags = self._checked(arn)
+            if tags.get(SLACK_USER_TAG) == slack_user_id:
+                return arn
+            assert self.index is not None
+            self.index.forget(arn)
+        raise PrincipalError(
+            f"No IAM principal is set up for Slack user {slack_user_id}. Ask an "
+            f"administrator to map you under `principals:` in the bot's config or tag your "
+            f"IAM role/user with {SLACK_USER_TAG}={slack_user_id}."
+        )
 
     def check(self, ref: str) -> IamPrincipal | None:
         """Raise PrincipalError unless grants may go to the target `ref` (bot.targets).
@@ -97,6 +132,10 @@ class IamPrincipalDirectory:
                 "member, and this bot does not grant to groups (allow_group_targets is off)."
             )
         arn = target.policy_holder
+        return self._checked(arn)[0]
+
+    def _checked(self, arn: str) -> tuple[IamPrincipal, dict[str, str]]:
+        """check(), also returning the principal's tags (read by the same IAM call)."""
         # Refuses service-linked and Identity Center roles by their path, too.
         principal = parse_principal_arn(arn)
         iam = self._iam(principal.account_id)
@@ -127,7 +166,7 @@ class IamPrincipalDirectory:
                     f"{arn} is not tagged {MANAGED_TAG}=true, and this bot only grants to "
                     "principals carrying that tag. Ask an administrator to add it."
                 )
-        return principal
+        return principal, tags
 
     def group_member_count(self, group_arn: str) -> int:
         principal = parse_principal_arn(group_arn)
@@ -150,7 +189,8 @@ class IamPrincipalDirectory:
 
     @staticmethod
     def _tags(iam: IAMClient, principal: IamPrincipal) -> dict[str, str]:
-        """Tags of the principal; also proves it exists (NoSuchEntity otherwise)."""
+        """Tags of the principal; also proves it exists (NoSuchEntity otherwise). One IAM
+        call: GetRole and GetUser return every tag (IAM allows at most 50)."""
         if principal.kind == "group":
             iam.get_group(GroupName=principal.name, MaxItems=1)
             return {}
@@ -158,19 +198,20 @@ class IamPrincipalDirectory:
             role = iam.get_role(RoleName=principal.name)["Role"]
             if role.get("Path", "/").startswith(SERVICE_ROLE_PATH):
                 raise PrincipalError(f"{principal.arn} is a service-linked role; refused.")
-            pages = iam.get_paginator("list_role_tags").paginate(RoleName=principal.name)
+            tag_list = role.get("Tags", [])
         else:
-            iam.get_user(UserName=principal.name)
-            pages = iam.get_paginator("list_user_tags").paginate(UserName=principal.name)
-        return {tag["Key"]: tag["Value"] for page in pages for tag in page["Tags"]}
+            tag_list = iam.get_user(UserName=principal.name)["User"].get("Tags", [])
+        return {tag["Key"]: tag["Value"] for tag in tag_list}
 
     def _find_by_tag(self, slack_user_id: str) -> str | None:
-        found: list[str] = []
-        for account in self._tag_lookup_accounts:
-            iam = self._iam(account)
-            for arn, tags in tagged_principals(iam):
-                if tags.get(SLACK_USER_TAG) == slack_user_id:
-                    found.append(arn)
+        assert self.index is not None  # made in __init__ whenever tag lookup is on
+        try:
+            found = list(self.index.lookup(slack_user_id))
+        except (ClientError, BotoCoreError) as exc:
+            raise PrincipalError(
+                f"Could not search IAM for a principal tagged {SLACK_USER_TAG}="
+                f"{slack_user_id} ({error_code(exc)}); try again in a minute."
+            ) from exc
         if len(found) > 1:
             raise PrincipalError(
                 f"{len(found)} IAM principals are tagged {SLACK_USER_TAG}={slack_user_id} "
@@ -181,23 +222,8 @@ class IamPrincipalDirectory:
 
 
 def tagged_principals(iam: IAMClient) -> Iterator[tuple[str, dict[str, str]]]:
-    """(arn, tags) of every role and user carrying a connect-access:* tag.
-
-    ListRoles/ListUsers do not return tags, so this asks per principal: fine for the
-    hundreds of principals an account usually has, and only used on lookup misses and by
-    reconcile.
-    """
-    for page in iam.get_paginator("list_roles").paginate():
-        for role in page["Roles"]:
-            if role.get("Path", "/").startswith(SERVICE_ROLE_PATH):
-                continue
-            tag_pages = iam.get_paginator("list_role_tags").paginate(RoleName=role["RoleName"])
-            tags = {t["Key"]: t["Value"] for p in tag_pages for t in p["Tags"]}
-            if any(key.startswith("connect-access:") for key in tags):
-                yield role["Arn"], tags
-    for users_page in iam.get_paginator("list_users").paginate():
-        for user in users_page["Users"]:
-            tag_pages = iam.get_paginator("list_user_tags").paginate(UserName=user["UserName"])
-            tags = {t["Key"]: t["Value"] for p in tag_pages for t in p["Tags"]}
-            if any(key.startswith("connect-access:") for key in tags):
-                yield user["Arn"], tags
+    """(arn, tags) of every role and user carrying a connect-access:* tag, from
+    GetAccountAuthorizationDetails (a thousand principals a call, tags included; ListRoles
+    and ListUsers would need one more call per principal for its tags)."""
+    for principal in tagged_in_account(iam):
+        yield principal.arn, dict(principal.tags)

@@ -16,6 +16,8 @@ import pytest
 from aws_testkit import REGION, TRUST, SleepRecorder
 from grant_flow_kit import ATTEMPTS, LEADS, Flow, operator_config_data
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
+from throttling_iam import ThrottlingIamProxy
 
 from bot.aws.granter import IamGranter
 from bot.aws.sessions import AwsSessions
@@ -77,3 +79,24 @@ def flow(fake_aws: None, session_factory: SessionFactory, catalog: Catalog) -> F
         sleep=sleeps,
     )
     return Flow(service, session_factory, iam, granter, clock, notifier, sleeps)
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's HTTP server (its state is the process's, shared with other servers and
+    tests: use names of your own)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(moto_url: str, fake_aws_credentials: None) -> Iterator[ThrottlingIamProxy]:
+    """A rate-limited IAM in front of moto (tests/throttling_iam.py), not throttling until
+    the test sets a rate; it counts every request by action."""
+    with ThrottlingIamProxy(moto_url) as running:
+        yield running

@@ -8,14 +8,12 @@ states grants end in.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aws_testkit import REGION, TRUST
 from grant_flow_kit import READ_ENTRY, operator_config_data
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 from throttling_iam import ThrottlingIamProxy
 
@@ -38,23 +36,6 @@ from bot.policy import plan_builder
 
 pytestmark = pytest.mark.slow
 LEADS = ("U0LEAD01", "U0LEAD02")
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def proxy(moto_url: str, fake_aws_credentials: None) -> Iterator[ThrottlingIamProxy]:
-    with ThrottlingIamProxy(moto_url) as running:
-        yield running
 
 
 class Bot:
