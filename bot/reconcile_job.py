@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.alerts import Alert
 from bot.aws.granter import IamGranter
 from bot.aws.principals import tagged_principals
-from bot.aws.reconcile import Finding, grant_id_of, reconcile
+from bot.aws.reconcile import Finding, ProgressCallback, grant_id_of, reconcile
 from bot.models import AccessRequest, Grant
 from bot.ports import GrantError
 from bot.reconcile_store import DbReconcileStore, Unverifiable
@@ -73,7 +73,8 @@ def _tagged(runtime: Runtime) -> Iterator[str]:
             yield arn
 
 
-def run_reconcile(runtime: Runtime, *, dry_run: bool = False) -> ReconcileRun:
+def run_reconcile(runtime: Runtime, *, dry_run: bool = False,
+                  progress: ProgressCallback | None = None) -> ReconcileRun:
     """One reconcile over every principal in scope. Raises GrantError (IAM could not be
     read: nothing was changed), BotoCoreError/ClientError (the tag lookup failed) or
     SQLAlchemyError, for the caller to report."""
@@ -82,7 +83,7 @@ def run_reconcile(runtime: Runtime, *, dry_run: bool = False) -> ReconcileRun:
         raise TypeError("reconcile needs the IAM granter")
     store = DbReconcileStore(runtime.service)
     findings = reconcile(granter, store, now=runtime.clock.now(), dry_run=dry_run,
-                         extra_principals=principals_to_check(runtime))
+                         extra_principals=principals_to_check(runtime), progress=progress)
     return ReconcileRun(findings, list(store.unverifiable), list(store.conflicts))
 
 
@@ -90,6 +91,17 @@ def alert_run(runtime: Runtime, run: ReconcileRun) -> int:
     """Alert on everything the run found or could not settle; returns how many alerts."""
     sent = 0
     for finding in run.problems:
+        if finding.kind == "unchecked":
+            runtime.alerter.alert(Alert(
+                kind="reconcile_unchecked",
+                summary=f"Reconcile could not read {finding.principal_arn} from IAM and "
+                        f"left it unchecked: {finding.error}",
+                next_step="Usually IAM's rate limit: nothing to do if the next run reads "
+                          "it. If it repeats, check the bot's IAM permissions and "
+                          "iam.requests_per_second.",
+                principal_arn=finding.principal_arn))
+            sent += 1
+            continue
         if not finding.applied:
             continue  # dry run, or an expired grant left to the sweep: nothing to act on
         request_id, requester = _request_of(runtime, finding.grant_id

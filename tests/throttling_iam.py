@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -93,6 +93,9 @@ class ThrottlingIamProxy:
         self._lock = threading.Lock()
         self._bucket: TokenBucket | None = None
         self.set_rate(rate, burst)
+        # Requests for which this returns True are throttled whatever the rate: IAM's
+        # budget used up at exactly the moments a test wants.
+        self.always_throttle: Callable[[str, dict[str, str]], bool] = lambda _a, _p: False
         self.log: list[ProxyRecord] = []
         self.counts = ActionCounts(Counter(), Counter(), Counter())
         self._local = threading.local()
@@ -180,11 +183,12 @@ class ThrottlingIamProxy:
         if not form and "?" in handler.path:
             form = parse_qs(handler.path.split("?", 1)[1])
         action = form.get("Action", ["?"])[0]
+        params = {k: form[k][0] for k in LOGGED_PARAMS if k in form}
         with self._lock:
             bucket = self._bucket if service in self._services else None
-        throttled = bucket is not None and not bucket.take()
-        record = ProxyRecord(time.monotonic(), service, action,
-                             {k: form[k][0] for k in LOGGED_PARAMS if k in form}, throttled)
+        throttled = service in self._services and self.always_throttle(action, params)
+        throttled = throttled or (bucket is not None and not bucket.take())
+        record = ProxyRecord(time.monotonic(), service, action, params, throttled)
         with self._lock:
             self.log.append(record)
             self.counts.requests[action] += 1

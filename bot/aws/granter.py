@@ -190,6 +190,24 @@ class IamGranter:
         iam = self._client(self._principal(principal_arn))
         return self._get_managed_document(iam, policy_arn)
 
+    def authorization_details(self, principal_arn: str) -> Iterator[Mapping[str, Any]]:
+        """Every page of GetAccountAuthorizationDetails for the principal's account: roles,
+        users and groups with their inline policies (documents included) and attached
+        managed policies, and the account's own managed policies with their versions. A
+        thousand entities a call, where reading principal by principal costs two or more
+        calls each. Raises GrantError (botocore has retried each page)."""
+        iam = self._client(self._principal(principal_arn))
+        yield from self._pages(
+            "read the account's authorization details",
+            iam.get_account_authorization_details,
+            Filter=["Role", "User", "Group", "LocalManagedPolicy"],
+            MaxItems=1000,
+        )
+
+    @property
+    def managed_path(self) -> str:
+        return self._managed_path
+
     def managed_policy_arn(self, principal_arn: str, name: str) -> str:
         return managed_policy_arn(self._principal(principal_arn), name, self._managed_path)
 

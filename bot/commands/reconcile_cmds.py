@@ -2,17 +2,27 @@
 repair the differences (orphans removed, missing and tampered policies restored, grants
 stuck in `granting` settled) and print a summary table.
 
+Progress goes to stderr as IAM is read (`--quiet` turns it off). Principals IAM would not
+let it read (throttled past every retry, access denied) are listed as `unchecked` and the
+run carries on with the rest.
+
 Exit status: 0 when everything found was repaired (or, with --dry-run, could be); 1 when a
-repair failed, IAM could not be read, an active grant could not be checked (a person must
-look) or a grant changed state while reconcile ran (run it again); 2 for unusable
-settings, config or catalog.
+repair failed, IAM could not be read (for some principals or at all), an active grant
+could not be checked (a person must look) or a grant changed state while reconcile ran
+(run it again); 2 for unusable settings, config or catalog.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import typer
 
 from bot.commands.db_cmds import settings_or_exit
+
+if TYPE_CHECKING:
+    from bot.aws.reconcile import ReconcileProgress
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +30,8 @@ def register(app: typer.Typer) -> None:
     def reconcile_command(
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Report what would be repaired; change nothing."),
+        quiet: bool = typer.Option(
+            False, "--quiet", help="No progress lines on stderr."),
     ) -> None:
         """Find and repair differences between IAM and the bot's grants."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -40,7 +52,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         try:
             try:
-                run = run_reconcile(runtime, dry_run=dry_run)
+                run = run_reconcile(runtime, dry_run=dry_run,
+                                    progress=None if quiet else _progress_printer())
             except GrantError as exc:
                 typer.echo(f"error: could not read IAM, nothing was changed: {exc}", err=True)
                 raise typer.Exit(1) from None
@@ -65,10 +78,32 @@ def register(app: typer.Typer) -> None:
                        f"{item.principal_arn} was not checked: {item.reason}", err=True)
         for conflict in run.conflicts:
             typer.echo(f"warning: {conflict}; run reconcile again", err=True)
-        failed = [f for f in findings if f.error]
+        unchecked = [f for f in findings if f.kind == "unchecked"]
+        failed = [f for f in findings if f.error and f.kind != "unchecked"]
+        if unchecked:
+            typer.echo(f"error: {len(unchecked)} principal(s) could not be read from IAM and "
+                       "were not checked (see the unchecked rows); run reconcile again",
+                       err=True)
         if failed:
             typer.echo(f"error: {len(failed)} repair(s) failed; see the ERROR column",
                        err=True)
-        if failed or run.unverifiable or run.conflicts:
+        if failed or unchecked or run.unverifiable or run.conflicts:
             raise typer.Exit(1)
 
+
+def _progress_printer(every_s: float = 1.0) -> Callable[[ReconcileProgress], None]:
+    """Prints a progress line to stderr at most every `every_s` seconds, and the last."""
+    import time
+
+    last = [0.0]
+
+    def show(progress: ReconcileProgress) -> None:
+        now = time.monotonic()
+        if progress.stage != "done" and now - last[0] < every_s:
+            return
+        last[0] = now
+        what = "checked" if progress.stage == "done" else "reading IAM:"
+        typer.echo(f"reconcile: {what} {progress.done:,}/{progress.total:,} principal(s)"
+                   f", {progress.unchecked:,} unchecked", err=True)
+
+    return show
