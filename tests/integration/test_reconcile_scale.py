@@ -78,8 +78,10 @@ def test_reconcile_over_300_principals_reads_the_account_not_each_principal(
     assert all(principals.policies(n) == [] for n in principals.names[1:])
     assert principals.policies(principals.names[0]) == [plan.policies[0].name]
     reads = {a: n for a, n in proxy.counts.requests.items() if a.startswith(("Get", "List"))}
-    # One page for the whole account (moto never truncates it), no read per principal.
-    assert reads == {"GetAccountAuthorizationDetails": 1}
+    # One page for the whole account (moto never truncates it), no listing per principal;
+    # only each orphan is read once more right before it is removed (a revoke may have
+    # taken it meanwhile).
+    assert reads == {"GetAccountAuthorizationDetails": 1, "GetRolePolicy": 300}
     assert proxy.counts.forwarded["DeleteRolePolicy"] == 300  # each orphan removed once
     assert seen[-1] == ReconcileProgress("done", 300, 300, 0)
     assert [p.done for p in seen if p.stage == "reading"][-1] == 300
