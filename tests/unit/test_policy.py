@@ -98,8 +98,16 @@ def test_every_entry_compiles_safely(entry_id: str, kind: str, with_instance: bo
             accepts_instance = any(":instance/${InstanceId}" in f
                                    for r in info.resources for f in r.arn_formats)
             if info.service == "connect":
-                if with_instance and accepts_instance:
+                scope = CATALOG.get(entry_id).instance_scope
+                if scope != "chosen" and accepts_instance:
+                    # Create instance / replica: new instances, never the chosen one.
+                    region = "eu-west-2" if with_instance and scope == "new-instance" else "*"
+                    assert resources == [f"arn:aws:connect:{region}:{ACCOUNT}:instance/*"], action
+                elif with_instance and accepts_instance:
                     assert resources == [INSTANCE, f"{INSTANCE}/*"], action
+                elif any(r.arn_formats for r in info.resources) and not accepts_instance:
+                    assert all(r.startswith("arn:aws:connect:") and f":{ACCOUNT}:" in r
+                               for r in resources), action
                 else:
                     assert resources == ["*"], action
             if info.service == "iam" and info.is_write:
@@ -123,7 +131,8 @@ def test_every_entry_compiles_safely(entry_id: str, kind: str, with_instance: bo
         assert all(s <= MANAGED_POLICY_QUOTA for s in sizes)
         whole = independent_size({"Version": "2012-10-17", "Statement": statements})
         assert whole > QUOTAS[kind]
-    assert ("no --instance given" in " ".join(compiled.notes)) is not with_instance
+    chosen = CATALOG.get(entry_id).instance_scope == "chosen"
+    assert ("no --instance given" in " ".join(compiled.notes)) is (chosen and not with_instance)
 
 
 def test_edit_customer_profiles_is_managed_for_a_user_and_inline_for_a_role(iam: IamReference) -> None:
@@ -165,22 +174,27 @@ def test_pack_splits_statements_and_policies_within_the_limit(iam: IamReference)
     from bot.policy import Statement
     statements = [Statement(s["Sid"], tuple(s["Action"]), tuple(as_list(s["Resource"])), s["Condition"])
                   for s in compiled.policies[0].document["Statement"]]
-    bins = pack_statements(statements, 1500)
+    bins = pack_statements(statements, 1000)
     assert len(bins) > 2
     from bot.policy import document_for, policy_size
-    assert all(policy_size(document_for(b)) <= 1500 for b in bins)
+    assert all(policy_size(document_for(b)) <= 1000 for b in bins)
     packed = sorted(a for b in bins for s in b for a in s.actions)
     assert packed == sorted(a for s in statements for a in s.actions)
     sids = [s.sid for b in bins for s in b]
-    assert "SupportingServices1" in sids and "SupportingServices2" in sids
+    # The statements too large for 1,500 characters are cut into <Sid>1, <Sid>2, ...
+    too_large = [s.sid for s in statements if policy_size(document_for([s])) > 1000]
+    assert too_large
+    assert all(f"{sid}1" in sids and f"{sid}2" in sids for sid in too_large)
 
 
 def test_managed_split_names_are_numbered(iam: IamReference, tmp_path: Path) -> None:
     # A synthetic entry large enough to need two managed policies for a user.
     big = sorted({a for e in CATALOG for a in CATALOG.granted_actions(e.id)})
     catalog_file = tmp_path / "catalog.yaml"
+    declared = {e.action: e.reason for entry in CATALOG for e in entry.persistent_effects}
     catalog_file.write_text(json.dumps({"entries": [
-        {"id": "x/big", "page": "X", "name": "Big", "tier": "critical", "actions": big}]}))
+        {"id": "x/big", "page": "X", "name": "Big", "tier": "critical", "actions": big,
+         "persistent_effects": [{"action": a, "reason": r} for a, r in declared.items()]}]}))
     catalog = load_catalog(catalog_file)
     compiled = compile_for(catalog, "x/big", PRINCIPALS["user"], iam)
     assert compiled.kind == "managed" and len(compiled.policies) >= 2
@@ -308,7 +322,9 @@ def _doc(statement: dict[str, Any]) -> dict[str, Any]:
         ({"Action": ["connect:NoSuchThing"]}, "no action"),
         ({"Action": ["iam:PutRolePolicy"]}, "could outlive the time box"),
         ({"Action": ["iam:PutRolePolicy"], "Resource": f"arn:aws:iam::{ACCOUNT}:role/alice"}, "could outlive"),
-        ({"Action": ["connect:DescribeInstance"], "Resource": "arn:aws:s3:::bucket"}, "does not accept resource"),
+        ({"Action": ["connect:DescribeInstance"], "Resource": "arn:aws:s3:::bucket"}, "accepts none of the resources"),
+        ({"Action": ["s3:ListBucket"], "Resource": ["arn:aws:s3:::bucket", f"arn:aws:kms:us-east-1:{ACCOUNT}:key/k"]},
+         "no action of the statement accepts resource arn:aws:kms"),
         ({"Condition": {"DateLessThan": {"aws:CurrentTime": "2026-11-27T10:00:00Z"}}}, "time box"),
         ({"Condition": {**WINDOW, "StringEquals": {"iam:PassedToService": "x"}}}, "condition key"),
         ({"Effect": "Deny"}, "Effect"),
