@@ -84,7 +84,7 @@ class FakeView:
     id: str
     user: str
     view: dict[str, Any]
-    opened_with: str  # views.open / views.publish
+    opened_with: str  # views.open / views.push / views.publish
 
 
 @dataclass
@@ -449,6 +449,17 @@ class FakeSlack:
         view = _as_view(params["view"])
         fake_view = FakeView(
             f"V{next(self._ids):08d}", _user_of_trigger(params), view, "views.open"
+        )
+        with self._lock:
+            self._state.views[fake_view.id] = fake_view
+        return {"view": {"id": fake_view.id, **view}}
+
+    def _m_views_push(self, params: dict[str, Any]) -> dict[str, Any]:
+        # Pushes a modal onto the stack of the one the trigger came from.
+        self._require(params, "trigger_id", "view")
+        view = _as_view(params["view"])
+        fake_view = FakeView(
+            f"V{next(self._ids):08d}", _user_of_trigger(params), view, "views.push"
         )
         with self._lock:
             self._state.views[fake_view.id] = fake_view

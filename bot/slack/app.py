@@ -23,6 +23,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.ports import ApproverDirectory, Clock, SystemClock
 from bot.slack import blocks
 from bot.slack.listeners import actions, commands, events, views
+from bot.slack.listeners import permissions as permissions_listeners
 from bot.slack.listeners.common import GENERIC_FAILURE, SlackDeps, lazy
 from bot.slack.services import SlackServices
 from bot.slack.webapi import DirectMessages, build_web_client
@@ -130,6 +131,7 @@ def build_app(
     }
     for action_id, handler in button_handlers.items():
         app.action(action_id)(ack=actions.ack_action, lazy=[lazy(handler, deps)])
+    permissions_listeners.register(app, deps)
 
     app.view(blocks.REQUEST_MODAL)(
         ack=views.ack_request_modal, lazy=[lazy(views.run_request_modal, deps)]

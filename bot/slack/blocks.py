@@ -15,6 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.slack.escape import channel_link, escape, mention, quote, slack_date
+from bot.slack.permissions import (
+    entry_value,
+    history_blocks,
+    permissions_button,
+    request_value,
+    warning_blocks,
+)
 from bot.slack.services import (
     EntryBrief,
     EntryDescription,
@@ -163,7 +170,8 @@ def entry_preview(description: EntryDescription) -> list[Block]:
     ]
     if description.instances:
         blocks.append(
-            actions("entry_actions", button("Request access", REQUEST_BUTTON, entry.id, "primary"))
+            actions("entry_actions", button("Request access", REQUEST_BUTTON, entry.id, "primary"),
+                    permissions_button(entry_value(entry.id)))
         )
     else:
         blocks.append(
@@ -324,6 +332,7 @@ def request_modal(description: EntryDescription) -> View:
                 f"{description.action_count} actions · tier {entry.tier} · at most "
                 f"{format_duration(description.max_duration)}"
             ),
+            actions("request_permissions", permissions_button(entry_value(entry.id))),
             {
                 "type": "input",
                 "block_id": INSTANCE_BLOCK,
@@ -491,6 +500,8 @@ def approval_message(view: RequestView, now: datetime) -> tuple[str, list[Block]
             ],
         },
         section(f"*Reason*\n{quote(view.reason)}"),
+        *warning_blocks(view.persistent_effects),
+        *history_blocks(view),
     ]
     votes = _vote_lines(view)
     if votes:
@@ -504,9 +515,12 @@ def approval_message(view: RequestView, now: datetime) -> tuple[str, list[Block]
                 f"vote_{view.id}",
                 button("Approve", APPROVE, str(view.id), "primary"),
                 button("Deny", DENY, str(view.id), "danger"),
+                permissions_button(request_value(view.id)),
             )
         )
         blocks.append(context(f"Approvers: {approvers}. The requester cannot vote."))
+    else:
+        blocks.append(actions(f"permissions_{view.id}", permissions_button(request_value(view.id))))
     return text, blocks
 
 

@@ -16,8 +16,10 @@ from sqlalchemy import or_
 
 from bot.catalog import Catalog
 from bot.config import Route
+from bot.iamref import IamReference
 from bot.lifecycle import ACTIVE, PENDING, LifecycleError, RequestService
-from bot.models import AccessRequest
+from bot.models import AccessRequest, Grant
+from bot.ports import PrincipalError
 from bot.resolve import Resolver
 from bot.slack.request_views import DbRequestViews
 from bot.slack.services import (
@@ -26,12 +28,14 @@ from bot.slack.services import (
     EntryListing,
     HomeSummary,
     InstanceChoice,
+    PermissionsView,
     RequestView,
     Resolved,
     ServiceError,
     catalog_entry,
     describe,
     list_catalog,
+    permissions_view,
     resolve_text,
 )
 
@@ -61,12 +65,13 @@ class DbSlackServices:
     """Implements bot.slack.services.SlackServices."""
 
     def __init__(self, service: RequestService, resolver: Resolver | None = None,
-                 views: DbRequestViews | None = None) -> None:
+                 views: DbRequestViews | None = None, iam: IamReference | None = None) -> None:
         self.service = service
         self.catalog: Catalog = service.catalog
         self.resolver = resolver or Resolver(service.catalog)
         self.views = views or DbRequestViews(service.sessions, service.catalog,
                                              service.config.router)
+        self.iam = iam or IamReference()
 
     # --- catalog --------------------------------------------------------------------------
 
@@ -162,4 +167,37 @@ class DbSlackServices:
         return HomeSummary(
             now=self.service.clock.now(), active=active, pending=pending,
             awaiting_my_approval=awaiting,
+        )
+
+    # --- permissions ----------------------------------------------------------------------
+
+    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
+        entry = catalog_entry(self.catalog, entry_id)
+        route = self.service.config.router.route_for(entry)
+        instances = self.service.config.instances
+        instance = InstanceChoice(instances[0].alias, instances[0].arn) if instances else None
+        try:
+            principal, known = self.service.principals.principal_for(user), True
+        except PrincipalError:
+            # Shown as a preview: the principal is found (or refused) when they request.
+            account = instance.arn.split(":")[4] if instance else "111122223333"
+            principal, known = f"arn:aws:iam::{account}:role/your-principal", False
+        return permissions_view(
+            self.catalog, self.iam, entry.id, principal_arn=principal, principal_known=known,
+            instance=instance, start=self.service.clock.now(), duration=route.max_duration,
+        )
+
+    def request_permissions(self, request_id: int) -> PermissionsView:
+        with _as_service_errors():
+            request = self.service.get(request_id)
+        grant: Grant | None = request.grants[-1] if request.grants else None
+        instance = (InstanceChoice(request.instance_alias or request.instance_arn,
+                                   request.instance_arn) if request.instance_arn else None)
+        start = grant.starts_at if grant is not None else self.service.clock.now()
+        duration = (grant.expires_at - grant.starts_at if grant is not None
+                    else timedelta(seconds=request.duration_seconds))
+        return permissions_view(
+            self.catalog, self.iam, request.entry_id, principal_arn=request.principal_arn,
+            principal_known=True, instance=instance, start=start, duration=duration,
+            request_id=request.id,
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from bot.catalog import Catalog
+from bot.iamref import IamReference
 from bot.ports import (
     ApproverDirectory,
     Clock,
@@ -30,6 +31,7 @@ from bot.slack.services import (
     EntryListing,
     HomeSummary,
     InstanceChoice,
+    PermissionsView,
     RequestView,
     Resolved,
     ServiceError,
@@ -39,6 +41,8 @@ from bot.slack.services import (
     describe,
     format_duration,
     list_catalog,
+    permissions_view,
+    persistent_effects_of,
     resolve_text,
     route_for,
 )
@@ -63,6 +67,9 @@ class MemoryServices:
     notifier: Notifier = field(default_factory=_NoNotifier)
     # Set to a message to make the next grants fail, as an IAM attach failure would.
     fail_grants_with: str | None = None
+    # Slack user id -> IAM principal ARN, for the permissions views.
+    principals: Mapping[str, str] = field(default_factory=dict)
+    iam: IamReference = field(default_factory=IamReference)
     _requests: dict[int, RequestView] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _resolver: Resolver = field(init=False)
@@ -120,6 +127,7 @@ class MemoryServices:
                 votes=(),
                 created_at=self.clock.now(),
                 channel=route.channel,
+                persistent_effects=persistent_effects_of(self.catalog, entry.id),
             )
             if route.auto_approve:
                 view, granted = self._grant(view)
@@ -278,6 +286,32 @@ class MemoryServices:
         with self._lock:
             view = self._get(request_id)
             self._requests[request_id] = replace(view, channel=channel, message_ts=ts)
+
+    # -- permissions --------------------------------------------------------------------
+
+    def _principal(self, user: str) -> tuple[str, bool]:
+        if user in self.principals:
+            return self.principals[user], True
+        account = self.instances[0].arn.split(":")[4] if self.instances else "111122223333"
+        return f"arn:aws:iam::{account}:role/your-principal", False
+
+    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
+        principal, known = self._principal(user)
+        return permissions_view(
+            self.catalog, self.iam, entry_id, principal_arn=principal, principal_known=known,
+            instance=self.instances[0] if self.instances else None, start=self.clock.now(),
+            duration=self._route(entry_id).max_duration,
+        )
+
+    def request_permissions(self, request_id: int) -> PermissionsView:
+        view = self.request_view(request_id)
+        principal, known = self._principal(view.requester)
+        instance = next((i for i in self.instances if i.alias == view.instance_alias), None)
+        return permissions_view(
+            self.catalog, self.iam, view.entry.id, principal_arn=principal,
+            principal_known=known, instance=instance, start=view.created_at,
+            duration=view.duration, request_id=view.id,
+        )
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ both over the database alone, so a notifier can be built before the service it s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Protocol, cast
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from bot.catalog import Catalog
 from bot.config import ApprovalRouter
@@ -23,13 +24,20 @@ from bot.db import SessionFactory
 from bot.lifecycle import DENIED, FAILED, IRREVOCABLE
 from bot.models import AccessRequest, Grant
 from bot.slack.services import (
+    LIVE_STATES,
+    HistoryItem,
+    RequesterHistory,
     RequestState,
     RequestView,
     ServiceError,
     VoteRecord,
     brief,
     catalog_entry,
+    persistent_effects_of,
 )
+
+# What approvers see of the requester's other requests (the approval message stays short).
+HISTORY_ITEMS = 5
 
 # Why a grant ended, in the words the approval message and the DM use ("expired" is the
 # word the Block Kit builders look for).
@@ -71,7 +79,29 @@ class DbRequestViews:
             ).scalar_one_or_none()
             if request is None:
                 raise ServiceError(f"There is no request #{request_id}.")
-            return self.view_of(request)
+            return replace(self.view_of(request), history=self._history(session, request))
+
+    def _history(self, session: Session, request: AccessRequest) -> RequesterHistory:
+        """The requester's other live grants and their recent requests for the same entry,
+        for the approvers."""
+        others = session.execute(
+            select(AccessRequest)
+            .where(AccessRequest.requester == request.requester, AccessRequest.id != request.id)
+            .options(selectinload(AccessRequest.grants))
+            .order_by(AccessRequest.id.desc())
+            .limit(50)
+        ).scalars().all()
+        items = [(r, HistoryItem(
+            id=r.id,
+            entry_name=(self.catalog.entries[r.entry_id].name
+                        if r.entry_id in self.catalog.entries else r.entry_id),
+            state=cast(RequestState, r.state), created_at=r.created_at,
+            expires_at=r.grants[-1].expires_at if r.grants else None)) for r in others]
+        return RequesterHistory(
+            other_active=tuple(i for _, i in items if i.state in LIVE_STATES)[:HISTORY_ITEMS],
+            recent_same_entry=tuple(i for r, i in items
+                                    if r.entry_id == request.entry_id)[:HISTORY_ITEMS],
+        )
 
     def views(self, *conditions: object, limit: int = 50) -> Sequence[RequestView]:
         """Requests matching `conditions`, newest first."""
@@ -136,4 +166,5 @@ class DbRequestViews:
             message_ts=request.approval_ts,
             note=note,
             extension=extension,
+            persistent_effects=persistent_effects_of(self.catalog, request.entry_id),
         )

@@ -18,6 +18,8 @@ from typing import Literal, Protocol
 
 from bot import durations
 from bot.catalog import Catalog, CatalogEntry
+from bot.iamref import IamReference
+from bot.policy import PolicyError, compile_policy
 from bot.resolve import QueryError, Resolver
 from bot.tiers import Tier
 
@@ -98,6 +100,66 @@ class EntryDescription:
 
 
 @dataclass(frozen=True)
+class HistoryItem:
+    id: int
+    entry_name: str
+    state: RequestState
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RequesterHistory:
+    other_active: tuple[HistoryItem, ...]
+    recent_same_entry: tuple[HistoryItem, ...]
+
+
+@dataclass(frozen=True)
+class PermissionStatement:
+    """One statement of the compiled policy, as people read it."""
+
+    sid: str
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    # Conditions other than the time box, as "Operator key = value(s)" lines.
+    conditions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PermissionsView:
+    """Exactly what a grant of the entry attaches: every statement of the compiled policy,
+    the window and the effects that outlive it."""
+
+    entry: EntryBrief
+    principal_arn: str
+    principal_known: bool  # False: a preview for a principal looked up only at request time
+    instance_alias: str | None
+    instance_arn: str | None
+    starts_at: datetime
+    expires_at: datetime
+    statements: tuple[PermissionStatement, ...]
+    persistent_effects: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+    request_id: int | None = None
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return tuple(sorted({a for s in self.statements for a in s.actions}))
+
+    def by_service(self) -> dict[str, list[PermissionStatement]]:
+        """Statements split by the service of their actions, services in name order."""
+        grouped: dict[str, list[PermissionStatement]] = {}
+        for statement in self.statements:
+            services = sorted({a.split(":", 1)[0] for a in statement.actions})
+            for service in services:
+                acts = tuple(a for a in statement.actions if a.split(":", 1)[0] == service)
+                grouped.setdefault(service, []).append(
+                    PermissionStatement(statement.sid, acts, statement.resources,
+                                        statement.conditions))
+        return dict(sorted(grouped.items()))
+
+
+@dataclass(frozen=True)
 class VoteRecord:
     approver: str
     approve: bool
@@ -127,6 +189,11 @@ class RequestView:
     note: str | None = None
     # An extension waiting for approval, when the tier requires re-approval.
     extension: timedelta | None = None
+    # Effects of the grant that outlive it (catalog `persistent_effects`): (action, reason).
+    persistent_effects: tuple[tuple[str, str], ...] = ()
+    # For approvers: the requester's other live grants and recent requests for this entry
+    # (filled for a single request's view, not for lists).
+    history: RequesterHistory | None = None
 
     @property
     def approvals(self) -> int:
@@ -200,6 +267,15 @@ class SlackServices(Protocol):
 
     def set_approval_message(self, request_id: int, channel: str, ts: str) -> None: ...
 
+    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
+        """What a request by `user` for the entry would attach, compiled now (first
+        configured instance, the tier's longest duration)."""
+        ...
+
+    def request_permissions(self, request_id: int) -> PermissionsView:
+        """What the request attaches (or attached): its principal, instance and window."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------
 # Durations as people type them (30m, 2h, 1h30m, 90s, 1d): one parser, bot.durations.
@@ -270,6 +346,65 @@ def describe(
         approval_channel=route.channel,
         auto_approve=route.auto_approve,
     )
+
+
+_TIME_BOX_OPERATORS = ("DateGreaterThan", "DateLessThan")
+
+
+def _condition_value(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def permissions_view(
+    catalog: Catalog,
+    iam: IamReference,
+    entry_id: str,
+    *,
+    principal_arn: str,
+    principal_known: bool,
+    instance: InstanceChoice | None,
+    start: datetime,
+    duration: timedelta,
+    request_id: int | None = None,
+) -> PermissionsView:
+    """Compile the entry's policy (as the grant would) and describe it statement by
+    statement. A compile failure is a ServiceError with the compiler's message."""
+    entry = catalog_entry(catalog, entry_id)
+    try:
+        compiled = compile_policy(
+            catalog, entry.id, principal_arn, grant_id=f"preview{request_id or 0}",
+            start=start, duration=duration, max_duration=None, iam=iam,
+            instance_arn=instance.arn if instance else None,
+        )
+    except (PolicyError, durations.DurationError) as exc:
+        raise ServiceError(f"The policy for {entry.name} cannot be built: {exc}") from None
+    statements = []
+    for policy in compiled.policies:
+        for raw in policy.document["Statement"]:
+            actions = raw["Action"] if isinstance(raw["Action"], list) else [raw["Action"]]
+            resources = raw["Resource"] if isinstance(raw["Resource"], list) else [raw["Resource"]]
+            conditions = tuple(
+                f"{operator} {key} = {_condition_value(value)}"
+                for operator, keys in raw.get("Condition", {}).items()
+                if operator not in _TIME_BOX_OPERATORS
+                for key, value in keys.items()
+            )
+            statements.append(PermissionStatement(raw["Sid"], tuple(actions), tuple(resources),
+                                                  conditions))
+    return PermissionsView(
+        entry=brief(entry), principal_arn=compiled.principal_arn,
+        principal_known=principal_known, instance_alias=instance.alias if instance else None,
+        instance_arn=compiled.instance_arn, starts_at=compiled.starts_at,
+        expires_at=compiled.expires_at, statements=tuple(statements),
+        persistent_effects=tuple((e.action, e.reason) for e in compiled.persistent_effects),
+        notes=compiled.notes, request_id=request_id,
+    )
+
+
+def persistent_effects_of(catalog: Catalog, entry_id: str) -> tuple[tuple[str, str], ...]:
+    if entry_id not in catalog.entries:
+        return ()
+    return tuple((e.action, e.reason) for e in catalog.declared_persistent_effects(entry_id))
 
 
 def list_catalog(catalog: Catalog, page: str | None) -> EntryListing:

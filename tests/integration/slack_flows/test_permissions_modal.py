@@ -1,0 +1,135 @@
+""""See permissions": opened from the entry card, the request modal and the approval
+message, over signed HTTP against the real core; the modal must list every action of the
+compiled policy (for a grant: of the policy IAM actually holds), its resources,
+conditions and window, and the effects that outlive the grant, within Slack's limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_flows_harness import ACCOUNT, ALICE, BOB, CAROL, CISO, INSTANCE_ARN, ROLES, Flows
+
+from bot.catalog import load_catalog
+from bot.iamref import IamReference
+from bot.policy import compile_policy
+
+CHAT = "Edit chat transcripts"
+PROFILES = "Edit customer profiles"
+PROFILES_ID = "customer-profiles/edit-customer-profiles"
+
+
+def within_slack_limits(view: dict[str, Any]) -> None:
+    assert view["type"] == "modal" and view["callback_id"] == "permissions_modal"
+    assert len(view["title"]["text"]) <= 24
+    assert len(view["blocks"]) <= 100
+    for block in view["blocks"]:
+        texts = [block.get("text", {}).get("text", "")]
+        texts += [e.get("text", "") for e in block.get("elements", []) if isinstance(e, dict)]
+        assert all(len(t) <= 3000 for t in texts), block
+
+
+def modal_text(view: dict[str, Any]) -> str:
+    return json.dumps(view["blocks"])
+
+
+def compiled_actions(entry_id: str, principal: str, hours: int) -> list[str]:
+    compiled = compile_policy(
+        load_catalog(), entry_id, principal, grant_id="check", iam=IamReference(),
+        start=datetime.now(UTC), duration=timedelta(hours=hours), max_duration=None,
+        instance_arn=INSTANCE_ARN,
+    )
+    return sorted({a for p in compiled.policies for s in p.document["Statement"]
+                   for a in s["Action"]})
+
+
+def test_see_permissions_from_the_entry_card(flows: Flows) -> None:
+    card = flows.command(ALICE, CHAT)
+    before = len(flows.fake.calls("views.open"))
+    flows.driver.click_response(ALICE, card, "see_permissions",
+                                "entry:data-storage/edit-chat-transcripts")
+    view = flows.driver.wait_for_opened_view(before + 1)
+    within_slack_limits(view)
+    shown = modal_text(view)
+    principal = f"arn:aws:iam::{ACCOUNT}:role/{ROLES[ALICE]}"
+    actions = compiled_actions("data-storage/edit-chat-transcripts", principal, hours=1)
+    assert actions and all(f"`{a}`" in shown for a in actions), [
+        a for a in actions if f"`{a}`" not in shown]
+    # Resources and conditions as the policy holds them, and who gets it.
+    assert INSTANCE_ARN in shown and principal in shown
+    assert "connect:StorageResourceType = CHAT_TRANSCRIPTS" in shown
+    assert "kms:GrantIsForAWSResource = true" in shown
+    assert "arn:aws:s3:::amazon-connect-*" in shown
+    assert "aws:CurrentTime" in shown
+
+
+def test_see_permissions_from_the_request_modal_is_pushed(flows: Flows) -> None:
+    _, modal = flows.driver.open_request_modal(ALICE, CHAT)
+    opened = len(flows.fake.calls("views.open"))
+    result = flows.client.click(ALICE, "see_permissions", blocks=modal["blocks"], view=modal)
+    assert result.status == 200
+    (push,) = flows.fake.wait_for_calls("views.push", 1)
+    assert push.response["ok"], push.response
+    view = push.response["view"]
+    within_slack_limits(view)
+    assert "connect:UpdateInstanceStorageConfig" in modal_text(view)
+    assert len(flows.fake.calls("views.open")) == opened  # pushed, not opened
+
+
+def test_approval_message_states_warnings_history_and_opens_the_exact_grant(flows: Flows) -> None:
+    # Alice already holds one grant, and asked for customer profiles before.
+    first = flows.request(ALICE)
+    flows.click(BOB, first, "approve_request")
+    flows.driver.wait_for_dm(ALICE, "is active until")
+    earlier = flows.request(ALICE, PROFILES)
+    flows.command(ALICE, "cancel 2")
+
+    message = flows.request(ALICE, PROFILES, reason="Import customer data for INC-77")
+    shown = flows.shown(message)
+    # The warnings, stated in the message itself.
+    assert "can leave behind after it ends" in shown and "s3:PutBucketPolicy" in shown
+    assert "iam:CreateRole" in shown
+    # The requester's other active grant and recent request for the same entry.
+    assert "#1 Update Amazon Polly option (active" in shown
+    assert "#2 cancelled" in shown
+    assert earlier.ts != message.ts
+
+    # Before approval: the modal shows the request's principal, instance and actions.
+    before = len(flows.fake.calls("views.open"))
+    flows.click(CAROL, message, "see_permissions", "request:3")
+    view = flows.driver.wait_for_opened_view(before + 1)
+    within_slack_limits(view)
+    principal = f"arn:aws:iam::{ACCOUNT}:role/{ROLES[ALICE]}"
+    actions = compiled_actions(PROFILES_ID, principal, hours=1)
+    missing = [a for a in actions if f"`{a}`" not in modal_text(view)]
+    assert not missing, missing
+    assert "request #3" in modal_text(view) and "s3:PutBucketPolicy" in modal_text(view)
+
+    # After approval: every action of the policy IAM holds, and its window.
+    flows.click(CAROL, message, "approve_request")
+    flows.click(CISO, message, "approve_request")
+    flows.driver.wait_for_dm(ALICE, "is active until", count=2)
+    (grant,) = flows.grants(3)
+    attached = {name: doc for name, doc in flows.inline_policies().items()
+                if name in grant.policy_names}
+    assert attached, "the grant's policy is in IAM"
+    before = len(flows.fake.calls("views.open"))
+    flows.click(CAROL, flows.message_now(message), "see_permissions", "request:3")
+    view = flows.driver.wait_for_opened_view(before + 1)
+    shown = modal_text(view)
+    in_iam = {a for doc in attached.values() for s in doc["Statement"] for a in s["Action"]}
+    assert in_iam and all(f"`{a}`" in shown for a in in_iam)
+    bounds = {s["Condition"]["DateLessThan"]["aws:CurrentTime"]
+              for doc in attached.values() for s in doc["Statement"]}
+    assert all(f"`{b}`" in shown for b in bounds)
+    resources = {r for doc in attached.values() for s in doc["Statement"]
+                 for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])}
+    assert all(r in shown for r in resources)
+
+
+def test_federation_approval_says_the_session_outlasts_the_window(flows: Flows) -> None:
+    message = flows.request(ALICE, "Admin emergency federation")
+    shown = flows.shown(message)
+    assert "connect:AdminGetEmergencyAccessToken" in shown
+    assert "outlast the window" in shown
