@@ -57,6 +57,7 @@ from bot.targets import (
     IamTarget,
     IdentityCenterTarget,
     TargetError,
+    access_route,
     account_of_target,
     parse_target,
     self_approval_refusal,
@@ -474,6 +475,7 @@ class RequestService:
                 requester=requester, principal_arn=principal_arn, entry_id=entry.id,
                 entry_hash=entry.content_hash(), tier=route.tier, instance_arn=instance_arn,
                 instance_alias=instance_alias, reason=reason, duration_seconds=seconds,
+                group_members=target_detail.get("group_members"),
                 state=PENDING, required_approvals=route.approvals, approval_round=0,
                 created_at=now, updated_at=now,
             )
@@ -509,8 +511,7 @@ class RequestService:
             raise NotAllowed(
                 f"{target.describe()} needs the bot's `identity_center:` config; ask an "
                 "administrator to add it.")
-        detail: dict[str, Any] = {"target_kind": target.kind,
-                                  "access": self._access(ref, instance_arn)}
+        detail: dict[str, Any] = {"target_kind": target.kind}
         if isinstance(target, IamTarget) and target.is_group:
             if not self.config.allow_group_targets:
                 raise NotAllowed(
@@ -521,23 +522,17 @@ class RequestService:
                 detail["group_members"] = self.principals.group_member_count(ref)
             except PrincipalError as exc:
                 raise NotAllowed(str(exc)) from None
+        detail["access"] = self._access(ref, instance_arn,
+                                        group_members=detail.get("group_members"))
         return detail
 
-    def _access(self, ref: str, instance_arn: str | None,
-                policy_name: str | None = None) -> dict[str, Any]:
+    def _access(self, ref: str, instance_arn: str | None, policy_name: str | None = None,
+                group_members: int | None = None) -> dict[str, Any]:
         """How the person reaches the access, for the approval message and the DM."""
-        target = parse_target(ref)
-        access: dict[str, Any] = {"kind": target.kind,
-                                  "account": account_of_target(target, instance_arn),
-                                  "target": target.describe()}
-        if isinstance(target, IdentityCenterTarget) and self.config.identity_center:
-            access["portal_url"] = self.config.identity_center.access_portal
-            access["user"] = target.user
-            if policy_name is not None:
-                access["permission_set"] = policy_name
-        elif policy_name is not None:
-            access["policy_name"] = policy_name
-        return access
+        portal = self.config.identity_center.access_portal if self.config.identity_center \
+            else None
+        return access_route(ref, instance_arn, portal_url=portal, grant_name=policy_name,
+                            group_members=group_members).as_dict()
 
     def approve(self, request_id: int, approver: str, comment: str | None = None
                 ) -> AccessRequest:
@@ -791,7 +786,7 @@ class RequestService:
         self._notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
                      expires_at=grant.expires_at.isoformat(),
                      access=self._access(request.principal_arn, request.instance_arn,
-                                         grant.policy_names[0]))
+                                         grant.policy_names[0], request.group_members))
         return request
 
     def _tell_if_queued(self, request: AccessRequest, now: datetime) -> bool:

@@ -85,6 +85,8 @@ class AccessRequest(Base):
     instance_alias: Mapped[str | None] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
     duration_seconds: Mapped[int] = mapped_column(Integer)
+    # IAM users in the target group when the request was made (group targets only).
+    group_members: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     required_approvals: Mapped[int] = mapped_column(Integer)
     # Slack fills these once the approval message is posted.

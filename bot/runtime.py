@@ -199,7 +199,7 @@ def _slack_parts(token: str, api_url: str, destination: AlertDestination,
     from bot.slack.webapi import build_web_client
 
     client = build_web_client(token, api_url)
-    views = DbRequestViews(sessions, catalog, config.router)
+    views = DbRequestViews(sessions, catalog, config.router, config.identity_center)
     return (client, SlackNotifier(client, views, views, clock=clock),
             SlackApproverDirectory(client), SlackAlerter(client, destination.channel))
 

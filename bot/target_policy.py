@@ -62,7 +62,7 @@ def compile_for_target(
     iam: IamReference,
     instance_arn: str | None = None,
     existing_inline_chars: int = 0,
-    role_unique_id: RoleIdLookup = _no_role_lookup,
+    role_unique_id: RoleIdLookup | None = None,
 ) -> CompiledPolicy:
     """compile_policy for any target reference. The result's `principal_arn` is the
     target reference, so its plan reaches the right granter."""
@@ -80,7 +80,8 @@ def compile_for_target(
     if isinstance(target, IamTarget):
         return compile_on(target.principal.arn)
     if isinstance(target, SharedRoleTarget):
-        condition = session_condition(role_unique_id(target.role.arn), target.session_name)
+        lookup = role_unique_id or _no_role_lookup
+        condition = session_condition(lookup(target.role.arn), target.session_name)
         compiled = compile_on(target.role.arn, condition=condition)
         return replace(compiled, principal_arn=target.ref, notes=(
             *compiled.notes,

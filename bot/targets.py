@@ -261,3 +261,34 @@ def self_approval_refusal(requester: str, approver: str, requester_ref: str,
                 f"reaches the access it grants ({target.describe()}), so it would be "
                 "approving access you could use yourself. Another approver must decide.")
     return None
+
+
+@dataclass(frozen=True)
+class AccessRoute:
+    """How a person reaches a grant, for the approval message and the DM."""
+
+    kind: TargetKind
+    target: str  # the target in words (describe())
+    account: str
+    holder: str | None = None  # the IAM principal holding the policy
+    session_name: str | None = None
+    portal_url: str | None = None  # the AWS access portal, for Identity Center users
+    permission_set: str | None = None  # once granted
+    group_members: int | None = None  # IAM users a group target reaches
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+def access_route(ref: str, instance_arn: str | None, *, portal_url: str | None = None,
+                 grant_name: str | None = None, group_members: int | None = None
+                 ) -> AccessRoute:
+    target = parse_target(ref)
+    account = account_of_target(target, instance_arn)
+    if isinstance(target, IdentityCenterTarget):
+        return AccessRoute(target.kind, target.describe(), account, portal_url=portal_url,
+                           permission_set=grant_name)
+    session = target.session_name if isinstance(target, SharedRoleTarget) else None
+    return AccessRoute(target.kind, target.describe(), account, holder=target.policy_holder,
+                       session_name=session,
+                       group_members=group_members if target.is_group else None)

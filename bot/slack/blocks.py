@@ -31,6 +31,7 @@ from bot.slack.services import (
     Resolved,
     format_duration,
 )
+from bot.targets import AccessRoute
 
 Block = dict[str, Any]
 View = dict[str, Any]
@@ -480,6 +481,30 @@ def _outcome_line(view: RequestView, now: datetime) -> str:
     return f"*{label}*"
 
 
+def access_lines(access: AccessRoute | None) -> list[str]:
+    """Who receives the grant and how they reach it, in mrkdwn (values escaped)."""
+    if access is None:
+        return []
+    account = f"account `{escape(access.account)}`"
+    if access.kind == "identity_center":
+        portal = (f"<{escape(access.portal_url)}|AWS access portal>" if access.portal_url
+                  else "AWS access portal")
+        permission_set = (f"`{escape(access.permission_set)}`" if access.permission_set
+                          else "`connect-access-…` (named when it is granted)")
+        return [f"*Access* {escape(access.target)}, through a permission set of its own "
+                "that is assigned only until the grant ends.",
+                f"Sign in to the {portal}, choose {account}, then permission set "
+                f"{permission_set}."]
+    lines = [f"*Access* {escape(access.target)} ({account})"]
+    if access.kind == "shared_role" and access.session_name:
+        lines.append(f"Only sessions named `{escape(access.session_name)}` of this role "
+                     "get it: assume the role with that session name.")
+    if access.group_members is not None:
+        users = f"{access.group_members} IAM user{'s' if access.group_members != 1 else ''}"
+        lines.append(f":warning: This is an IAM group: the grant reaches all {users} in it.")
+    return lines
+
+
 def approval_message(view: RequestView, now: datetime) -> tuple[str, list[Block]]:
     entry = view.entry
     text = (
@@ -503,6 +528,9 @@ def approval_message(view: RequestView, now: datetime) -> tuple[str, list[Block]
         *warning_blocks(view.persistent_effects),
         *history_blocks(view),
     ]
+    access = access_lines(view.access)
+    if access:
+        blocks.append(section("\n".join(access)))
     votes = _vote_lines(view)
     if votes:
         blocks.append(context("\n".join(votes)))
@@ -636,7 +664,11 @@ def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[
     if event == "granted" or (event == "extended" and view.state == "active"):
         until = slack_date(view.expires_at) if view.expires_at else "its end"
         text = f"{subject} is active until {until} ({time_left(view.expires_at, now)})."
-        blocks = [section(f":large_green_circle: {text}"), grant_buttons(view, extend=False)]
+        blocks = [section(f":large_green_circle: {text}")]
+        access = access_lines(view.access)
+        if access:
+            blocks.append(section("\n".join(access)))
+        blocks.append(grant_buttons(view, extend=False))
         return text, blocks
     sentence = OUTCOME_SENTENCES.get(event, f"is now {view.state.replace('_', ' ')}.")
     text = f"{subject} {sentence}"

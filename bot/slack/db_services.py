@@ -38,6 +38,7 @@ from bot.slack.services import (
     permissions_view,
     resolve_text,
 )
+from bot.target_policy import RoleIdLookup
 
 T = TypeVar("T")
 RECENT_REQUESTS = 10
@@ -70,7 +71,8 @@ class DbSlackServices:
         self.catalog: Catalog = service.catalog
         self.resolver = resolver or Resolver(service.catalog)
         self.views = views or DbRequestViews(service.sessions, service.catalog,
-                                             service.config.router)
+                                             service.config.router,
+                                             service.config.identity_center)
         self.iam = iam or IamReference()
 
     # --- catalog --------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class DbSlackServices:
         return permissions_view(
             self.catalog, self.iam, entry.id, principal_arn=principal, principal_known=known,
             instance=instance, start=self.service.clock.now(), duration=route.max_duration,
+            role_unique_id=self._role_ids(),
         )
 
     def request_permissions(self, request_id: int) -> PermissionsView:
@@ -199,5 +202,12 @@ class DbSlackServices:
         return permissions_view(
             self.catalog, self.iam, request.entry_id, principal_arn=request.principal_arn,
             principal_known=True, instance=instance, start=start, duration=duration,
-            request_id=request.id,
+            request_id=request.id, role_unique_id=self._role_ids(),
         )
+
+    def _role_ids(self) -> RoleIdLookup | None:
+        """A shared role's unique id comes from IAM, through the granter that has it."""
+        from bot.aws.target_granter import TargetGranter
+
+        granter = self.service.granter
+        return granter.role_unique_id if isinstance(granter, TargetGranter) else None

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bot.catalog import Catalog
-from bot.config import ApprovalRouter
+from bot.config import ApprovalRouter, IdentityCenter
 from bot.db import SessionFactory
 from bot.lifecycle import DENIED, FAILED, IRREVOCABLE
 from bot.models import AccessRequest, Grant
@@ -35,6 +35,7 @@ from bot.slack.services import (
     catalog_entry,
     persistent_effects_of,
 )
+from bot.targets import AccessRoute, TargetError, access_route
 
 # What approvers see of the requester's other requests (the approval message stays short).
 HISTORY_ITEMS = 5
@@ -65,11 +66,12 @@ class ApprovalMessages(Protocol):
 class DbRequestViews:
     """RequestViews and ApprovalMessages over the database, the catalog and the routing."""
 
-    def __init__(self, sessions: SessionFactory, catalog: Catalog, router: ApprovalRouter
-                 ) -> None:
+    def __init__(self, sessions: SessionFactory, catalog: Catalog, router: ApprovalRouter,
+                 identity_center: IdentityCenter | None = None) -> None:
         self.sessions = sessions
         self.catalog = catalog
         self.router = router
+        self.identity_center = identity_center
 
     def request_view(self, request_id: int) -> RequestView:
         with self.sessions() as session:
@@ -167,4 +169,17 @@ class DbRequestViews:
             note=note,
             extension=extension,
             persistent_effects=persistent_effects_of(self.catalog, request.entry_id),
+            access=self._access(request, grant),
         )
+
+    def _access(self, request: AccessRequest, grant: Grant | None) -> AccessRoute | None:
+        try:
+            return access_route(
+                request.principal_arn, request.instance_arn,
+                portal_url=self.identity_center.access_portal if self.identity_center
+                else None,
+                grant_name=grant.policy_names[0] if grant is not None and grant.policy_names
+                else None,
+                group_members=request.group_members)
+        except TargetError:
+            return None  # a row from a mapping since refused: shown without the route

@@ -19,8 +19,10 @@ from typing import Literal, Protocol
 from bot import durations
 from bot.catalog import Catalog, CatalogEntry
 from bot.iamref import IamReference
-from bot.policy import PolicyError, compile_policy
+from bot.policy import PolicyError
 from bot.resolve import QueryError, Resolver
+from bot.target_policy import RoleIdLookup, compile_for_target
+from bot.targets import AccessRoute, TargetError
 from bot.tiers import Tier
 
 
@@ -194,6 +196,8 @@ class RequestView:
     # For approvers: the requester's other live grants and recent requests for this entry
     # (filled for a single request's view, not for lists).
     history: RequesterHistory | None = None
+    # Who receives the grant and how they reach it (portal, account, permission set).
+    access: AccessRoute | None = None
 
     @property
     def approvals(self) -> int:
@@ -366,17 +370,20 @@ def permissions_view(
     start: datetime,
     duration: timedelta,
     request_id: int | None = None,
+    role_unique_id: RoleIdLookup | None = None,
 ) -> PermissionsView:
-    """Compile the entry's policy (as the grant would) and describe it statement by
+    """Compile the entry's policy (as the grant would, for any kind of target: a shared
+    role's session condition needs `role_unique_id`) and describe it statement by
     statement. A compile failure is a ServiceError with the compiler's message."""
     entry = catalog_entry(catalog, entry_id)
     try:
-        compiled = compile_policy(
+        compiled = compile_for_target(
             catalog, entry.id, principal_arn, grant_id=f"preview{request_id or 0}",
             start=start, duration=duration, max_duration=None, iam=iam,
             instance_arn=instance.arn if instance else None,
+            role_unique_id=role_unique_id,
         )
-    except (PolicyError, durations.DurationError) as exc:
+    except (PolicyError, TargetError, durations.DurationError) as exc:
         raise ServiceError(f"The policy for {entry.name} cannot be built: {exc}") from None
     statements = []
     for policy in compiled.policies:

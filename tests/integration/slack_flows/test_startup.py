@@ -100,8 +100,10 @@ BROKEN_CONFIGS = {
         lambda c: c.pop("instances"),
     "instances[0].arn: must be an Amazon Connect instance ARN":
         lambda c: c["instances"][0].update(arn="arn:aws:iam::123456789012:role/oops"),
-    "principals.U0ALICE: must be an IAM role, user or group ARN":
+    "principals.U0ALICE: 'alice' is not an IAM principal ARN":
         lambda c: c["principals"].update(U0ALICE="alice"),
+    "principals.U0BOB: a shared role needs the person's session_name":
+        lambda c: c["principals"].update(U0BOB={"role": "arn:aws:iam::123456789012:role/r"}),
     "timings.pending_tll: unknown key":
         lambda c: c.update(timings={"pending_tll": "1h"}),
 }
