@@ -105,3 +105,15 @@ def test_a_shared_role_grant_names_the_session_that_gets_it(flows: Flows) -> Non
                                          PolicyName=name)["PolicyDocument"]
     assert {json.dumps(s["Condition"]["StringLike"]) for s in document["Statement"]} == {
         json.dumps({"aws:userid": f"{role_id}:dave@example.com"})}
+
+
+def test_see_permissions_shows_a_shared_roles_session_condition(flows: Flows) -> None:
+    card = flows.command(DAVE, "Edit chat transcripts")
+    before = len(flows.fake.calls("views.open"))
+    flows.driver.click_response(DAVE, card, "see_permissions",
+                                "entry:data-storage/edit-chat-transcripts")
+    shown = json.dumps(flows.driver.wait_for_opened_view(before + 1)["blocks"])
+
+    role_id = flows.iam.get_role(RoleName="ConnectAdmins")["Role"]["RoleId"]
+    assert f"aws:userid = {role_id}:dave@example.com" in shown
+    assert "only sessions named dave@example.com" in shown
