@@ -22,6 +22,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.ports import ApproverDirectory, Clock, SystemClock
 from bot.slack import blocks
+from bot.slack.guard import GuardedRequestHandler
 from bot.slack.listeners import actions, commands, events, views
 from bot.slack.listeners import permissions as permissions_listeners
 from bot.slack.listeners.common import GENERIC_FAILURE, SlackDeps, lazy
@@ -173,4 +174,4 @@ def build_wsgi_app(
         rate_limit_retries=rate_limit_retries,
         lazy_workers=lazy_workers,
     )
-    return SlackRequestHandler(app, path=EVENTS_PATH)
+    return GuardedRequestHandler(app, signing_secret=signing_secret, path=EVENTS_PATH)

@@ -33,6 +33,7 @@ from bot.settings import Settings, SettingsError, load_settings
 from bot.slack.app import EVENTS_PATH, build_app
 from bot.slack.approvers import SlackApproverDirectory
 from bot.slack.db_services import DbSlackServices
+from bot.slack.guard import GuardedRequestHandler
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ class SlackWeb:
     app: App
 
     def wsgi(self) -> SlackRequestHandler:
-        return SlackRequestHandler(self.app, path=EVENTS_PATH)
+        # Verifies and checks every request before Bolt parses it (bot.slack.guard).
+        return GuardedRequestHandler(self.app, path=EVENTS_PATH,
+                                     signing_secret=self.runtime.settings.slack_signing_secret
+                                     or "socket-mode")
 
     def close(self) -> None:
         self.runtime.close()
