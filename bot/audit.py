@@ -147,7 +147,8 @@ EXPORT_COLUMNS = ("seq", "at", "actor", "action", "request_id", "requester", "en
 
 
 def export_query(*, since: datetime | None = None, until: datetime | None = None,
-                 requester: str | None = None, entry_id: str | None = None) -> Select[Any]:
+                 requester: str | None = None, entry_id: str | None = None,
+                 request_id: int | None = None) -> Select[Any]:
     query = (
         select(AuditEvent.seq, AuditEvent.at, AuditEvent.actor, AuditEvent.action,
                AuditEvent.request_id, AccessRequest.requester, AccessRequest.entry_id,
@@ -163,6 +164,8 @@ def export_query(*, since: datetime | None = None, until: datetime | None = None
         query = query.where(AccessRequest.requester == requester)
     if entry_id is not None:
         query = query.where(AccessRequest.entry_id == entry_id)
+    if request_id is not None:
+        query = query.where(AuditEvent.request_id == request_id)
     return query
 
 

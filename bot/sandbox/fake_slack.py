@@ -133,6 +133,7 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._files = _FileUploads(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -291,6 +292,10 @@ class FakeSlack:
         if url.path.startswith("/response/"):
             self._record_response(url.path.rsplit("/", 1)[-1], raw)
             self._send(request, 200, b"ok", "text/plain")
+            return
+        if url.path.startswith(UPLOAD_PATH):
+            status = self._files.receive(url.path[len(UPLOAD_PATH):], raw)
+            self._send(request, status, b"OK" if status == 200 else b"not found", "text/plain")
             return
         if not url.path.startswith("/api/"):
             self._send(request, 404, b"not found", "text/plain")
@@ -489,6 +494,18 @@ class FakeSlack:
             home.view = view
         return {"view": {"id": home.id, **view}}
 
+    # -- files (the two-step upload: files.getUploadURLExternal, POST, complete) --------
+
+    def uploads(self, channel: str | None = None) -> list[UploadedFile]:
+        """Files whose upload was completed, oldest first (channel: where shared)."""
+        return self._files.completed(channel)
+
+    def _m_files_getUploadURLExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._files.start(params)
+
+    def _m_files_completeUploadExternal(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._files.complete(params, self._channel)
+
     def _m_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         group = str(params.get("usergroup") or "")
         with self._lock:
@@ -511,6 +528,82 @@ class FakeSlack:
                 "is_bot": False,
             }
         }
+
+
+UPLOAD_PATH = "/upload/"
+
+
+@dataclass
+class UploadedFile:
+    id: str
+    filename: str
+    length: int
+    content: bytes = b""
+    title: str = ""
+    channel: str | None = None
+    initial_comment: str = ""
+    completed: bool = False
+
+
+class _FileUploads:
+    """Slack's external upload as the fake plays it: getUploadURLExternal hands out a URL
+    on the fake itself, the client POSTs the bytes there (no token, like Slack's
+    pre-signed URLs), completeUploadExternal shares the file. Lengths are checked."""
+
+    def __init__(self, fake: FakeSlack) -> None:
+        self._fake = fake
+        self._files: dict[str, UploadedFile] = {}
+
+    def start(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        filename = str(params.get("filename") or "")
+        try:
+            length = int(params.get("length") or 0)
+        except ValueError:
+            raise SlackError("invalid_arguments") from None
+        if not filename or length <= 0:
+            raise SlackError("invalid_arguments")
+        file_id = f"F{next(self._fake._ids):08d}"
+        with self._fake._lock:
+            self._files[file_id] = UploadedFile(file_id, filename, length)
+        return {"file_id": file_id, "upload_url": f"{self._fake.base_url}{UPLOAD_PATH}{file_id}"}
+
+    def receive(self, file_id: str, raw: bytes) -> int:
+        with self._fake._lock:
+            known = self._files.get(file_id)
+            if known is None:
+                return 404
+            known.content = raw
+            return 200
+
+    def complete(self, params: Mapping[str, Any],
+                 channel_of: Callable[[Mapping[str, Any]], str]) -> dict[str, Any]:
+        raw = params.get("files")
+        listed = json.loads(raw) if isinstance(raw, str) else raw
+        if not isinstance(listed, list) or not listed:
+            raise SlackError("invalid_arguments")
+        channel = (channel_of({"channel": params["channel_id"]})
+                   if params.get("channel_id") else None)
+        done = []
+        with self._fake._lock:
+            for item in listed:
+                known = self._files.get(str(item.get("id")))
+                if known is None:
+                    raise SlackError("file_not_found")
+                if len(known.content) != known.length:
+                    raise SlackError("file_upload_size_mismatch")
+                known.title = str(item.get("title") or known.filename)
+                known.channel = channel
+                known.initial_comment = str(params.get("initial_comment") or "")
+                known.completed = True
+                done.append({"id": known.id, "name": known.filename, "title": known.title,
+                             "size": known.length})
+            self._fake._lock.notify_all()
+        return {"files": done}
+
+    def completed(self, channel: str | None) -> list[UploadedFile]:
+        with self._fake._lock:
+            return [copy.deepcopy(f) for f in self._files.values()
+                    if f.completed and (channel is None or f.channel == channel)]
 
 
 def _params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from slack_bolt import Ack, App, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.ports import ApproverDirectory, Clock, SystemClock
-from bot.slack import blocks
+from bot.slack import audit_listeners, blocks
+from bot.slack.audit_listeners import AuditReviewDeps
 from bot.slack.guard import GuardedRequestHandler
 from bot.slack.listeners import actions, commands, events, views
 from bot.slack.listeners import permissions as permissions_listeners
@@ -79,6 +80,7 @@ def build_app(
     rate_limit_retries: int = 3,
     lazy_workers: int = 8,
     seen_events: events.SeenEvents | None = None,
+    audit: AuditReviewDeps | None = None,
 ) -> App:
     """A Bolt App with every listener registered. Calls `auth.test` on `api_url` at once
     (Bolt verifies the token), so the Web API must answer by then."""
@@ -106,10 +108,16 @@ def build_app(
         clock=clock or SystemClock(),
         command=command,
         dms=DirectMessages(client),
+        audit=audit,
     )
     app.error(handle_error)
     app.middleware(events.skip_repeated_events(seen_events or events.SeenEvents()))
 
+    # `audit ...` (auditors only) reads the database too: answered after the ack.
+    app.command(command, matchers=[audit_listeners.is_audit_command])(
+        ack=audit_listeners.ack_audit_command,
+        lazy=[lazy(audit_listeners.run_audit_command, deps)],
+    )
     # Request commands first (they need the database, so they answer after the ack);
     # every other command is answered in the ack itself (see listeners.commands).
     app.command(command, matchers=[_is_request_command])(

@@ -24,6 +24,8 @@ from slack_bolt.error import BoltError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.anchors import AnchorError
+from bot.audit_runtime import build_anchoring
 from bot.aws.errors import AwsConfigError
 from bot.catalog import Catalog, CatalogError
 from bot.config import ConfigError, OperatorConfig, Route
@@ -32,6 +34,7 @@ from bot.runtime import Runtime, web_runtime
 from bot.settings import Settings, SettingsError, load_settings
 from bot.slack.app import EVENTS_PATH, build_app
 from bot.slack.approvers import SlackApproverDirectory
+from bot.slack.audit_listeners import AuditReviewDeps
 from bot.slack.db_services import DbSlackServices
 from bot.slack.guard import GuardedRequestHandler
 
@@ -168,13 +171,14 @@ def build_slack_web(
         check_routing(runtime.config, runtime.catalog, source)
         check_database(runtime.engine)
         services = DbSlackServices(runtime.service)
+        audit = _audit_review(runtime, settings, directory)
         try:
             # Socket Mode payloads are not signed, so Bolt never checks the secret there;
             # build_app still wants a non-empty one.
             app = build_app(signing_secret=signing_secret or "socket-mode", bot_token=bot_token,
                             services=services, approvers=directory,
                             api_url=settings.slack_api_url, clock=runtime.clock,
-                            lazy_workers=lazy_workers)
+                            lazy_workers=lazy_workers, audit=audit)
         except BoltError as exc:
             raise StartupError(
                 f"SLACK_BOT_TOKEN: Slack at {settings.slack_api_url} refused the token "
@@ -188,6 +192,21 @@ def build_slack_web(
         runtime.close()
         raise
     return SlackWeb(runtime=runtime, services=services, approvers=directory, app=app)
+
+
+def _audit_review(runtime: Runtime, settings: Settings,
+                  directory: SlackApproverDirectory) -> AuditReviewDeps:
+    """Audit review for `auditors:`, reading the anchors (checked now) for App Home."""
+    try:
+        anchoring = build_anchoring(runtime.config.audit, runtime.aws,
+                                    slack_token=settings.slack_bot_token,
+                                    slack_api_url=settings.slack_api_url)
+    except AnchorError as exc:
+        raise StartupError(f"CONNECT_ACCESS_CONFIG: {exc}") from None
+    return AuditReviewDeps(
+        sessions=runtime.sessions, clock=runtime.clock, auditors=runtime.config.auditors,
+        directory=directory, signer=None if anchoring is None else anchoring.signer,
+        reader=None if anchoring is None else anchoring.reader)
 
 
 def load_slack_web(*, socket_mode: bool = False, lazy_workers: int = DEFAULT_LAZY_WORKERS

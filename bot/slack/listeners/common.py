@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_bolt.context.respond import Respond
 from slack_sdk import WebClient
@@ -18,6 +18,9 @@ from bot.slack.approvers import ApproverLookupError
 from bot.slack.escape import escape
 from bot.slack.services import ServiceError, SlackServices
 from bot.slack.webapi import DirectMessages
+
+if TYPE_CHECKING:
+    from bot.slack.audit_listeners import AuditReviewDeps
 
 logger = logging.getLogger("bot.slack")
 
@@ -34,6 +37,7 @@ class SlackDeps:
     clock: Clock
     command: str
     dms: DirectMessages
+    audit: AuditReviewDeps | None = None  # audit review for auditors (None: not set up)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 from slack_bolt import BoltResponse
 
 from bot.slack import blocks
+from bot.slack.audit_listeners import auditor_home_blocks
 from bot.slack.listeners.common import Incoming, SlackDeps
 
 
@@ -67,4 +68,9 @@ def run_app_home_opened(deps: SlackDeps, incoming: Incoming) -> None:
         return
     user = str(event.get("user") or "")
     summary = deps.services.home(user)
-    incoming.client.views_publish(user_id=user, view=blocks.home_view(summary))
+    view = blocks.home_view(summary)
+    audit_section = auditor_home_blocks(deps, user, room=40)
+    if audit_section:
+        # App Home holds 100 blocks: the auditor section keeps its room.
+        view["blocks"] = [*view["blocks"][:100 - len(audit_section)], *audit_section]
+    incoming.client.views_publish(user_id=user, view=view)
