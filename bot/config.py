@@ -155,7 +155,7 @@ class AuditConfig:
     anchor_channel: str | None = None
     checkpoint_interval: timedelta = timedelta(minutes=5)
     checkpoint_events: int = 1000
-    anchor_retention: timedelta = timedelta(days=400)
+    anchor_retention: timedelta = timedelta(days=365)
 
     @property
     def anchored(self) -> bool:

@@ -46,7 +46,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy import select
 
+from bot.anchors import CheckpointWriter, LogAlerts
 from bot.audit import verify_chain
+from bot.audit_verify import verify_audit
+from bot.aws.anchors import S3AnchorStore
 from bot.aws.granter import iam_policy_size
 from bot.aws.principals import MANAGED_TAG, SLACK_USER_TAG
 from bot.catalog import DEFAULT_CATALOG_FILE
@@ -70,6 +73,7 @@ from bot.sandbox.slack_client import (
     find_button,
 )
 from bot.settings import Settings
+from bot.signing import write_new_key
 from bot.slack import blocks
 from bot.slack.app import build_wsgi_app
 from bot.slack.db_services import DbSlackServices
@@ -89,6 +93,7 @@ REASON = "Customer escalation INC-4242: chat transcripts stopped landing in S3."
 SWEEP_INTERVAL = "1s"
 # What `connect-access scheduler` logs once it leads (bot.scheduler.run_forever).
 LEADER_LINE = "this process is now the scheduler leader"
+ANCHOR_BUCKET = "demo-connect-access-audit"
 # moto's default account; a realistic id also keeps the config's ARN checks meaningful.
 DEMO_ACCOUNT = "123456789012"
 # Where the Connect instance comes from when moto cannot create one (moto 5.2 can).
@@ -144,6 +149,7 @@ class DemoFacts:
     audit_actions: list[str] = field(default_factory=list)
     audit_ok: bool = False
     audit_checked: int = 0
+    anchored_seq: int | None = None  # the checkpoint verify checked the chain against
 
 
 @dataclass
@@ -793,7 +799,37 @@ class Conversation:
                             f"{result.problem}\n" + "\n".join(lines))
         lines.append(f"audit chain intact: {result.checked} events verified "
                      "(bot.audit.verify_chain, the same check as `connect-access audit verify`)")
+        lines.extend(self._anchor_the_chain())
         return "\n".join(lines)
+
+    def _anchor_the_chain(self) -> list[str]:
+        """Anchoring as production does it, against moto: a checkpoint of the chain signed
+        with a local Ed25519 key, written to an S3 bucket with Object Lock (compliance
+        mode), then the chain verified against it (bot.audit_verify)."""
+        runtime = self.sandbox.runtime
+        assert runtime is not None
+        s3 = _fake_aws_session().client("s3", endpoint_url=self.sandbox.moto_url)
+        s3.create_bucket(Bucket=ANCHOR_BUCKET, ObjectLockEnabledForBucket=True)
+        store = S3AnchorStore(s3, ANCHOR_BUCKET, retention=timedelta(days=1))
+        store.check()
+        signer = write_new_key(self.sandbox.folder / "audit-ed25519.pem")
+        writer = CheckpointWriter(sessions=runtime.sessions, signer=signer, stores=[store],
+                                  clock=runtime.clock, alerts=LogAlerts(),
+                                  interval=timedelta(minutes=5), every_events=1000)
+        written = writer.write_now().written
+        assert written is not None
+        c = written.checkpoint
+        lock = s3.head_object(Bucket=ANCHOR_BUCKET, Key=store.key_for(written))
+        with runtime.sessions() as session:
+            report = verify_audit(session, signer=signer, anchors=store.list(),
+                                  anchor_store=store.name)
+        self.facts.anchored_seq = c.seq if report.ok else None
+        if not report.ok:
+            raise DemoError("\n".join(report.lines()))
+        return [f"checkpoint: event {c.seq}, head {c.head_hash[:16]}…, signed by {c.key_id}",
+                f"  written to {store.name} with Object Lock {lock['ObjectLockMode']} until "
+                f"{lock['ObjectLockRetainUntilDate']:%Y-%m-%d} (moto S3)",
+                report.lines()[0]]
 
 
 def _iam_time(moment: datetime) -> str:

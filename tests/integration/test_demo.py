@@ -103,6 +103,10 @@ def test_the_audit_trail_is_complete_and_its_chain_verifies(demo_run: DemoRun) -
         "submitted", "vote", "approved", "granting", "granted", "revoking", "revoked"]
     assert facts.audit_ok and facts.audit_checked == len(facts.audit_actions)
     assert f"audit chain intact: {facts.audit_checked} events verified" in demo_run.output
+    # ... and anchored: a signed checkpoint in moto's S3 (Object Lock), verified against.
+    assert facts.anchored_seq == facts.audit_checked
+    assert "with Object Lock COMPLIANCE" in demo_run.output
+    assert "against 1 checkpoint(s) in s3://demo-connect-access-audit/" in demo_run.output
 
 
 def test_the_demo_leaves_nothing_behind(demo_run: DemoRun) -> None:
