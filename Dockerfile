@@ -28,5 +28,9 @@ COPY Procfile /app/Procfile
 COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 USER app
 EXPOSE 3000
+# web: GET /healthz answers; scheduler: this container's scheduler heartbeat is fresh
+# (`connect-access status --host`); see deploy/docker-entrypoint.sh.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["docker-entrypoint.sh", "healthcheck"]
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["web"]

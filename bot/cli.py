@@ -11,6 +11,7 @@ import importlib
 import typer
 
 from bot import __version__
+from bot.logs import configure_logging_from_environment
 
 # Each module has `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
@@ -19,6 +20,8 @@ COMMAND_MODULES = (
     "bot.commands.audit_cmds",
     "bot.commands.grants_cmds",
     "bot.commands.scheduler_cmds",
+    "bot.commands.status_cmds",
+    "bot.commands.check_cmds",
     "bot.commands.policy_cmds",
     "bot.commands.reconcile_cmds",
     "bot.commands.serve_cmds",
@@ -48,6 +51,9 @@ def build_cli() -> typer.Typer:
                                      help="Print the version and exit."),
     ) -> None:
         """Just-in-time, time-boxed access to the Amazon Connect console."""
+        # One-off commands log warnings only unless LOG_LEVEL says otherwise; the
+        # long-running ones (serve, scheduler) set their own default of INFO.
+        configure_logging_from_environment("cli", default_level="WARNING")
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -241,3 +242,24 @@ class SentNotification(Base):
     event: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime]
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SchedulerHeartbeat(Base):
+    """One row per running scheduler process, rewritten every few seconds: whether it leads
+    or stands by, and what its last sweep did. `connect-access status` reads them; a row
+    whose `beat_at` is old belongs to a process that died."""
+
+    __tablename__ = "scheduler_heartbeats"
+
+    # host:pid, unique while the process lives
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))  # leader | standby
+    started_at: Mapped[datetime]
+    beat_at: Mapped[datetime] = mapped_column(index=True)
+    beat_interval_seconds: Mapped[float] = mapped_column(Float)
+    sweep_interval_seconds: Mapped[float] = mapped_column(Float)
+    last_sweep_at: Mapped[datetime | None]
+    last_sweep: Mapped[dict[str, Any] | None] = mapped_column(JSON)

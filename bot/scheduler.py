@@ -200,6 +200,8 @@ class ExpiryScheduler:
         self.reconcile_interval = reconcile_interval
         self._reconcile_stop = threading.Event()
         self._reconcile_thread: threading.Thread | None = None
+        # When the last sweep ran and what it did (read by bot.heartbeat).
+        self.last_sweep: tuple[datetime, SweepResult] | None = None
 
     @property
     def leading(self) -> bool:
@@ -259,6 +261,7 @@ class ExpiryScheduler:
                 log.exception("scheduling revoke jobs failed; the next sweep tries again")
                 scheduled = 0
             result = SweepResult(revoked, timed_out, retried, reminded, scheduled, recovered)
+            self.last_sweep = (now, result)
             if any((revoked, timed_out, retried, reminded, scheduled, recovered)):
                 log.info("sweep: %s", result)
             return result
@@ -376,7 +379,7 @@ class ExpiryScheduler:
         """Wait to lead, then lead until `stop` is set or leadership is lost."""
         poll = max(self.sweep_interval.total_seconds() / 3, 0.2)
         while not stop.is_set():
-            log.info("waiting to become the scheduler leader")
+            log.debug("waiting to become the scheduler leader")
             if not wait_for_leadership(self.leadership, stop, poll):
                 return
             log.info("this process is now the scheduler leader")

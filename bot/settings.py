@@ -5,7 +5,9 @@ Construct it explicitly (`load_settings()` in the CLI); nothing reads os.environ
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +38,31 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    # Every process: LOG_LEVEL (DEBUG, INFO, WARNING, ERROR; unset: INFO for web and
+    # scheduler, WARNING for one-off commands) and LOG_FORMAT (text or json lines).
+    log_level: str | None = None
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if value.upper() not in levels or value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"must be one of {', '.join(levels)}, got {value!r}")
+        return value.upper()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        if value == "":
+            return "text"
+        if isinstance(value, str) and value.lower() in ("text", "json"):
+            return value.lower()
+        if isinstance(value, str):
+            raise ValueError(f"must be text or json, got {value!r}")
+        return value
 
     @field_validator("database_url")
     @classmethod

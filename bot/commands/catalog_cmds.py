@@ -121,13 +121,25 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"    page wrote {c.written!r} -> {c.action}: {c.note}")
 
     @catalog_app.command("validate")
-    def catalog_validate(catalog_file: Path = CatalogOption) -> None:
+    def catalog_validate(
+        catalog_file: Path = CatalogOption,
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
         """Check the catalog against IAM's reference data and the compiler's rules (every
         entry compiles; effects that outlive a grant are contained or declared; services
         are the page's or explained); exit 0 only when valid."""
         catalog = _load_or_exit(catalog_file)
         iam = IamReference()
         faults = validate_catalog(catalog, iam)
+        if as_json:
+            typer.echo(json.dumps({
+                "file": str(catalog_file), "valid": not faults, "entries": len(catalog),
+                "distinct_actions": len({a for e in catalog for a in e.actions}),
+                "iam_data_version": iam.data_version, "faults": [str(f) for f in faults],
+            }, indent=2))
+            if faults:
+                raise typer.Exit(1)
+            return
         for fault in faults:
             typer.echo(f"error: {fault}", err=True)
         if faults:

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         # Warnings from the bot (a listener failing, a notification not delivered) explain
         # a failed step; routine INFO lines would drown the conversation.
         logging.basicConfig(level=logging.WARNING,
-                            format="  (log) %(levelname)s %(name)s: %(message)s")
+                            format="  (log) %(levelname)s %(name)s: %(message)s", force=True)
         try:
             result = run_demo(grant_seconds=grant_seconds, keep=keep, port=port)
         except KeyboardInterrupt:

@@ -14,12 +14,14 @@ could not be checked (a person must look) or a grant changed state while reconci
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
 
-from bot.commands.db_cmds import settings_or_exit
+from bot.commands.db_cmds import require_database_or_exit, settings_or_exit
 
 if TYPE_CHECKING:
     from bot.aws.reconcile import ReconcileProgress
@@ -32,6 +34,7 @@ def register(app: typer.Typer) -> None:
             False, "--dry-run", help="Report what would be repaired; change nothing."),
         quiet: bool = typer.Option(
             False, "--quiet", help="No progress lines on stderr."),
+        as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
     ) -> None:
         """Find and repair differences between IAM and the bot's grants."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -50,6 +53,7 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, CatalogError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        require_database_or_exit(runtime.engine, settings)
         try:
             try:
                 run = run_reconcile(runtime, dry_run=dry_run,
@@ -69,7 +73,20 @@ def register(app: typer.Typer) -> None:
         finally:
             runtime.close()
         findings = run.findings
-
+        unchecked = [f for f in findings if f.kind == "unchecked"]
+        failed = [f for f in findings if f.error and f.kind != "unchecked"]
+        if as_json:
+            typer.echo(json.dumps({
+                "dry_run": dry_run,
+                "findings": [f.as_dict() for f in findings],
+                "unverifiable": [dataclasses.asdict(item) for item in run.unverifiable],
+                "conflicts": [str(conflict) for conflict in run.conflicts],
+                "failed": len(failed),
+                "unchecked": len(unchecked),
+            }, indent=2))
+            if failed or unchecked or run.unverifiable or run.conflicts:
+                raise typer.Exit(1)
+            return
         typer.echo(format_summary(findings))
         if dry_run:
             typer.echo("dry run: nothing was changed")
@@ -78,8 +95,6 @@ def register(app: typer.Typer) -> None:
                        f"{item.principal_arn} was not checked: {item.reason}", err=True)
         for conflict in run.conflicts:
             typer.echo(f"warning: {conflict}; run reconcile again", err=True)
-        unchecked = [f for f in findings if f.kind == "unchecked"]
-        failed = [f for f in findings if f.error and f.kind != "unchecked"]
         if unchecked:
             typer.echo(f"error: {len(unchecked)} principal(s) could not be read from IAM and "
                        "were not checked (see the unchecked rows); run reconcile again",

@@ -19,14 +19,17 @@ from bot.anchors import AnchorError, run_checkpoint_loop
 from bot.audit_runtime import build_anchoring
 from bot.aws.errors import AwsConfigError
 from bot.catalog import CatalogError
-from bot.commands.db_cmds import open_database, settings_or_exit
+from bot.commands.db_cmds import open_database, require_database_or_exit, settings_or_exit
 from bot.config import ConfigError
 from bot.expiry import LifecycleExpiryWork
+from bot.heartbeat import HeartbeatWriter
 from bot.leader import LeadershipError, leadership_for
+from bot.logs import configure_logging, startup_line
 from bot.models import Grant
 from bot.reconcile_job import ScheduledReconcile
 from bot.runtime import Runtime, scheduler_runtime
 from bot.scheduler import ExpiryScheduler
+from bot.slack.wsgi import check_routing
 
 HOLDING_STATES = ("active", "revoking", "irrevocable")
 
@@ -59,10 +62,13 @@ def build_scheduler(runtime: Runtime, *, revoke_workers: int = 8, job_workers: i
 
 def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) -> None:
     settings = settings_or_exit()
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [scheduler pid %(process)d] %(name)s: %(message)s",
-    )
+    configure_logging(settings, "scheduler")
+    if settings.connect_access_config is None:
+        # As `serve` does: without the operator file the scheduler would time requests out
+        # and revoke against an empty config, silently.
+        typer.echo("error: CONNECT_ACCESS_CONFIG: not set; point it at the operator YAML "
+                   "the web process uses (see deploy/connect-access.example.yaml).", err=True)
+        raise typer.Exit(2)
     try:
         # Its revoke and job threads, the reconcile thread and the sweep each hold a
         # connection for a moment.
@@ -71,14 +77,13 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        # Fail now, clearly, rather than log the same error every sweep.
-        with runtime.sessions() as session:
-            session.execute(select(Grant.id).limit(1))
-    except SQLAlchemyError as exc:
+        source = str(settings.connect_access_config)
+        if not runtime.config.instances:
+            raise ConfigError(source, "instances", "no Amazon Connect instance is configured")
+        check_routing(runtime.config, runtime.catalog, source)
+    except ConfigError as exc:
         runtime.close()
-        typer.echo(f"error: cannot read the grants table ({type(exc).__name__}: "
-                   f"{getattr(exc, 'orig', None) or exc}). Check that DATABASE_URL is "
-                   "reachable and migrated (`connect-access db upgrade`).", err=True)
+        typer.echo(f"error: invalid operator config (CONNECT_ACCESS_CONFIG): {exc}", err=True)
         raise typer.Exit(2) from None
     try:
         anchoring = build_anchoring(runtime.config.audit, runtime.aws,
@@ -88,6 +93,8 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
         runtime.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # Fail now, clearly, rather than log the same error every sweep.
+    require_database_or_exit(runtime.engine, settings)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -97,6 +104,11 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    logging.getLogger(__name__).info(startup_line(
+        "scheduler", settings,
+        f"sweep every {runtime.config.timings.sweep_interval.total_seconds():g}s, "
+        f"{revoke_workers} revoke worker(s)"))
+    heartbeat: HeartbeatWriter | None = None
     try:
         scheduler = build_scheduler(runtime, revoke_workers=revoke_workers,
                                     job_workers=job_workers, batch_size=batch_size)
@@ -106,6 +118,9 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
             threading.Thread(target=run_checkpoint_loop, name="audit-checkpoints",
                              args=(writer, stop, lambda: scheduler.leading),
                              daemon=True).start()
+        heartbeat = HeartbeatWriter(runtime.sessions, runtime.clock, scheduler,
+                                    sweep_interval=runtime.config.timings.sweep_interval)
+        heartbeat.start()
         scheduler.run_forever(stop)
     except LeadershipError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -115,6 +130,8 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
                    "supervisor should restart it", err=True)
         raise typer.Exit(1) from None
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         runtime.close()
     logging.getLogger(__name__).info("scheduler stopped")
 

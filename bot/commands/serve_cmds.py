@@ -14,7 +14,6 @@ line instead of a worker boot loop.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import urllib.error
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from bot.logs import configure_logging_from_environment
 from bot.slack.wsgi import SlackWeb, StartupError, load_slack_web
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def _preflight(socket_mode: bool) -> None:
 def serve_http(host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
+    from bot import gunicorn_conf
     from bot.slack.wsgi import create_app
 
     class ConnectAccessServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
@@ -59,6 +60,10 @@ def serve_http(host: str, port: int, workers: int, threads: int) -> None:
                 # gunicorn's control socket sits at one fixed path per user, so two servers
                 # on a host would fight over it; the bot does not use it.
                 "control_socket_disable": True,
+                # The Procfile's --config python:bot.gunicorn_conf: logging and the one
+                # start-up line.
+                "logger_class": gunicorn_conf.logger_class,
+                "when_ready": gunicorn_conf.when_ready,
             }
             for name, value in options.items():
                 self.cfg.set(name, value)
@@ -100,8 +105,7 @@ def open_socket_url(client: WebClient, app_token: str, api_url: str) -> str:
 def serve_socket_mode() -> None:
     """Connect out to Slack and serve until SIGTERM or SIGINT. The Web API calls, including
     apps.connections.open, go to SLACK_API_URL through the app's own client."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s [socket mode] %(name)s: %(message)s")
+    configure_logging_from_environment("web")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = ({sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
                 if in_main_thread else {})
@@ -184,6 +188,4 @@ def register(app: typer.Typer) -> None:
             serve_socket_mode()
             return
         _preflight(socket_mode=False)
-        typer.echo(f"serving Slack on http://{host}:{port}/slack/events "
-                   f"({workers} worker(s) x {threads} thread(s))", err=True)
         serve_http(host, port, workers, threads)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from bot.sandbox.fake_socket_mode import SocketModeHub
 from bot.sandbox.polling import wait_until
+from bot.slack.scopes import REQUIRED_BOT_SCOPES
 
 DEFAULT_BOT_TOKEN = "xoxb-fake-bot-token"
 DEFAULT_APP_TOKEN = "xapp-1-A0CONNECT-fake-app-token"
@@ -123,6 +124,8 @@ class FakeSlack:
         self.socket_mode = SocketModeHub(app_id=app_id)
         self.bot_user_id = bot_user_id
         self.team_id = team_id
+        # What Slack reports in X-OAuth-Scopes for the bot token (tests take some away).
+        self.bot_scopes: tuple[str, ...] = REQUIRED_BOT_SCOPES
         self._usergroups = {k: list(v) for k, v in (usergroups or {}).items()}
         self._users = dict(users or {})  # id -> real name
         self._host = host
@@ -330,7 +333,9 @@ class FakeSlack:
                 except SlackError as exc:
                     body = {"ok": False, "error": exc.error}
         self._record(method, params, 200, body)
-        return 200, body, {}
+        # Slack tells a bot token's scopes on every Web API answer.
+        scopes = {"X-OAuth-Scopes": ",".join(self.bot_scopes)} if token == self.bot_token else {}
+        return 200, body, scopes
 
     def _token_error(self, token: str) -> str:
         if not token:

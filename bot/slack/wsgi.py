@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 import urllib.error
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.error import BoltError
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from bot.anchors import AnchorError
 from bot.audit_runtime import build_anchoring
 from bot.aws.errors import AwsConfigError
 from bot.catalog import Catalog, CatalogError
 from bot.config import ConfigError, OperatorConfig, Route
+from bot.logs import configure_logging_from_environment, describe_database
 from bot.ports import Clock
 from bot.runtime import Runtime, web_runtime
 from bot.settings import Settings, SettingsError, load_settings
@@ -37,6 +38,10 @@ from bot.slack.approvers import SlackApproverDirectory
 from bot.slack.audit_listeners import AuditReviewDeps
 from bot.slack.db_services import DbSlackServices
 from bot.slack.guard import GuardedRequestHandler
+from bot.slack.health import HealthRoutes, readiness_checks
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 logger = logging.getLogger(__name__)
 
@@ -120,23 +125,13 @@ def _check_route(route: Route, path: str, source: str) -> None:
 
 
 def check_database(engine: Engine) -> None:
-    """The database answers and its schema is at the latest migration."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    """The database answers and its schema is at the latest migration (bot.dbcheck)."""
+    from bot.dbcheck import DatabaseNotReady, require_current_schema
 
-    from bot.db import MIGRATIONS_DIR
-
-    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     try:
-        with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    except SQLAlchemyError as exc:
-        raise StartupError(f"DATABASE_URL: cannot connect to the database: {exc}") from None
-    if current != head:
-        raise StartupError(
-            f"DATABASE_URL: the database schema is at {current or 'nothing'}, not the latest "
-            f"({head}); run `connect-access db upgrade` first."
-        )
+        require_current_schema(engine, engine.url.render_as_string(hide_password=True))
+    except DatabaseNotReady as exc:
+        raise StartupError(f"DATABASE_URL: {exc}.") from None
 
 
 def build_slack_web(
@@ -224,16 +219,24 @@ def load_slack_web(*, socket_mode: bool = False, lazy_workers: int = DEFAULT_LAZ
         raise StartupError(f"invalid catalog (CONNECT_ACCESS_CATALOG): {exc}") from None
 
 
-def create_app() -> SlackRequestHandler:
+def with_health_routes(web: SlackWeb, app: WSGIApplication) -> HealthRoutes:
+    """`app` behind GET /healthz and /readyz (bot.slack.health), which probe this web
+    process's own database, config and catalog."""
+    settings = web.runtime.settings
+    database = describe_database(settings)
+    return HealthRoutes(app, lambda: readiness_checks(
+        web.runtime.engine, web.runtime.config, web.runtime.catalog, database))
+
+
+def create_app() -> WSGIApplication:
     """The gunicorn factory (`gunicorn 'bot.slack.wsgi:create_app()'`): one app per
-    worker, so each has its own Bolt executor, Web API client and database pool."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s [web pid %(process)d] %(name)s: "
-                               "%(message)s")
+    worker, so each has its own Bolt executor, Web API client and database pool; with the
+    health probes in front."""
+    configure_logging_from_environment("web")
     try:
         web = load_slack_web()
     except StartupError as exc:
         # gunicorn prints the traceback too; this line is the one to read.
         logger.error("connect-access cannot start: %s", exc)
         raise
-    return web.wsgi()
+    return with_health_routes(web, web.wsgi())

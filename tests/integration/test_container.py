@@ -13,11 +13,16 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 
 from bot.resources import SOURCE_ROOT
+from bot.slack.health import HealthRoutes
 
 ENTRYPOINT = SOURCE_ROOT / "deploy" / "docker-entrypoint.sh"
 PROCFILE = SOURCE_ROOT / "Procfile"
@@ -125,3 +130,53 @@ def test_docker_image_builds_and_runs_the_cli() -> None:
                               tag, "release"], capture_output=True, text=True, timeout=120,
                              check=False)
     assert release.returncode == 0, release.stderr
+
+
+def run_healthcheck(tmp_path: Path, cmdline: list[str], path: str,
+                    port: int) -> subprocess.CompletedProcess[str]:
+    proc1 = tmp_path / "cmdline"
+    proc1.write_bytes(b"\0".join(a.encode() for a in cmdline) + b"\0")
+    env = {"PATH": path, "PROCFILE": str(PROCFILE), "PORT": str(port),
+           "HEALTHCHECK_CMDLINE": str(proc1)}
+    return subprocess.run(["sh", str(ENTRYPOINT), "healthcheck"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def test_healthcheck_of_a_web_container_gets_healthz(tmp_path: Path, stub_path: str) -> None:
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def slack(environ: Any, start_response: Any) -> list[bytes]:
+        raise AssertionError("the probe must not reach the Slack app")
+
+    python_path = f"{Path(sys.executable).parent}{os.pathsep}{stub_path}"
+    gunicorn = ["/opt/venv/bin/python", "/opt/venv/bin/gunicorn", "--config",
+                "python:bot.gunicorn_conf", "bot.slack.wsgi:create_app()"]
+    server = make_server("127.0.0.1", 0, HealthRoutes(slack, lambda: []), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        healthy = run_healthcheck(tmp_path, gunicorn, python_path, server.server_port)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = run_healthcheck(tmp_path, gunicorn, python_path, server.server_port)
+    assert down.returncode != 0
+    assert "GET /healthz on port" in down.stderr
+
+
+def test_healthcheck_of_a_scheduler_container_asks_status_for_this_host(
+        tmp_path: Path, stub_path: str) -> None:
+    scheduler = ["/opt/venv/bin/python", "/opt/venv/bin/connect-access", "scheduler"]
+    result = run_healthcheck(tmp_path, scheduler, stub_path, 3000)
+    assert result.returncode == 0, result.stderr
+    hostname = subprocess.run(["hostname"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert result.stdout.splitlines() == ["connect-access", "status", "--host", hostname,
+                                          "--quiet"]
+    release = run_healthcheck(tmp_path, ["/opt/venv/bin/alembic", "upgrade", "head"],
+                              stub_path, 3000)
+    assert release.returncode == 0 and release.stdout == ""

@@ -17,9 +17,11 @@ from typer.testing import CliRunner
 
 from bot.cli import build_cli
 from bot.db import PROJECT_ROOT, alembic_config, downgrade, make_engine, upgrade
+from bot.dbcheck import migration_head
 from bot.models import AuditChainHead, Base
 
-APP_TABLES = {"access_requests", "votes", "grants", "audit_events", "audit_chain_head"}
+APP_TABLES = {"access_requests", "votes", "grants", "audit_events", "audit_chain_head",
+              "scheduler_heartbeats"}
 
 
 def table_names(url: str) -> set[str]:
@@ -76,7 +78,7 @@ def test_alembic_command_line_and_db_upgrade_use_database_url(empty_database_url
         completed = subprocess.run([alembic, *args], cwd=PROJECT_ROOT, env=env,
                                    capture_output=True, text=True, check=False)
         assert completed.returncode == 0, completed.stderr
-    assert "(head)" in completed.stdout  # at the newest migration, whichever it is
+    assert f"{migration_head()} (head)" in completed.stdout
     downgrade(empty_database_url)
     result = CliRunner().invoke(build_cli(), ["db", "upgrade"],
                                 env={"DATABASE_URL": empty_database_url})

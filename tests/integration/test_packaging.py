@@ -7,11 +7,16 @@ cache makes the install itself quick after the first run.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import textwrap
+import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,12 +198,84 @@ def test_installed_wheel_migrates_validates_and_checks(installed: Installed) -> 
     assert validated.returncode == 0, validated.stderr
     assert "/site-packages/bot/_data/catalog/connect-console.yaml" in validated.stdout
 
+    # `check` runs from the installed package: the local items pass; Slack and AWS are not
+    # configured here, and say so with the fix.
+    check = installed.run("connect-access", "check", "--json", **env)
+    assert check.returncode == 1, check.stderr
+    report = {item["name"]: item for item in json.loads(check.stdout)["checks"]}
+    for name in ("settings", "catalog", "config", "database"):
+        assert report[name]["ok"] is True, report[name]
+    assert report["slack"] == {"name": "slack", "ok": False,
+                               "detail": "SLACK_BOT_TOKEN is not set",
+                               "fix": report["slack"]["fix"]}
+    assert "Traceback" not in check.stderr
+
     no_moto = installed.run("python", "-c", "import moto")
     assert no_moto.returncode != 0 and "No module named 'moto'" in no_moto.stderr
     demo = installed.run("connect-access", "demo")
     assert demo.returncode == 2
     assert "pip install 'connect-access[demo]'" in demo.stderr
     assert "Traceback" not in demo.stderr
+
+
+def test_installed_scheduler_and_web_process_run(installed: Installed) -> None:
+    """`connect-access scheduler` leads and `serve` answers its probes, from the wheel."""
+    from bot.sandbox.fake_slack import FakeSlack  # the test's own Slack, over HTTP
+
+    database = installed.home / "processes.db"
+    config = installed.home / "processes.yaml"
+    config.write_text(CONFIG + "timings: {sweep_interval: 1s}\n")
+    env = {"DATABASE_URL": f"sqlite:///{database}", "CONNECT_ACCESS_CONFIG": str(config),
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    assert installed.run("connect-access", "db", "upgrade", **env).returncode == 0
+    scheduler = subprocess.Popen([str(installed.bin / "connect-access"), "scheduler"],
+                                 cwd=installed.home, env=installed.env(**env),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = installed.run("connect-access", "status", "--json", **env)
+            if status.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["leader"].endswith(f":{scheduler.pid}")
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        output, _ = scheduler.communicate(timeout=30)
+    assert scheduler.returncode == 0, output
+    assert "Traceback" not in output
+
+    with FakeSlack() as fake:
+        port = free_port()
+        web_env = {**env, "SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": "s",
+                   "SLACK_API_URL": fake.api_url}
+        web = subprocess.Popen([str(installed.bin / "connect-access"), "serve", "--port",
+                                str(port), "--workers", "1"], cwd=installed.home,
+                               env=installed.env(**web_env), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            ready = None
+            deadline = time.monotonic() + 30
+            while ready is None and time.monotonic() < deadline and web.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
+                                                timeout=2) as response:
+                        ready = json.loads(response.read())
+                except OSError:
+                    time.sleep(0.2)
+            assert ready is not None and ready["status"] == "ready", web.poll()
+        finally:
+            web.terminate()
+            output, _ = web.communicate(timeout=30)
+    assert "Traceback" not in output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_alembic_command_line_finds_the_packaged_migrations(installed: Installed) -> None:

@@ -410,10 +410,29 @@ def test_pending_requests_time_out_and_reminders_are_sent_once(
 
 def test_a_scheduler_on_an_unmigrated_database_says_what_to_do(
         empty_database_url: str, tmp_path: Path) -> None:
+    config_path = tmp_path / "connect-access.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "instances": [{"alias": "prod", "arn": f"arn:aws:connect:{REGION}:{ACCOUNT}:"
+                                               "instance/11111111-2222-3333-4444-555555555555"}],
+        "routing": {"tiers": {tier: {"channel": "C0APPROVALS", "approvers": [LEAD, "U0LEAD02"]}
+                              for tier in ("read", "write", "critical")}}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
-    env.update(FAKE_CREDENTIALS, DATABASE_URL=empty_database_url)
+    env.update(FAKE_CREDENTIALS, DATABASE_URL=empty_database_url,
+               CONNECT_ACCESS_CONFIG=str(config_path))
     result = subprocess.run([CLI, "scheduler"], env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2
     assert "connect-access db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_scheduler_refuses_to_start_without_a_config(database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLACK_") and k != "CONNECT_ACCESS_CONFIG"}
+    env.update(FAKE_CREDENTIALS, DATABASE_URL=database_url)
+    result = subprocess.run([CLI, "scheduler"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: CONNECT_ACCESS_CONFIG: not set; point it at the operator YAML the web "
+        "process uses (see deploy/connect-access.example.yaml)."]
