@@ -6,6 +6,7 @@ Tier defaults come from catalog/routing.yaml; the operator file overrides them k
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bot import slacklimits
 from bot.catalog import DEFAULT_CATALOG_DIR, CatalogEntry
 from bot.durations import format_duration, parse_duration
 from bot.targets import (
@@ -29,7 +31,8 @@ from bot.tiers import TIERS, Tier
 
 DEFAULT_ROUTING_FILE = DEFAULT_CATALOG_DIR / "routing.yaml"
 
-_APPROVER_ID = re.compile(r"[US][A-Z0-9]{2,}")
+# Users (U..., W... on Enterprise Grid) and user groups (S...).
+_APPROVER_ID = re.compile(r"[UWS][A-Z0-9]{2,}")
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
 _INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[A-Za-z0-9-]+")
@@ -309,7 +312,7 @@ def _route_changes(reader: _Reader, path: str, raw: Mapping[str, Any],
         approvers = reader.sequence(f"{path}.approvers", raw["approvers"])
         changes["approvers"] = tuple(
             reader.string(f"{path}.approvers[{i}]", a, _APPROVER_ID,
-                          "a Slack user id (U...) or user-group id (S...)")
+                          "a Slack user id (U... or W...) or user-group id (S...)")
             for i, a in enumerate(approvers)
         )
     if "approvals" in raw:
@@ -326,6 +329,49 @@ def _route_changes(reader: _Reader, path: str, raw: Mapping[str, Any],
         changes["max_total_duration"] = reader.duration(f"{path}.max_total_duration",
                                                         raw["max_total_duration"])
     return changes
+
+
+def check_instance_limits(reader: _Reader, aliases: Sequence[str]) -> None:
+    """The request form offers every instance in one menu and carries their aliases in
+    its private_metadata: refuse what Slack would reject there."""
+    if len(aliases) > slacklimits.SELECT_OPTIONS_MAX:
+        raise reader.fail("instances", f"{len(aliases)} instances configured; at most "
+                                       f"{slacklimits.SELECT_OPTIONS_MAX} (Slack's limit on "
+                                       "options in the request form's instance menu)")
+    for index, alias in enumerate(aliases):
+        if len(alias) > slacklimits.ALIAS_STORED_MAX:
+            raise reader.fail(f"instances[{index}].alias",
+                              f"is {len(alias)} characters; at most "
+                              f"{slacklimits.ALIAS_STORED_MAX} (Slack allows "
+                              f"{slacklimits.OPTION_VALUE_MAX} in a menu option's value, the "
+                              f"database {slacklimits.ALIAS_STORED_MAX})")
+    metadata = len(json.dumps({"entry_id": "x" * slacklimits.ENTRY_ID_MAX,
+                               "max_seconds": 10**8, "instances": list(aliases)}))
+    if metadata > slacklimits.PRIVATE_METADATA_MAX:
+        raise reader.fail("instances", f"the aliases take {metadata} characters of the request "
+                                       f"form's private_metadata; Slack allows "
+                                       f"{slacklimits.PRIVATE_METADATA_MAX}: use shorter aliases "
+                                       "or fewer instances")
+
+
+def mention_length(approver: str) -> int:
+    """Characters of an approver's mention in a message (`<@U…>`, `<!subteam^S…>`)."""
+    return len(approver) + (len("<!subteam^>") if approver.startswith("S") else len("<@>"))
+
+
+# The approval message lists the approvers in one context element:
+# "Approvers: <@U1>, <@U2>. The requester cannot vote." (bot.slack.blocks.approval_message)
+_APPROVERS_LINE = len("Approvers: . The requester cannot vote.")
+
+
+def check_approver_limits(reader: _Reader, path: str, approvers: Sequence[str]) -> None:
+    length = _APPROVERS_LINE + sum(mention_length(a) for a in approvers) + 2 * max(
+        0, len(approvers) - 1)
+    if length > slacklimits.TEXT_MAX:
+        raise reader.fail(f"{path}.approvers",
+                          f"{len(approvers)} approvers make the approval message's approver "
+                          f"line {length} characters; Slack allows {slacklimits.TEXT_MAX}: "
+                          "put them in a user group (S...) instead")
 
 
 def load_router(operator_routing: Mapping[str, Any], source: str = "",
@@ -351,6 +397,7 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
         path = f"routing.tiers.{tier}"
         base.update(_route_changes(reader, path,
                                    reader.mapping(path, operator_tiers.get(tier))))
+        check_approver_limits(reader, path, base["approvers"])
         if base["auto_approve"] and tier != "read":
             raise reader.fail(f"{path}.auto_approve",
                               "only the read tier may be auto-approved")
@@ -368,6 +415,8 @@ def load_router(operator_routing: Mapping[str, Any], source: str = "",
         if entry_id is None and page is None:
             raise reader.fail(f"{path}.match", "must name an entry id (entry:) or a page (page:)")
         changes = _route_changes(reader, path, raw, extra_keys=("match",))
+        if "approvers" in changes:
+            check_approver_limits(reader, path, changes["approvers"])
         if changes.get("auto_approve"):
             raise reader.fail(f"{path}.auto_approve",
                               "overrides may not auto-approve (only the read tier may)")
@@ -422,7 +471,7 @@ def _parse_principals(reader: _Reader, raw: Any, *, identity_center: IdentityCen
     targets: dict[str, GrantTarget] = {}
     for user_id, value in reader.mapping("principals", raw).items():
         path = f"principals.{user_id}"
-        reader.string(path, str(user_id), _SLACK_USER_ID, "keyed by a Slack user id (U...)")
+        reader.string(path, str(user_id), _SLACK_USER_ID, "keyed by a Slack user id (U... or W...)")
         try:
             target = target_from_mapping(value)
         except TargetError as exc:
@@ -504,6 +553,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     for alias in aliases:
         if aliases.count(alias) > 1:
             raise reader.fail("instances", f"alias {alias!r} is used more than once")
+    check_instance_limits(reader, aliases)
     identity_center = _parse_identity_center(reader, top.get("identity_center"))
     allow_groups = reader.boolean("allow_group_targets", top.get("allow_group_targets", False))
     principals = _parse_principals(reader, top.get("principals"),
@@ -534,7 +584,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
         audit=_audit_config(reader, reader.mapping("audit", top.get("audit"))),
         auditors=tuple(
             reader.string(f"auditors[{i}]", a, _APPROVER_ID,
-                          "a Slack user id (U...) or user-group id (S...)")
+                          "a Slack user id (U... or W...) or user-group id (S...)")
             for i, a in enumerate(reader.sequence("auditors", top.get("auditors")))
         ),
         iam=_iam_limits(reader, reader.mapping("iam", top.get("iam"))),

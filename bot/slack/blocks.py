@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.slack.escape import channel_link, escape, mention, quote, slack_date
+from bot import slacklimits
+from bot.slack.escape import channel_link, escape, mention, quote, slack_date, truncate
 from bot.slack.permissions import (
     entry_value,
     history_blocks,
@@ -77,7 +78,7 @@ STATE_LABELS = {
 
 # Slack's limits on text fields.
 PLAIN_TEXT_LIMIT = 75
-SECTION_LIMIT = 3000
+SECTION_LIMIT = slacklimits.TEXT_MAX
 
 
 def plain(text: str, limit: int = PLAIN_TEXT_LIMIT) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def plain(text: str, limit: int = PLAIN_TEXT_LIMIT) -> dict[str, Any]:
 
 
 def mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text[:SECTION_LIMIT]}
+    return {"type": "mrkdwn", "text": truncate(text, SECTION_LIMIT)}
 
 
 def section(text: str) -> Block:
@@ -706,42 +707,79 @@ def irrevocable_alert(view: RequestView) -> tuple[str, list[Block]]:
 # App Home -------------------------------------------------------------------------------
 
 
-def home_view(summary: HomeSummary) -> View:
-    blocks: list[Block] = [header("Your Amazon Connect access")]
-    blocks.append(section("*Active access*"))
-    if not summary.active:
-        blocks.append(context(escape("None right now. Use `/connect-access <what you need>`.")))
-    for view in summary.active:
-        blocks.append(section(request_line(view, summary.now)))
-        blocks.append(grant_buttons(view, extend=True))
-    blocks.append({"type": "divider"})
-    blocks.append(section("*Your pending requests*"))
-    if not summary.pending:
-        blocks.append(context("None."))
-    for view in summary.pending:
-        blocks.append(
-            {
-                "type": "section",
-                "text": mrkdwn(request_line(view, summary.now)),
-                "accessory": button("Cancel", CANCEL, str(view.id)),
-            }
-        )
-    blocks.append({"type": "divider"})
-    blocks.append(section("*Waiting for your approval*"))
-    if not summary.awaiting_my_approval:
-        blocks.append(context("Nothing to approve."))
-    for view in summary.awaiting_my_approval:
-        blocks.append(
-            section(
-                f"{request_line(view, summary.now)}\nfrom {mention(view.requester)}: "
-                f"{escape(view.reason[:200])}"
-            )
-        )
-        blocks.append(
-            actions(
-                f"home_vote_{view.id}",
-                button("Approve", APPROVE, str(view.id), "primary"),
-                button("Deny", DENY, str(view.id), "danger"),
-            )
-        )
-    return {"type": "home", "blocks": blocks[:100]}
+@dataclass(frozen=True)
+class HomeSection:
+    """One part of the App Home: its heading, one group of blocks per item, what to say
+    when there are none, and what to say about the items that did not fit."""
+
+    heading: list[Block]
+    items: list[list[Block]]
+    empty: Block
+    more: str  # "{n}" is replaced by how many items are not shown
+
+
+def fit_home_sections(sections: Sequence[HomeSection],
+                      budget: int = slacklimits.VIEW_BLOCKS_MAX) -> list[Block]:
+    """The sections within Slack's block limit. When everything does not fit, every
+    section keeps its heading and gets items in turn, one at a time, so no section is
+    dropped; each one cut short ends with a line saying how many more there are."""
+    fixed = sum(len(s.heading) + (0 if s.items else 1) for s in sections)
+    total = fixed + sum(len(block) for s in sections for block in s.items)
+    shown = [len(s.items) for s in sections]
+    if total > budget:
+        # A summary line for every section with items, then items round-robin.
+        remaining = budget - fixed - sum(1 for s in sections if s.items)
+        shown = [0] * len(sections)
+        progress = True
+        while progress:
+            progress = False
+            for index, part in enumerate(sections):
+                if shown[index] < len(part.items) and len(part.items[shown[index]]) <= remaining:
+                    remaining -= len(part.items[shown[index]])
+                    shown[index] += 1
+                    progress = True
+    blocks: list[Block] = []
+    for part, count in zip(sections, shown, strict=True):
+        blocks.extend(part.heading)
+        if not part.items:
+            blocks.append(part.empty)
+        for item in part.items[:count]:
+            blocks.extend(item)
+        if count < len(part.items):
+            blocks.append(context(escape(part.more.replace("{n}", str(len(part.items) - count)))))
+    return blocks
+
+
+def home_view(summary: HomeSummary, budget: int = slacklimits.VIEW_BLOCKS_MAX) -> View:
+    """The App Home in at most `budget` blocks (less than Slack's 100 when another section
+    follows)."""
+    now = summary.now
+    active = HomeSection(
+        heading=[header("Your Amazon Connect access"), section("*Active access*")],
+        items=[[section(request_line(view, now)), grant_buttons(view, extend=True)]
+               for view in summary.active],
+        empty=context(escape("None right now. Use `/connect-access <what you need>`.")),
+        more="…and {n} more active. `/connect-access status` lists all your requests.",
+    )
+    pending = HomeSection(
+        heading=[{"type": "divider"}, section("*Your pending requests*")],
+        items=[[{"type": "section", "text": mrkdwn(request_line(view, now)),
+                 "accessory": button("Cancel", CANCEL, str(view.id))}]
+               for view in summary.pending],
+        empty=context("None."),
+        more="…and {n} more pending. `/connect-access status` lists them; "
+             "`/connect-access cancel <id>` withdraws one.",
+    )
+    approvals = HomeSection(
+        heading=[{"type": "divider"}, section("*Waiting for your approval*")],
+        items=[[section(f"{request_line(view, now)}\nfrom {mention(view.requester)}: "
+                        f"{escape(view.reason[:200])}"),
+                actions(f"home_vote_{view.id}",
+                        button("Approve", APPROVE, str(view.id), "primary"),
+                        button("Deny", DENY, str(view.id), "danger"))]
+               for view in summary.awaiting_my_approval],
+        empty=context("Nothing to approve."),
+        more="…and {n} more waiting for your approval; vote on them in their approval "
+             "channels.",
+    )
+    return {"type": "home", "blocks": fit_home_sections([active, pending, approvals], budget)}

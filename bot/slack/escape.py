@@ -14,11 +14,31 @@ from datetime import datetime
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _GROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+_ENTITY_START = re.compile(r"&(#?[A-Za-z0-9]*)")
 
 
 def escape(text: str) -> str:
     """Make arbitrary text safe inside a mrkdwn (or fallback `text`) field."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate(text: str, limit: int, ellipsis: str = "…") -> str:
+    """`text` (mrkdwn, already escaped) cut to at most `limit` characters, never inside an
+    escape (`&amp;`), a mention, a link or a date (`<@U…>`, `<url|text>`, `<!date^…>`), so
+    Slack never shows half of one or reads the rest of the text into it."""
+    if len(text) <= limit:
+        return text
+    cut = max(0, limit - len(ellipsis))
+    # A control sequence still open at the cut: every raw `<` is one we built (people's
+    # text is escaped), so the last `<` with no `>` after it starts one.
+    opening = text.rfind("<", 0, cut)
+    if opening != -1 and text.find(">", opening, cut) == -1:
+        cut = opening
+    # An entity still open at the cut: `&` then letters or `#` digits, no `;` yet.
+    amp = text.rfind("&", max(0, cut - 8), cut)
+    if amp != -1 and ";" not in text[amp:cut] and _ENTITY_START.fullmatch(text[amp:cut]):
+        cut = amp
+    return text[:cut] + ellipsis
 
 
 def quote(text: str) -> str:

@@ -85,7 +85,7 @@ timings: {{pending_ttl: 12h, remind_before_expiry: 5m, sweep_interval: 30s, pend
     ({"routing": {"tiers": {"read": {"max_duration": "forever"}}}},
      "routing.tiers.read.max_duration: Duration 'forever' is not understood"),
     ({"routing": {"tiers": {"read": {"approvers": ["alice"]}}}},
-     "routing.tiers.read.approvers[0]: must be a Slack user id (U...) or user-group id"),
+     "routing.tiers.read.approvers[0]: must be a Slack user id (U... or W...) or user-group id"),
     ({"routing": {"tiers": {"read": {"channel": "#approvals"}}}},
      "routing.tiers.read.channel: must be a Slack channel id"),
     ({"routing": {"overrides": [{"match": {}}]}},

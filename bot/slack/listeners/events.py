@@ -13,6 +13,7 @@ from slack_bolt import BoltResponse
 from bot.slack import blocks
 from bot.slack.audit_listeners import auditor_home_blocks
 from bot.slack.listeners.common import Incoming, SlackDeps
+from bot.slacklimits import VIEW_BLOCKS_MAX
 
 
 class SeenEvents:
@@ -68,9 +69,10 @@ def run_app_home_opened(deps: SlackDeps, incoming: Incoming) -> None:
         return
     user = str(event.get("user") or "")
     summary = deps.services.home(user)
-    view = blocks.home_view(summary)
     audit_section = auditor_home_blocks(deps, user, room=40)
+    # App Home holds 100 blocks: the auditor section keeps its room, and the home's own
+    # sections share the rest (blocks.fit_home_sections), none of them dropped.
+    view = blocks.home_view(summary, budget=VIEW_BLOCKS_MAX - len(audit_section))
     if audit_section:
-        # App Home holds 100 blocks: the auditor section keeps its room.
-        view["blocks"] = [*view["blocks"][:100 - len(audit_section)], *audit_section]
+        view["blocks"] = [*view["blocks"], *audit_section]
     incoming.client.views_publish(user_id=user, view=view)
