@@ -42,6 +42,7 @@ _IDENTITY_STORE_ID = re.compile(r"d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f
                                 r"[0-9a-f]{4}-[0-9a-f]{12}")
 # Extensions may add up to this many times the tier's max_duration unless the tier says.
 DEFAULT_TOTAL_FACTOR = 3
+_BOUNDARY_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}|\*):policy/[\w+=,.@/-]+")
 
 
 class ConfigError(ValueError):
@@ -210,6 +211,9 @@ class OperatorConfig:
     principals: Mapping[str, str] = field(default_factory=dict)
     principal_tag_lookup: bool = False
     require_managed_tag: bool = False
+    # Every target principal must have this managed policy as its permissions boundary
+    # (`*` for the account: the principal's own); None: no boundary is required.
+    required_permissions_boundary: str | None = None
     router: ApprovalRouter = field(default_factory=lambda: load_router({}))
     timings: Timings = Timings()
     audit: AuditConfig = AuditConfig()
@@ -530,9 +534,9 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     reader = _Reader(source)
     top = reader.mapping("(top level)", raw)
     reader.unknown_keys("", top, ("instances", "principals", "principal_tag_lookup",
-                                  "require_managed_tag", "routing", "timings", "audit",
-                                  "auditors", "iam", "alerts", "identity_center",
-                                  "allow_group_targets"))
+                                  "require_managed_tag", "required_permissions_boundary",
+                                  "routing", "timings", "audit", "auditors", "iam", "alerts",
+                                  "identity_center", "allow_group_targets"))
     instances: list[Instance] = []
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
@@ -579,6 +583,11 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
                                             top.get("principal_tag_lookup", False)),
         require_managed_tag=reader.boolean("require_managed_tag",
                                            top.get("require_managed_tag", False)),
+        required_permissions_boundary=None if top.get("required_permissions_boundary") is None
+        else reader.string("required_permissions_boundary",
+                           top["required_permissions_boundary"], _BOUNDARY_ARN,
+                           "a managed policy ARN like arn:aws:iam::111122223333:policy/"
+                           "connect-access-boundary (* for the account: each principal's own)"),
         router=load_router(reader.mapping("routing", top.get("routing")), source),
         timings=timings,
         audit=_audit_config(reader, reader.mapping("audit", top.get("audit"))),

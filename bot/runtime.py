@@ -138,6 +138,7 @@ def build_runtime(
         aws.iam_for_account, config.principals, tag_lookup=config.principal_tag_lookup,
         require_managed_tag=config.require_managed_tag,
         allow_group_targets=config.allow_group_targets,
+        required_boundary=config.required_permissions_boundary,
         tag_lookup_accounts=(None, *sorted({i.account for i in config.instances
                                             if i.assume_role_arn})),
         index_max_age=config.timings.principal_index_max_age.total_seconds(),

@@ -67,8 +67,12 @@ class IamPrincipalDirectory:
         index: PrincipalIndex | None = None,
         index_max_age: float = 600.0,
         index_miss_refresh: float = 30.0,
+        required_boundary: str | None = None,
     ) -> None:
         self._iam = iam_client_factory
+        # A managed policy ARN every target principal must have as its permissions
+        # boundary; `*` as the account means the principal's own account.
+        self._required_boundary = required_boundary
         self._mapping = dict(mapping)
         self._tag_lookup = tag_lookup
         self._require_managed_tag = require_managed_tag
@@ -141,6 +145,8 @@ class IamPrincipalDirectory:
         iam = self._iam(principal.account_id)
         try:
             tags = self._tags(iam, principal)
+            boundary = (self._boundary(iam, principal)
+                        if self._required_boundary is not None else None)
         except ClientError as exc:
             if error_code(exc) == "NoSuchEntity":
                 raise PrincipalError(
@@ -166,6 +172,8 @@ class IamPrincipalDirectory:
                     f"{arn} is not tagged {MANAGED_TAG}=true, and this bot only grants to "
                     "principals carrying that tag. Ask an administrator to add it."
                 )
+        if self._required_boundary is not None:
+            self._check_boundary(principal, boundary)
         return principal, tags
 
     def group_member_count(self, group_arn: str) -> int:
@@ -185,7 +193,33 @@ class IamPrincipalDirectory:
                 f"Could not reach IAM to read group {group_arn} ({type(exc).__name__})."
             ) from exc
 
+    def _check_boundary(self, principal: IamPrincipal, actual: str | None) -> None:
+        assert self._required_boundary is not None
+        expected = required_boundary_for(self._required_boundary, principal)
+        if principal.kind == "group":
+            raise PrincipalError(
+                f"{principal.arn} is an IAM group; groups cannot have a permissions boundary, "
+                f"and this bot only grants to principals bounded by {expected}. Map a role or "
+                "user instead.")
+        if actual != expected:
+            raise PrincipalError(
+                f"{principal.arn} does not have the permissions boundary {expected} "
+                f"(it has {actual or 'none'}), and this bot only grants to principals bounded "
+                "by it. Ask an administrator to set it.")
+
     # -- internals --------------------------------------------------------------------
+
+    @staticmethod
+    def _boundary(iam: IAMClient, principal: IamPrincipal) -> str | None:
+        """The principal's permissions boundary ARN (None: none, or a group)."""
+        if principal.kind == "group":
+            return None
+        if principal.kind == "role":
+            boundary = iam.get_role(RoleName=principal.name)["Role"].get("PermissionsBoundary")
+        else:
+            boundary = iam.get_user(UserName=principal.name)["User"].get("PermissionsBoundary")
+        arn = (boundary or {}).get("PermissionsBoundaryArn")
+        return str(arn) if arn else None
 
     @staticmethod
     def _tags(iam: IAMClient, principal: IamPrincipal) -> dict[str, str]:
@@ -219,6 +253,15 @@ class IamPrincipalDirectory:
                 "explicitly in the config."
             )
         return found[0] if found else None
+
+
+def required_boundary_for(boundary: str, principal: IamPrincipal) -> str:
+    """The boundary ARN for this principal: `arn:aws:iam::*:policy/x` names the policy `x`
+    in the principal's own account (one setting for instances in several accounts)."""
+    parts = boundary.split(":", 5)  # arn, partition, iam, (region), account, policy/...
+    if parts[4] == "*":
+        parts[4] = principal.account_id
+    return ":".join(parts)
 
 
 def tagged_principals(iam: IAMClient) -> Iterator[tuple[str, dict[str, str]]]:

@@ -173,7 +173,9 @@ def _aws_items(settings: Settings, config: Any) -> list[Item]:
         via = f" through {role}" if role else " with the bot's own credentials"
         try:
             identity = sessions.client("sts", instances[0]).get_caller_identity()
-            sessions.client("iam", instances[0]).list_roles(MaxItems=1)
+            # One call the bot's policy allows (ListPolicies) proves IAM answers.
+            sessions.client("iam", instances[0]).list_policies(
+                Scope="Local", PathPrefix="/connect-access/", MaxItems=1)
         except NoCredentialsError:
             items.append(Item(name, False, "no AWS credentials found",
                               "give the process a role (instance profile, task role) or set "
