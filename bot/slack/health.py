@@ -3,8 +3,9 @@
 - `GET /healthz`: the process lives and answers HTTP (liveness). Touches nothing else, so a
   database outage does not get every web process restarted.
 - `GET /readyz`: this process can serve Slack (readiness): the database answers and is at
-  the migration head, and the operator config and the catalog are loaded. 200 or 503, with
-  a JSON body naming each check and, when one fails, why.
+  the migration head (or at a newer one: during a rolling upgrade the old processes keep
+  serving), and the operator config and the catalog are loaded. 200 or 503, with a JSON
+  body naming each check and, when one fails, why.
 
 Every other path and method goes to the Slack app unchanged.
 """
@@ -44,7 +45,9 @@ def readiness_checks(engine: Engine, config: OperatorConfig | None, catalog: Cat
         state = require_current_schema(engine, database)
         checks.append(Check("database", True, f"at migration {state.current}"))
     except DatabaseNotReady as exc:
-        checks.append(Check("database", False, str(exc)))
+        # A newer version migrated the database (a rolling upgrade: release ran, this
+        # process is next). Migrations only add, so this process still serves; it says so.
+        checks.append(Check("database", exc.reason == "unknown_revision", str(exc)))
     if config is None:
         checks.append(Check("config", False, "the operator config is not loaded"))
     else:

@@ -8,4 +8,5 @@ REQUIRED_BOT_SCOPES = (
     "chat:write",       # approval messages, DMs
     "im:write",         # conversations.open for DMs
     "usergroups:read",  # expand approver user groups
+    "files:write",      # audit exports uploaded to auditors
 )

@@ -59,7 +59,7 @@ def test_a_good_deployment_passes_every_item(deployment: Path, fake: FakeSlack) 
     by_name = items(report)
     assert list(by_name) == ["settings", "catalog", "config", "database", "slack",
                              f"aws {ACCOUNT} (prod)"]
-    assert "scopes commands, chat:write, im:write, usergroups:read granted" in \
+    assert "scopes commands, chat:write, im:write, usergroups:read, files:write granted" in \
         by_name["slack"]["detail"]
     assert fake.calls("auth.test")
     assert f"arn:aws:sts::{ACCOUNT}:" in by_name[f"aws {ACCOUNT} (prod)"]["detail"]
@@ -72,7 +72,7 @@ def test_text_output_names_each_item_and_the_fix(deployment: Path, fake: FakeSla
     lines = result.output.splitlines()
     assert "PASS  database: " in "\n".join(lines)
     slack = next(i for i, line in enumerate(lines) if line.startswith("FAIL  slack:"))
-    assert "lacks the scope(s) im:write, usergroups:read" in lines[slack]
+    assert "lacks the scope(s) im:write, usergroups:read, files:write" in lines[slack]
     assert lines[slack + 1].startswith("      fix: add them under OAuth & Permissions")
     assert lines[-1] == "1 check(s) failed"
 

@@ -215,3 +215,26 @@ def test_a_worker_that_cannot_start_says_why_without_a_traceback(
     assert "connect-access cannot start: DATABASE_URL:" in completed.stderr
     assert "run `connect-access db upgrade` first" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_readyz_stays_ready_when_a_newer_version_migrated_the_database(
+        web_env: dict[str, str]) -> None:
+    """A rolling upgrade: release ran with the new version; old processes keep serving."""
+    database_url = web_env["DATABASE_URL"]
+    with AppServer(create_app()) as server:
+        base = server.url.removesuffix("/slack/events")
+        engine = make_engine(database_url)
+        with engine.begin() as connection:
+            current = connection.execute(sa.text("SELECT version_num FROM alembic_version")
+                                         ).scalar_one()
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999_next'"))
+        try:
+            status, body = get(f"{base}/readyz")
+            assert status == 200
+            assert "is at migration 9999_next, which connect-access" in \
+                body["checks"]["database"]["detail"]
+        finally:
+            with engine.begin() as connection:
+                connection.execute(sa.text("UPDATE alembic_version SET version_num = :v"),
+                                   {"v": current})
+            engine.dispose()
