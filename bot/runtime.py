@@ -206,7 +206,9 @@ def _slack_parts(token: str, api_url: str, destination: AlertDestination,
 
 
 def _announce(runtime: Runtime, process: str) -> Runtime:
-    level = logging.INFO if runtime.config.alerts.channel else logging.WARNING
+    # The configured case says nothing at INFO (one start-up line per process); the
+    # fallbacks warn.
+    level = logging.DEBUG if runtime.config.alerts.channel else logging.WARNING
     log.log(level, "%s: %s", process, runtime.alert_destination.explanation)
     return runtime
 

@@ -379,9 +379,11 @@ class ExpiryScheduler:
         """Wait to lead, then lead until `stop` is set or leadership is lost."""
         poll = max(self.sweep_interval.total_seconds() / 3, 0.2)
         while not stop.is_set():
-            log.debug("waiting to become the scheduler leader")
-            if not wait_for_leadership(self.leadership, stop, poll):
-                return
+            # Said only by a standby: a process that leads at once starts quietly.
+            if not self.leadership.try_acquire():
+                log.info("waiting to become the scheduler leader (another scheduler leads)")
+                if not wait_for_leadership(self.leadership, stop, poll):
+                    return
             log.info("this process is now the scheduler leader")
             try:
                 self.start()

@@ -29,6 +29,13 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def invoke_json(*args: str) -> tuple[int, object]:
+    """The command's stdout as JSON (warnings go to stderr)."""
+    result = CliRunner().invoke(build_cli(), list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
 @pytest.mark.parametrize("command", DB_COMMANDS, ids=" ".join)
 def test_an_unmigrated_database_is_named_with_the_fix(
         command: list[str], empty_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +114,8 @@ def test_audit_verify_json(database_url: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DATABASE_URL", database_url)
     code, output = invoke("audit", "verify", "--json")
     assert code == 0
-    assert json.loads(output) == {"ok": True, "checked": 0, "broken_seq": None, "problem": ""}
+    report = json.loads(output)
+    assert report["ok"] is True and report["events"] == 0
 
 
 def test_reconcile_json(database_url: str, fake_aws: None, tmp_path: Path,
@@ -118,10 +126,10 @@ def test_reconcile_json(database_url: str, fake_aws: None, tmp_path: Path,
                                 "11111111-2222-3333-4444-555555555555"}]}))
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("CONNECT_ACCESS_CONFIG", str(config))
-    code, output = invoke("reconcile", "--dry-run", "--json")
-    assert code == 0, output
-    assert json.loads(output) == {"dry_run": True, "findings": [], "unverifiable": [],
-                                  "conflicts": [], "failed": 0}
+    code, report = invoke_json("reconcile", "--dry-run", "--json")
+    assert code == 0, report
+    assert report == {"dry_run": True, "findings": [], "unverifiable": [], "conflicts": [],
+                      "failed": 0, "unchecked": 0}
 
 
 def test_catalog_validate_json() -> None:

@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from slack_flows_harness import ALICE, SIGNING_SECRET, operator_config
 from bot.db import PROJECT_ROOT, downgrade, make_engine, upgrade
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.slack_client import AppServer, SlackClient
-from bot.slack.wsgi import create_app
+from bot.slack.wsgi import load_slack_web, with_health_routes
 
 PROCFILE = PROJECT_ROOT / "Procfile"
 
@@ -35,6 +36,18 @@ def procfile_web() -> str:
         if line.startswith("web:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError("no web: line in the Procfile")
+
+
+@contextmanager
+def web_app() -> Iterator[AppServer]:
+    """create_app()'s app (the probes in front of the guarded Slack handler) on a real
+    HTTP server, its database pool released afterwards."""
+    web = load_slack_web()
+    try:
+        with AppServer(with_health_routes(web, web.wsgi())) as server:
+            yield server
+    finally:
+        web.close()
 
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
@@ -53,7 +66,8 @@ def fake() -> Iterator[FakeSlack]:
 
 def _settings(fake: FakeSlack, database_url: str, tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "connect-access.yaml"
-    path.write_text(yaml.safe_dump(operator_config()))
+    # With an alerts channel, so the web process has no config warning to log at start.
+    path.write_text(yaml.safe_dump({**operator_config(), "alerts": {"channel": "C0ALERTS"}}))
     return {
         "SLACK_BOT_TOKEN": fake.bot_token,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -95,7 +109,7 @@ def web_env(web_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> di
 
 def test_healthz_and_readyz_answer_beside_the_slack_endpoint(web_env: dict[str, str],
                                                              fake: FakeSlack) -> None:
-    with AppServer(create_app()) as server:
+    with web_app() as server:
         base = server.url.removesuffix("/slack/events")
         status, body = get(f"{base}/healthz")
         assert status == 200 and body["status"] == "ok"
@@ -118,7 +132,7 @@ def test_healthz_and_readyz_answer_beside_the_slack_endpoint(web_env: dict[str, 
 
 def test_readyz_fails_while_the_database_is_not_migrated(web_env: dict[str, str]) -> None:
     database_url = web_env["DATABASE_URL"]
-    with AppServer(create_app()) as server:
+    with web_app() as server:
         base = server.url.removesuffix("/slack/events")
         downgrade(database_url)
         try:
@@ -137,7 +151,7 @@ def test_readyz_fails_when_the_database_goes_away(sqlite_web_settings: dict[str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     web_env = _apply(sqlite_web_settings, monkeypatch)
     path = Path(web_env["DATABASE_URL"].removeprefix("sqlite:///"))
-    with AppServer(create_app()) as server:
+    with web_app() as server:
         base = server.url.removesuffix("/slack/events")
         moved = path.with_name("moved.db")
         path.rename(moved)
@@ -221,7 +235,7 @@ def test_readyz_stays_ready_when_a_newer_version_migrated_the_database(
         web_env: dict[str, str]) -> None:
     """A rolling upgrade: release ran with the new version; old processes keep serving."""
     database_url = web_env["DATABASE_URL"]
-    with AppServer(create_app()) as server:
+    with web_app() as server:
         base = server.url.removesuffix("/slack/events")
         engine = make_engine(database_url)
         with engine.begin() as connection:
