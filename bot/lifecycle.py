@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 import zlib
@@ -707,7 +708,7 @@ class RequestService:
                     "it cannot be granted now.")
         start = self.clock.now()
         principal_arn = request.principal_arn
-        told_queued = self._tell_if_queued(request, start)
+        queued = self._watch_queue(request, start)
         context = GrantContext(
             grant_id=new_grant_id(), entry_id=request.entry_id,
             principal_arn=request.principal_arn, instance_arn=request.instance_arn,
@@ -715,13 +716,14 @@ class RequestService:
             inline_usage=0,
         )
         try:
-            usage, told_queued = self._patiently(
-                request, told_queued, lambda: self.granter.inline_usage(principal_arn))
+            usage = self._patiently(queued, lambda: self.granter.inline_usage(principal_arn))
             context = replace(context, inline_usage=usage)
             plan = self.plan_builder(context)
         except GrantError as exc:
+            queued.stop()
             return self._fail_before_attach(request_id, f"could not read the principal: {exc}")
         except Exception as exc:
+            queued.stop()
             # Whatever stops the plan being built (a policy over quota, a bad entry) must
             # end the request as failed, never leave it approved with nobody told.
             log.exception("building the grant plan for request %s failed", request_id)
@@ -734,6 +736,7 @@ class RequestService:
                 # between our check and this lock; its grant is the one that counts.
                 log.info("request %s became %s while a grant was planned; leaving it to "
                          "whoever moved it", request_id, request.state)
+                queued.stop()
                 return request
             self._move(session, request, GRANTING, actor=SYSTEM, action="granting", details={
                 "grant_id": plan.grant_id, "policy_names": [p.name for p in plan.policies],
@@ -750,8 +753,9 @@ class RequestService:
             session.add(grant)
 
         try:
-            attached, _ = self._patiently(request, told_queued, lambda: self.granter.attach(plan))
+            attached = self._patiently(queued, lambda: self.granter.attach(plan))
         except GrantError as exc:
+            queued.stop()
             if self._settled_elsewhere(plan.grant_id):
                 return self.get(request_id)
             self._cleanup_partial(plan)
@@ -763,6 +767,7 @@ class RequestService:
                            details={"grant_id": grant.id, "error": str(exc), "code": exc.code})
             self._notify("failed", request, error=str(exc), grant_id=plan.grant_id)
             return request
+        queued.stop()
 
         with self._transaction() as session:
             request = self._locked(session, request_id)
@@ -789,44 +794,43 @@ class RequestService:
                                          grant.policy_names[0], request.group_members))
         return request
 
-    def _tell_if_queued(self, request: AccessRequest, now: datetime) -> bool:
-        """Tell the requester when their grant waits behind IAM's rate limit: it has waited
-        since approval, or the IAM requests queued ahead of it will make it wait, for at
-        least `queued_notice_after` (nothing is wrong; it will be granted). True if told."""
+    def _watch_queue(self, request: AccessRequest, now: datetime) -> _QueuedNotice:
+        """Tell the requester, once, when their grant waits behind IAM's rate limit (nothing
+        is wrong; it will be granted): at once when it has waited since approval, or the
+        IAM requests queued ahead of it will make it wait, for `queued_notice_after`; or
+        when the grant is still not done that long from now while requests queue for the
+        limit; or when IAM throttles it (see _patiently)."""
+        notice = _QueuedNotice(self, request)
         if self.pacing is None:
-            return False
-        ahead = self.pacing.expected_grant_wait(request.principal_arn)
-        if ahead <= 0:
-            return False
+            return notice
+        pacing, principal_arn = self.pacing, request.principal_arn
+        threshold = self.queued_notice_after.total_seconds()
+        ahead = pacing.expected_grant_wait(principal_arn)
         waited = 0.0 if request.approved_at is None else max(
             0.0, (now - request.approved_at).total_seconds())
-        if waited + ahead < self.queued_notice_after.total_seconds():
-            return False
-        self._notify("grant_queued", request, waited_seconds=round(waited, 1),
-                     expected_wait_seconds=round(ahead, 1))
-        return True
+        if ahead > 0 and waited + ahead >= threshold:
+            notice.tell(waited, ahead)
+        else:
+            notice.tell_later(threshold, lambda: pacing.expected_grant_wait(principal_arn))
+        return notice
 
-    def _patiently(self, request: AccessRequest, told_queued: bool,
-                   call: Callable[[], _T]) -> tuple[_T, bool]:
+    def _patiently(self, queued: _QueuedNotice, call: Callable[[], _T]) -> _T:
         """call(), tried again after `throttle_retry` while IAM throttles it (botocore has
         retried each time already), at most grant_throttle_retries times; the requester
-        hears once that their grant is queued. Returns the result and whether they were
-        told. Every granter call is idempotent, so trying again is safe."""
+        hears (once) that their grant is queued. Every granter call is idempotent, so
+        trying again is safe."""
         for retry in range(self.grant_throttle_retries + 1):
             try:
-                return call(), told_queued
+                return call()
             except GrantError as exc:
                 if not exc.throttled or retry == self.grant_throttle_retries:
                     raise
-                if not told_queued:
-                    self._notify("grant_queued", request, waited_seconds=None,
-                                 expected_wait_seconds=round(
-                                     self.throttle_retry.total_seconds(), 1))
-                    told_queued = True
+                queued.tell(None, self.throttle_retry.total_seconds())
                 log.warning("IAM throttled the grant for request %s; trying again in %s",
-                            request.id, self.throttle_retry)
+                            queued.request.id, self.throttle_retry)
                 self.sleep(self.throttle_retry.total_seconds())
         raise AssertionError("unreachable")  # the loop returns or raises
+
     def _settled_elsewhere(self, grant_id: str) -> bool:
         """Whether a grant this process was attaching has been settled by another (the
         scheduler's recovery): then its outcome stands and this one's failure is moot."""
@@ -1475,6 +1479,50 @@ def revoke_error(exc: Exception, grant_id: str) -> GrantError:
               grant_id, type(exc).__name__, exc)
     return GrantError(f"unexpected {type(exc).__name__}: {exc}", transient=True,
                       code=UNEXPECTED_ERROR)
+
+
+class _QueuedNotice:
+    """The one `grant_queued` notification a grant may send, now or from a timer; never
+    after stop() (the grant is settled, and its outcome is what the requester hears)."""
+
+    def __init__(self, service: RequestService, request: AccessRequest) -> None:
+        self.service = service
+        self.request = request
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timer: threading.Timer | None = None
+
+    def tell(self, waited: float | None, expected: float) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.service._notify(
+            "grant_queued", self.request,
+            waited_seconds=None if waited is None else round(waited, 1),
+            expected_wait_seconds=round(expected, 1))
+
+    def tell_later(self, after: float, still_ahead: Callable[[], float]) -> None:
+        def fire() -> None:
+            try:
+                ahead = still_ahead()
+                if ahead > 0:
+                    self.tell(after, ahead)
+            except Exception:
+                log.exception("could not tell request %s it is queued", self.request.id)
+
+        timer = threading.Timer(after, fire)
+        timer.daemon = True
+        with self._lock:
+            self._timer = timer
+        timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
 
 def _write_changed_rows(session: Session) -> None:

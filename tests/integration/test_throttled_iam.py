@@ -184,3 +184,24 @@ def _list_repeatedly(iam: Any, times: int) -> int:
         except iam.exceptions.ClientError:
             errors += 1
     return errors
+
+
+def test_a_grant_slowed_by_the_rate_limit_tells_the_requester_it_is_queued(
+    proxy: ThrottlingIamProxy, session_factory: SessionFactory, catalog: Catalog
+) -> None:
+    # Two IAM requests a second: a grant's four calls take well over the notice threshold.
+    aws = AwsSessions(REGION, proxy.url, max_attempts=5, iam_requests_per_second=2,
+                      iam_burst=1)
+    bot = Bot(proxy, session_factory, catalog, aws, people=1)
+    bot.service.queued_notice_after = timedelta(seconds=0.3)
+    proxy.set_rate(2, burst=3)
+
+    bot.grant(bot.requesters[0])
+
+    events = bot.notifier.events()
+    assert events.count("grant_queued") == 1
+    assert events.index("grant_queued") < events.index("granted")
+    queued = next(n for n in bot.notifier.sent if n.event == "grant_queued")
+    assert queued.detail["requester"] == bot.requesters[0]
+    assert queued.detail["expected_wait_seconds"] > 0
+    assert bot.notifier.events()[-1] == "granted"
