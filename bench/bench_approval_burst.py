@@ -41,14 +41,14 @@ from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_scheduler import ACCOUNT, CREDENTIALS, DEFAULT_URL, REGION, TRUST  # noqa: E402
-from throttling_iam import ThrottlingIamProxy  # noqa: E402
+from bench_scheduler import ACCOUNT, CREDENTIALS, DEFAULT_URL, REGION, TRUST
+from throttling_iam import ThrottlingIamProxy
 
-from bot.db import upgrade  # noqa: E402
-from bot.durations import parse_duration  # noqa: E402
-from bot.fakes import RecordingNotifier  # noqa: E402
-from bot.runtime import build_runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from bot.db import upgrade
+from bot.durations import parse_duration
+from bot.fakes import RecordingNotifier
+from bot.runtime import build_runtime
+from bot.settings import load_settings
 
 ENTRY = "home/describe-instance"
 INSTANCE = f"arn:aws:connect:{REGION}:{ACCOUNT}:instance/11111111-2222-3333-4444-555555555555"

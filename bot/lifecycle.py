@@ -211,7 +211,7 @@ class RequestService:
         # Where IAM requests queue behind the client-side rate limit; with it, a requester
         # whose grant will wait at least `queued_notice_after` is told so.
         pacing: Pacing | None = None,
-        queued_notice_after: timedelta = timedelta(seconds=5),
+        queued_notice_after: timedelta = timedelta(seconds=2),
         # An attach IAM still throttles after botocore's retries waits throttle_retry and
         # tries again, this many times, before the request fails: an approved grant is not
         # thrown away because the account is busy for a while.
