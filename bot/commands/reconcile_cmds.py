@@ -110,13 +110,13 @@ def _progress_printer(every_s: float = 1.0) -> Callable[[ReconcileProgress], Non
     """Prints a progress line to stderr at most every `every_s` seconds, and the last."""
     import time
 
-    last = [0.0]
+    last: list[float] = []
 
     def show(progress: ReconcileProgress) -> None:
         now = time.monotonic()
-        if progress.stage != "done" and now - last[0] < every_s:
+        if progress.stage != "done" and last and now - last[0] < every_s:
             return
-        last[0] = now
+        last[:] = [now]
         what = "checked" if progress.stage == "done" else "reading IAM:"
         typer.echo(f"reconcile: {what} {progress.done:,}/{progress.total:,} principal(s)"
                    f", {progress.unchecked:,} unchecked", err=True)
