@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import typer
 
 from bot.logs import configure_logging_from_environment
-from bot.slack.wsgi import SlackWeb, StartupError, load_slack_web
+from bot.slack.wsgi import DEFAULT_LAZY_WORKERS, SlackWeb, StartupError, load_slack_web
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
@@ -40,7 +40,8 @@ def _preflight(socket_mode: bool) -> None:
         raise typer.Exit(2) from None
 
 
-def serve_http(host: str, port: int, workers: int, threads: int) -> None:
+def serve_http(host: str, port: int, workers: int, threads: int,
+               lazy_workers: int = DEFAULT_LAZY_WORKERS) -> None:
     from gunicorn.app.base import BaseApplication
 
     from bot import gunicorn_conf
@@ -69,7 +70,7 @@ def serve_http(host: str, port: int, workers: int, threads: int) -> None:
                 self.cfg.set(name, value)
 
         def load(self) -> Any:
-            return create_app()
+            return create_app(lazy_workers=lazy_workers)
 
     ConnectAccessServer().run()
 
@@ -178,6 +179,10 @@ def register(app: typer.Typer) -> None:
         # so threads beyond a few only contend for the GIL.
         threads: int = typer.Option(4, "--threads", min=1, max=64,
                                     help="Threads per worker (concurrent Slack requests)."),
+        lazy_workers: int = typer.Option(
+            DEFAULT_LAZY_WORKERS, "--lazy-workers", min=1, max=256,
+            help="Listeners (votes, grants, modals) each worker runs at once after the ack; "
+                 "a burst beyond them waits its turn."),
         socket_mode: bool = typer.Option(
             False, "--socket-mode",
             help="Connect out to Slack over Socket Mode (SLACK_APP_TOKEN) instead of "
@@ -188,4 +193,4 @@ def register(app: typer.Typer) -> None:
             serve_socket_mode()
             return
         _preflight(socket_mode=False)
-        serve_http(host, port, workers, threads)
+        serve_http(host, port, workers, threads, lazy_workers)

@@ -694,16 +694,6 @@ def expiry_reminder(view: RequestView, now: datetime) -> tuple[str, list[Block]]
     return text, [section(f":alarm_clock: {text}"), grant_buttons(view, extend=True)]
 
 
-def irrevocable_alert(view: RequestView) -> tuple[str, list[Block]]:
-    text = (
-        f":rotating_light: Access *#{view.id}* ({escape(view.entry.name)} for "
-        f"{mention(view.requester)}) could not be removed after every retry. It is retried "
-        "periodically; the policy's own time condition still ends it. "
-        + (f"Detail: {escape(view.note)}" if view.note else "")
-    )
-    return text, [section(text)]
-
-
 # App Home -------------------------------------------------------------------------------
 
 

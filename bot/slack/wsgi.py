@@ -228,13 +228,14 @@ def with_health_routes(web: SlackWeb, app: WSGIApplication) -> HealthRoutes:
         web.runtime.engine, web.runtime.config, web.runtime.catalog, database))
 
 
-def create_app() -> WSGIApplication:
+def create_app(lazy_workers: int = DEFAULT_LAZY_WORKERS) -> WSGIApplication:
     """The gunicorn factory (`gunicorn 'bot.slack.wsgi:create_app()'`): one app per
     worker, so each has its own Bolt executor, Web API client and database pool; with the
-    health probes in front."""
+    health probes in front. `lazy_workers` is how many listeners (votes, grants) one
+    worker runs at once."""
     configure_logging_from_environment("web")
     try:
-        web = load_slack_web()
+        web = load_slack_web(lazy_workers=lazy_workers)
     except StartupError as exc:
         # gunicorn prints the traceback too; this line is the one to read.
         logger.error("connect-access cannot start: %s", exc)

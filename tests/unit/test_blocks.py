@@ -206,7 +206,6 @@ def test_no_builder_leaks_a_raw_angle_bracket() -> None:
         blocks.outcome_dm(blocks_replace(hostile, state="denied"), "denied", NOW),
         blocks.outcome_dm(blocks_replace(hostile, state="revoked"), "revoked", NOW),
         blocks.expiry_reminder(blocks_replace(hostile, state="active", expires_at=NOW), NOW),
-        blocks.irrevocable_alert(hostile),
         blocks.status_blocks([hostile], NOW),
         blocks.home_view(HomeSummary(NOW, (), (hostile,), (hostile,))),
         blocks.home_view(HomeSummary(NOW, (), (), ())),
