@@ -33,6 +33,10 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(
             0, "--port", min=0, max=65535,
             help="Port for the Bolt app on 127.0.0.1 (0 picks a free one)."),
+        identity_center: bool = typer.Option(
+            False, "--identity-center",
+            help="alice is an IAM Identity Center user: she gets a permission set of her "
+                 "own, assigned on the instance's account, removed at expiry."),
     ) -> None:
         """Run the bot for real with zero configuration: SQLite, moto as AWS, a fake Slack,
         the Bolt app over HTTP and the scheduler. alice asks for "Edit chat transcripts",
@@ -47,7 +51,8 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.WARNING,
                             format="  (log) %(levelname)s %(name)s: %(message)s", force=True)
         try:
-            result = run_demo(grant_seconds=grant_seconds, keep=keep, port=port)
+            result = run_demo(grant_seconds=grant_seconds, keep=keep, port=port,
+                              identity_center=identity_center)
         except KeyboardInterrupt:
             typer.echo("demo interrupted; everything it started has been stopped.", err=True)
             raise typer.Exit(130) from None

@@ -91,6 +91,7 @@ COMMAND = "/connect-access"
 INSTANCE_ALIAS = "demo"
 REASON = "Customer escalation INC-4242: chat transcripts stopped landing in S3."
 SWEEP_INTERVAL = "1s"
+IC_USER = "alice@example.com"  # alice in the identity store, with --identity-center
 # What `connect-access scheduler` logs once it leads (bot.scheduler.run_forever).
 LEADER_LINE = "this process is now the scheduler leader"
 ANCHOR_BUCKET = "demo-connect-access-audit"
@@ -241,12 +242,21 @@ def quiet_loggers(*names: str) -> Iterator[None]:
 # --- the sandbox -------------------------------------------------------------------------------
 
 
-def operator_config_data(instance_arn: str, grant_seconds: int) -> dict[str, Any]:
+def operator_config_data(instance_arn: str, grant_seconds: int,
+                         identity_center: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The demo operator's CONNECT_ACCESS_CONFIG. Principals are found by their IAM tags
-    (no mapping), and only tagged, managed principals may receive grants."""
+    (no mapping), and only tagged, managed principals may receive grants; with
+    `identity_center` (instance_arn, identity_store_id), alice is mapped to her Identity
+    Center user instead."""
+    extra: dict[str, Any] = {}
+    principals: dict[str, Any] = {}
+    if identity_center is not None:
+        extra["identity_center"] = dict(identity_center)
+        principals[ALICE] = {"identity_center_user": IC_USER}
     return {
+        **extra,
         "instances": [{"alias": INSTANCE_ALIAS, "arn": instance_arn}],
-        "principals": {},
+        "principals": principals,
         "principal_tag_lookup": True,
         "require_managed_tag": True,
         "routing": {
@@ -279,10 +289,16 @@ class Sandbox:
     """Everything the demo starts, stopped in reverse order by close() (also on failure
     and Ctrl-C). Steps read its parts; tests may break one (stop moto) to see a step fail."""
 
-    def __init__(self, folder: Path, grant_seconds: int, port: int) -> None:
+    def __init__(self, folder: Path, grant_seconds: int, port: int,
+                 identity_center: bool = False) -> None:
         self.folder = folder
         self.grant_seconds = grant_seconds
         self.port = port
+        # alice as an IAM Identity Center user (moto's sso-admin and identitystore).
+        self.identity_center = identity_center
+        self.sso_instance_arn = ""
+        self.identity_store_id = ""
+        self.ic_user_id = ""
         self.database_path = folder / "connect-access.db"
         self.database_url = f"sqlite:///{self.database_path}"
         self.config_path = folder / "connect-access.yaml"
@@ -310,8 +326,10 @@ class Sandbox:
         self._stack.enter_context(quiet_loggers("werkzeug"))
         upgrade(self.database_url)
         self._start_aws()
+        ic = ({"instance_arn": self.sso_instance_arn,
+               "identity_store_id": self.identity_store_id} if self.identity_center else None)
         self.config_path.write_text(yaml.safe_dump(
-            operator_config_data(self.instance_arn, self.grant_seconds), sort_keys=False))
+            operator_config_data(self.instance_arn, self.grant_seconds, ic), sort_keys=False))
         self._start_slack_and_app()
         self._start_scheduler()
         assert self.runtime is not None and self.fake is not None
@@ -327,6 +345,10 @@ class Sandbox:
             f"           Connect instance {INSTANCE_ALIAS}: {self.instance_arn} ({how})",
             *(f"           IAM role for {PEOPLE[u]}: {arn}  tags {SLACK_USER_TAG}={u}, "
               f"{MANAGED_TAG}=true" for u, arn in self.role_arns.items()),
+            *([f"           IAM Identity Center {self.sso_instance_arn}, identity store "
+               f"{self.identity_store_id}: alice is user {IC_USER} ({self.ic_user_id}), "
+               "mapped in the config; she gets a permission set, not her IAM role"]
+              if self.identity_center else []),
             f"Slack      fake Web API on {self.fake.api_url}; the Bolt app on "
             f"{self.app_server.url}",
             f"config     {self.config_path} (read by bot.config)",
@@ -378,6 +400,17 @@ class Sandbox:
                 Tags=[{"Key": SLACK_USER_TAG, "Value": user_id},
                       {"Key": MANAGED_TAG, "Value": "true"}])
             self.role_arns[user_id] = str(role["Role"]["Arn"])
+        if self.identity_center:
+            # moto makes one Identity Center instance per account on first use.
+            sso = session.client("sso-admin", endpoint_url=self.moto_url)
+            instance = sso.list_instances()["Instances"][0]
+            self.sso_instance_arn = str(instance["InstanceArn"])
+            self.identity_store_id = str(instance["IdentityStoreId"])
+            user = session.client("identitystore", endpoint_url=self.moto_url).create_user(
+                IdentityStoreId=self.identity_store_id, UserName=IC_USER,
+                DisplayName="Alice", Name={"GivenName": "Alice", "FamilyName": "Demo"},
+                Emails=[{"Value": IC_USER, "Primary": True}])
+            self.ic_user_id = str(user["UserId"])
 
     def reset_moto(self) -> None:
         """Empty moto's in-process state through its own API (POST /moto-api/reset)."""
@@ -518,6 +551,26 @@ class Sandbox:
             found[attached["PolicyName"]] = _as_document(version["PolicyVersion"]["Document"])
         return found
 
+    def permission_sets(self) -> dict[str, tuple[dict[str, Any], list[str]]]:
+        """connect-access-* permission sets: name -> (inline policy, assigned user ids on
+        the instance's account), read from Identity Center."""
+        assert self.runtime is not None
+        sso = self.runtime.aws.client("sso-admin")
+        account = self.instance_arn.split(":")[4]
+        found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        for arn in sso.list_permission_sets(InstanceArn=self.sso_instance_arn)["PermissionSets"]:
+            name = sso.describe_permission_set(InstanceArn=self.sso_instance_arn,
+                                               PermissionSetArn=arn)["PermissionSet"]["Name"]
+            if not name.startswith("connect-access-"):
+                continue
+            inline = sso.get_inline_policy_for_permission_set(
+                InstanceArn=self.sso_instance_arn, PermissionSetArn=arn)["InlinePolicy"]
+            assigned = sso.list_account_assignments(
+                InstanceArn=self.sso_instance_arn, AccountId=account,
+                PermissionSetArn=arn)["AccountAssignments"]
+            found[name] = (_as_document(inline), [a["PrincipalId"] for a in assigned])
+        return found
+
     def request(self, request_id: int) -> AccessRequest:
         assert self.service is not None
         return self.service.get(request_id)
@@ -612,7 +665,9 @@ class Conversation:
             (f"alice picks instance `{INSTANCE_ALIAS}`, {seconds} s and a reason, and sends",
              self.alice_sends_the_request),
             (f"bob approves in channel {APPROVAL_CHANNEL}", self.bob_approves),
-            ("the policy is read back from IAM", self.policy_is_in_iam),
+            *([("the permission set and its assignment are read back from Identity Center",
+                self.permission_set_is_assigned)] if self.sandbox.identity_center else
+              [("the policy is read back from IAM", self.policy_is_in_iam)]),
             (f"the scheduler revokes it at expiry ({seconds} s)", self.scheduler_revokes),
             ("the approval message shows the outcome", self.message_shows_the_outcome),
             ("the audit trail is printed and verified", self.audit_trail_verifies),
@@ -734,6 +789,44 @@ class Conversation:
             ]
         return "\n".join(lines)
 
+    # 6, with --identity-center
+    def permission_set_is_assigned(self) -> str:
+        assert self.request_id is not None
+        grant = self.sandbox.grant(self.request_id)
+        if grant is None or grant.state != ACTIVE:
+            raise DemoError("the request has no active grant (did it expire already? use a "
+                            f"longer --grant-seconds than {self.sandbox.grant_seconds})")
+        self.facts.grant_id = grant.id
+        self.facts.expires_at = grant.expires_at
+        sets = self.sandbox.permission_sets()
+        self.facts.policies_while_active = {name: doc for name, (doc, _) in sets.items()}
+        if sorted(sets) != sorted(grant.policy_names):
+            raise DemoError(f"Identity Center holds permission sets {sorted(sets)}, but the "
+                            f"grant recorded {grant.policy_names}")
+        window = (_iam_time(grant.starts_at), _iam_time(grant.expires_at))
+        (name, (document, assigned)), = sets.items()
+        if assigned != [self.sandbox.ic_user_id]:
+            raise DemoError(f"{name} is assigned to {assigned}, not to alice's user "
+                            f"{self.sandbox.ic_user_id}")
+        statements = document.get("Statement", [])
+        for statement in statements:
+            if _time_box(statement) != window:
+                raise DemoError(f"{name}, statement {statement.get('Sid')}: time condition "
+                                f"{_time_box(statement)}, expected {window}")
+        account = self.sandbox.instance_arn.split(":")[4]
+        return "\n".join([
+            "read back with sso-admin (boto3 against moto)",
+            f"permission set  {name}, assigned to alice ({IC_USER}, "
+            f"{self.sandbox.ic_user_id}) on account {account}",
+            f"size            {iam_policy_size(document):,} of 10,240 characters (a "
+            "permission set's inline policy quota)",
+            f"time box        every statement: aws:CurrentTime DateGreaterThan {window[0]} "
+            f"and DateLessThan {window[1]}",
+            "                (live sessions stop working at expiry, not only new sign-ins)",
+            "statements",
+            *(f"  {_statement_line(s)}" for s in statements),
+        ])
+
     # 7
     def scheduler_revokes(self) -> str:
         assert self.request_id is not None and self.facts.expires_at is not None
@@ -753,16 +846,21 @@ class Conversation:
         self.facts.revoked_at, self.facts.revoke_reason = grant.revoked_at, grant.revoke_reason
         if grant.revoke_reason != "expiry":
             raise DemoError(f"the grant was revoked for {grant.revoke_reason!r}, not expiry")
-        left = self.sandbox.policies_on(self.sandbox.role_arns[ALICE])
-        self.facts.iam_after_expiry = sorted(left)
+        if self.sandbox.identity_center:
+            left = sorted(self.sandbox.permission_sets())
+            now = "Identity Center now: no connect-access permission set, no assignment"
+        else:
+            left = sorted(self.sandbox.policies_on(self.sandbox.role_arns[ALICE]))
+            now = (f"IAM now     {self.sandbox.role_arns[ALICE]}: no inline policies, no "
+                   "attached managed policies")
+        self.facts.iam_after_expiry = left
         if left:
-            raise DemoError(f"IAM still holds {sorted(left)} after the revoke")
+            raise DemoError(f"still held after the revoke: {left}")
         lag = (grant.revoked_at - grant.expires_at).total_seconds()
         return "\n".join([
             f"expires at  {_clock_time(grant.expires_at)}",
             f"revoked at  {_clock_time(grant.revoked_at)} ({lag:+.2f} s, by the scheduler)",
-            f"IAM now     {self.sandbox.role_arns[ALICE]}: no inline policies, no attached "
-            "managed policies",
+            now,
         ])
 
     # 8
@@ -887,6 +985,7 @@ def run_demo(
     port: int = 0,
     out: TextIO | None = None,
     before_step: StepHook | None = None,
+    identity_center: bool = False,
 ) -> DemoResult:
     """Run the whole demo, printing to `out` (stdout by default). Never raises for a failed
     step: the result names it and has a non-zero exit code. `before_step(number, sandbox)`
@@ -898,7 +997,7 @@ def run_demo(
     stream = out or sys.stdout
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="connect-access-demo-"))
-    sandbox = Sandbox(folder, grant_seconds, port)
+    sandbox = Sandbox(folder, grant_seconds, port, identity_center=identity_center)
     facts = DemoFacts()
     conversation = Conversation(sandbox, facts)
     plan = conversation.steps()
