@@ -16,7 +16,8 @@ bot.aws.anchors (KMS, S3), bot.signing (Ed25519) and bot.slack.anchor_channel.
 Who writes checkpoints: the scheduler leader, from its loop (CheckpointWriter.tick), so
 no web request ever waits on KMS or S3; `connect-access audit checkpoint` writes one at
 once. A failed write is retried on the next tick (the checkpoint stays due) and alerted
-once per run of failures; it never touches the request path, which only appends events.
+(bot.alerts) once per run of failures, with a follow-up when it recovers; it never touches
+the request path, which only appends events.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.alerts import Alert, Alerter, AlertRef
 from bot.db import SessionFactory
 from bot.models import GENESIS_HASH, AuditChainHead, AuditEvent
 from bot.ports import Clock
@@ -163,21 +165,6 @@ class AnchorReader(AnchorStore, Protocol):
         ...
 
 
-class Alerts(Protocol):
-    """The seam to the operators' alerts channel (bot.runtime wires the real one)."""
-
-    def alert(self, text: str) -> None:
-        """Must not raise."""
-        ...
-
-
-class LogAlerts:
-    """Alerts when no alerts channel is wired: the log, at error level."""
-
-    def alert(self, text: str) -> None:
-        log.error("ALERT: %s", text)
-
-
 @dataclass(frozen=True)
 class ChainHead:
     seq: int
@@ -229,7 +216,7 @@ class CheckpointWriter:
     """
 
     def __init__(self, *, sessions: SessionFactory, signer: CheckpointSigner,
-                 stores: Sequence[AnchorStore], clock: Clock, alerts: Alerts,
+                 stores: Sequence[AnchorStore], clock: Clock, alerter: Alerter,
                  interval: timedelta, every_events: int, attempts: int = 3,
                  backoff: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
         if not stores:
@@ -238,7 +225,7 @@ class CheckpointWriter:
         self.signer = signer
         self.stores = tuple(stores)
         self.clock = clock
-        self.alerts = alerts
+        self.alerter = alerter
         self.interval = interval
         self.every_events = every_events
         self.attempts = attempts
@@ -247,7 +234,7 @@ class CheckpointWriter:
         self._lock = threading.Lock()
         self._last: Checkpoint | None = None
         self._last_known = False
-        self._failing = False
+        self._failing: AlertRef | bool | None = False  # the alert of a failure run
 
     def _last_checkpoint(self) -> Checkpoint | None:
         if not self._last_known:
@@ -324,10 +311,15 @@ class CheckpointWriter:
                     failures.append(f"{store.name}: {error}")
             if failures:
                 self._failed(failures)
-            elif self._failing:
+            elif self._failing is not False:
+                first = self._failing
                 self._failing = False
-                self.alerts.alert(f"Audit checkpoints are being written again (event "
-                                  f"{head.seq} anchored in {self.stores[0].name}).")
+                self.alerter.alert(Alert(
+                    kind="audit_checkpoint_resolved",
+                    summary=f"Audit checkpoints are being written again (event {head.seq} "
+                            f"anchored in {self.stores[0].name}).",
+                    next_step="Nothing; run `connect-access audit verify` to check the log.",
+                    follows_up=first if isinstance(first, AlertRef) else None))
             if not primary_ok:
                 return CheckpointOutcome(None, failures=tuple(failures))
             self._last = signed.checkpoint
@@ -354,11 +346,16 @@ class CheckpointWriter:
         # A store that failed may have half-written; re-read what it holds next time.
         self._last_known = False
         log.error("audit checkpoint failed: %s", "; ".join(failures))
-        if not self._failing:
-            self._failing = True
-            self.alerts.alert("Audit checkpoint could not be written (it is retried on every "
-                              "scheduler tick; requests are not affected): "
-                              + "; ".join(failures))
+        if self._failing is False:
+            ref = self.alerter.alert(Alert(
+                kind="audit_checkpoint_failed",
+                summary="An audit checkpoint could not be written: " + "; ".join(failures),
+                next_step=("Check the signing key and the anchor bucket named above (the "
+                           "bot's IAM policy, Object Lock); it is retried on every scheduler "
+                           "tick and requests are not affected meanwhile."),
+                details={"signing_key": self.signer.key_id,
+                         "stores": ", ".join(store.name for store in self.stores)}))
+            self._failing = ref if ref is not None else True
 
 
 

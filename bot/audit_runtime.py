@@ -14,14 +14,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from bot.alerts import Alerter
 from bot.anchors import (
-    Alerts,
     AnchorError,
     AnchorReader,
     AnchorStore,
     CheckpointSigner,
     CheckpointWriter,
-    LogAlerts,
 )
 from bot.audit_verify import AuditReport, verify_audit
 from bot.aws.anchors import KmsSigner, S3AnchorStore
@@ -39,26 +38,13 @@ class Anchoring:
     signer: CheckpointSigner
     reader: AnchorReader  # the primary store: the one verify reads
     stores: tuple[AnchorStore, ...]
-    alerts: Alerts
 
-    def writer(self, sessions: SessionFactory, clock: Clock, config: AuditConfig
-               ) -> CheckpointWriter:
+    def writer(self, sessions: SessionFactory, clock: Clock, config: AuditConfig,
+               alerter: Alerter) -> CheckpointWriter:
         return CheckpointWriter(sessions=sessions, signer=self.signer, stores=self.stores,
-                                clock=clock, alerts=self.alerts,
+                                clock=clock, alerter=alerter,
                                 interval=config.checkpoint_interval,
                                 every_events=config.checkpoint_events)
-
-
-class _FanOutAlerts:
-    """Alerts to the log and, when there is one, the audit channel. (The seam for the
-    operators' alerts channel: swap in its port here once it exists.)"""
-
-    def __init__(self, *sinks: Alerts) -> None:
-        self._sinks = sinks
-
-    def alert(self, text: str) -> None:
-        for sink in self._sinks:
-            sink.alert(text)
 
 
 def build_signer(config: AuditConfig, aws: AwsSessions) -> CheckpointSigner:
@@ -81,7 +67,6 @@ def build_anchoring(config: AuditConfig, aws: AwsSessions, *, slack_token: str |
     s3 = S3AnchorStore(aws.client("s3"), config.anchor_bucket, retention=config.anchor_retention)
     s3.check()
     stores: list[AnchorStore] = [s3]
-    sinks: list[Alerts] = [LogAlerts()]
     if config.anchor_channel is not None:
         if not slack_token:
             raise AnchorError("audit.anchor_channel is set but SLACK_BOT_TOKEN is not: the "
@@ -92,9 +77,7 @@ def build_anchoring(config: AuditConfig, aws: AwsSessions, *, slack_token: str |
         channel = SlackAnchorChannel(build_web_client(slack_token, slack_api_url),
                                      config.anchor_channel)
         stores.append(channel)
-        sinks.append(channel)
-    return Anchoring(signer=signer, reader=s3, stores=tuple(stores),
-                     alerts=_FanOutAlerts(*sinks))
+    return Anchoring(signer=signer, reader=s3, stores=tuple(stores))
 
 
 def verify_configured(session: Session, anchoring: Anchoring | None) -> AuditReport:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.alerts import LoggingAlerter
 from bot.anchors import AnchorError
 from bot.audit import export_lines
 from bot.audit_runtime import Anchoring, build_anchoring, verify_configured
@@ -158,7 +159,9 @@ def register(app: typer.Typer) -> None:
         config = _config_or_exit(settings)
         engine, sessions = open_database()
         try:
-            outcome = anchoring.writer(sessions, SystemClock(), config.audit).write_now()
+            # A failure is printed (and the exit code says so): no alert from a command.
+            outcome = anchoring.writer(sessions, SystemClock(), config.audit,
+                                       LoggingAlerter()).write_now()
         except SQLAlchemyError as exc:
             typer.echo(f"error: could not read the audit trail: {exc}", err=True)
             raise typer.Exit(2) from None

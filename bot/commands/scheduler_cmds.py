@@ -114,7 +114,8 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
                                     job_workers=job_workers, batch_size=batch_size)
         if anchoring is not None:
             # Checkpoints are the leader's job, on their own thread (bot.anchors).
-            writer = anchoring.writer(runtime.sessions, runtime.clock, runtime.config.audit)
+            writer = anchoring.writer(runtime.sessions, runtime.clock, runtime.config.audit,
+                                      runtime.alerter)
             threading.Thread(target=run_checkpoint_loop, name="audit-checkpoints",
                              args=(writer, stop, lambda: scheduler.leading),
                              daemon=True).start()

@@ -46,7 +46,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy import select
 
-from bot.anchors import CheckpointWriter, LogAlerts
+from bot.alerts import LoggingAlerter
+from bot.anchors import CheckpointWriter
 from bot.audit import verify_chain
 from bot.audit_verify import verify_audit
 from bot.aws.anchors import S3AnchorStore
@@ -912,7 +913,7 @@ class Conversation:
         store.check()
         signer = write_new_key(self.sandbox.folder / "audit-ed25519.pem")
         writer = CheckpointWriter(sessions=runtime.sessions, signer=signer, stores=[store],
-                                  clock=runtime.clock, alerts=LogAlerts(),
+                                  clock=runtime.clock, alerter=LoggingAlerter(),
                                   interval=timedelta(minutes=5), every_events=1000)
         written = writer.write_now().written
         assert written is not None

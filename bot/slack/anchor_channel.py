@@ -1,6 +1,7 @@
 """The audit Slack channel (`audit.anchor_channel`): each signed checkpoint is posted
-there too, so people outside the database see the chain's head as it was, and checkpoint
-failures are alerted there. A copy for people: `audit verify` reads the S3 anchors."""
+there too, so people outside the database see the chain's head as it was. A copy for
+people: `audit verify` reads the S3 anchors. (Checkpoint failures go to the operators'
+alerts channel, bot.alerts.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class SlackAnchorChannel:
-    """bot.anchors.AnchorStore (write-only) and bot.anchors.Alerts over one channel."""
+    """bot.anchors.AnchorStore (write-only) over one channel."""
 
     def __init__(self, client: WebClient, channel: str) -> None:
         self._client = client
@@ -43,11 +44,3 @@ class SlackAnchorChannel:
                 ])
         except (SlackApiError, OSError) as exc:
             raise AnchorError(f"posting to {self.name}: {exc}") from None
-
-    def alert(self, text: str) -> None:
-        try:
-            self._client.chat_postMessage(channel=self.channel,
-                                          text=f":rotating_light: {text}")
-        except (SlackApiError, OSError) as exc:
-            logger.error("could not post an audit alert to %s (%s): %s", self.channel, exc,
-                         text)

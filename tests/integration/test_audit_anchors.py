@@ -17,6 +17,7 @@ import yaml
 from sqlalchemy import Engine, delete, insert, select, text, update
 from typer.testing import CliRunner
 
+from bot.alerts import Alert, AlertRef
 from bot.anchors import AnchorError, Checkpoint, CheckpointWriter, SignedCheckpoint
 from bot.audit import event_hash
 from bot.aws.anchors import KmsSigner, S3AnchorStore
@@ -34,11 +35,18 @@ READ = "home/list-instance"
 
 
 class RecordingAlerts:
-    def __init__(self) -> None:
-        self.texts: list[str] = []
+    """An Alerter (bot.alerts) that keeps what it was given, and posts as Slack would."""
 
-    def alert(self, text: str) -> None:
-        self.texts.append(text)
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def alert(self, alert: Alert) -> AlertRef | None:
+        self.alerts.append(alert)
+        return AlertRef("C0ALERTS", f"{len(self.alerts)}.000")
+
+    @property
+    def texts(self) -> list[str]:
+        return [a.summary for a in self.alerts]
 
 
 def make_locked_bucket(name: str = BUCKET) -> None:
@@ -86,7 +94,7 @@ def anchored(fake_aws: None, database_url: str, session_factory: SessionFactory,
                           retention=timedelta(days=1))
     alerts = RecordingAlerts()
     writer = CheckpointWriter(sessions=session_factory, signer=signer, stores=[store],
-                              clock=clock, alerts=alerts, interval=timedelta(minutes=5),
+                              clock=clock, alerter=alerts, interval=timedelta(minutes=5),
                               every_events=5, sleep=lambda _s: None)
     return Anchored(database_url, config_path, key_path, signer, store, writer, alerts)
 
@@ -376,12 +384,13 @@ def test_a_failing_checkpoint_write_is_retried_and_alerted_and_requests_go_on(
                           retention=timedelta(days=1))
     alerts, sleeps = RecordingAlerts(), []
     writer = CheckpointWriter(sessions=session_factory, signer=signer, stores=[store],
-                              clock=clock, alerts=alerts, interval=timedelta(minutes=5),
+                              clock=clock, alerter=alerts, interval=timedelta(minutes=5),
                               every_events=1, sleep=sleeps.append)
     pending(request_service)
     outcome = writer.tick()
     assert outcome.written is None and "NoSuchBucket" in outcome.failures[0]
     assert len(alerts.texts) == 1 and "could not be written" in alerts.texts[0]
+    assert alerts.alerts[0].kind == "audit_checkpoint_failed"
     # Requests are not held up, and a second failure is not alerted again.
     pending(request_service, "U0ALICE")
     assert writer.tick().written is None and len(alerts.texts) == 1
@@ -390,6 +399,9 @@ def test_a_failing_checkpoint_write_is_retried_and_alerted_and_requests_go_on(
     written = writer.tick().written
     assert written is not None and written.checkpoint.seq == 2
     assert "written again" in alerts.texts[-1]
+    # The recovery follows up the failure's alert, in its thread.
+    assert alerts.alerts[-1].kind == "audit_checkpoint_resolved"
+    assert alerts.alerts[-1].follows_up == AlertRef("C0ALERTS", "1.000")
 
 
 def test_each_store_write_is_tried_three_times_with_backoff(
@@ -401,7 +413,7 @@ def test_each_store_write_is_tried_three_times_with_backoff(
                           retention=timedelta(days=1))
     alerts, sleeps = RecordingAlerts(), []
     writer = CheckpointWriter(sessions=session_factory, signer=write_new_key(tmp_path / "k"),
-                              stores=[store], clock=clock, alerts=alerts,
+                              stores=[store], clock=clock, alerter=alerts,
                               interval=timedelta(minutes=5), every_events=1,
                               sleep=sleeps.append)
     pending(request_service)

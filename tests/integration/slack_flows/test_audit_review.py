@@ -18,7 +18,8 @@ import yaml
 from slack_flows_harness import ALICE, BOB, DAVE, ERIN, REGION, Flows, operator_config
 from sqlalchemy import select
 
-from bot.anchors import CheckpointWriter, LogAlerts
+from bot.alerts import LoggingAlerter
+from bot.anchors import CheckpointWriter
 from bot.audit_runtime import build_anchoring
 from bot.audit_verify import verify_audit
 from bot.config import load_config
@@ -124,7 +125,7 @@ def test_auditor_app_home_shows_chain_status_and_last_anchor(audited: Flows) -> 
                                 runtime.aws)
     assert anchoring is not None
     writer = CheckpointWriter(sessions=runtime.sessions, signer=anchoring.signer,
-                              stores=anchoring.stores, clock=runtime.clock, alerts=LogAlerts(),
+                              stores=anchoring.stores, clock=runtime.clock, alerter=LoggingAlerter(),
                               interval=runtime.config.audit.checkpoint_interval,
                               every_events=runtime.config.audit.checkpoint_events)
     written = writer.write_now().written
