@@ -837,6 +837,39 @@ def compile_policy(
     )
 
 
+# AWS managed policies that explicitly deny actions an entry grants: an explicit deny
+# beats any allow, so granting those actions to a principal that carries the policy does
+# nothing. AmazonConnectReadOnlyAccess denies connect:AdminGetEmergencyAccessToken.
+EXPLICIT_DENIES: Mapping[str, frozenset[str]] = {
+    "AmazonConnectReadOnlyAccess": frozenset({"connect:AdminGetEmergencyAccessToken"}),
+}
+
+
+class ExplicitDenyError(PolicyError):
+    """The principal carries a managed policy that denies what the grant is for."""
+
+
+def check_explicit_denies(
+    entry: CatalogEntry, actions: Iterable[str], principal_arn: str,
+    attached_policy_arns: Iterable[str],
+) -> None:
+    """Refuse a grant whose entry's own actions a policy on the principal denies outright,
+    with a message that says so (instead of attaching a policy that does nothing)."""
+    granted = set(actions)
+    for arn in attached_policy_arns:
+        # AWS managed policies live at arn:PARTITION:iam::aws:policy/NAME.
+        if ":iam::aws:policy/" not in arn:
+            continue
+        name = arn.rsplit("/", 1)[-1]
+        denied = sorted(EXPLICIT_DENIES.get(name, frozenset()) & granted & set(entry.actions))
+        if denied:
+            raise ExplicitDenyError(
+                f"{principal_arn} carries the AWS managed policy {name}, which explicitly "
+                f"denies {', '.join(denied)}: this grant of {entry.name!r} would do nothing. "
+                f"Detach {name} from the principal (or use another principal), then ask again."
+            )
+
+
 VALIDATION_PRINCIPAL = "arn:aws:iam::111122223333:role/catalog-validate"
 VALIDATION_INSTANCE = (
     "arn:aws:connect:us-east-1:111122223333:instance/00000000-0000-0000-0000-000000000000"

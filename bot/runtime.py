@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 
 from bot.alerts import AlertDestination, Alerter, LoggingAlerter, alert_destination
 from bot.aws.identity_center import IdentityCenterGranter
+from bot.aws.instance_resources import AttachedPolicyLookup, ConnectInstanceLookup
 from bot.aws.principals import IamPrincipalDirectory
 from bot.aws.sessions import AwsSessions
 from bot.aws.target_granter import TargetGranter
@@ -148,8 +149,12 @@ def build_runtime(
     # grant (the scheduler) do not pay for it.
     role_ids = (granter if isinstance(granter, TargetGranter)
                 else TargetGranter(aws.iam_for_principal)).role_unique_id
-    plan_builder = plan_builder or target_plan_builder(catalog, IamReference(),
-                                                       role_unique_id=role_ids)
+    # Grant-time look-ups (bot.aws.instance_resources): the instance's own resources
+    # narrow the scope; a managed policy that denies the entry outright refuses the grant.
+    plan_builder = plan_builder or target_plan_builder(
+        catalog, IamReference(), role_unique_id=role_ids,
+        instance_resources_for=ConnectInstanceLookup(aws, config.instances),
+        attached_policies=AttachedPolicyLookup(aws.iam_for_principal))
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))
     sessions = make_session_factory(engine)

@@ -14,7 +14,7 @@ Pure apart from the lookup it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -26,11 +26,13 @@ from bot.policy import (
     GrantContextLike,
     PolicyTooLargeError,
     Principal,
+    check_explicit_denies,
     compile_policy,
     parse_instance_arn,
     policy_name,
 )
 from bot.ports import GrantPlan
+from bot.scoping import InstanceResources
 from bot.targets import (
     PERMISSION_SET_INLINE_QUOTA,
     IamTarget,
@@ -42,6 +44,10 @@ from bot.targets import (
 
 # Role ARN -> the role's unique id (AROA...), as IAM GetRole returns it.
 RoleIdLookup = Callable[[str], str]
+# Instance ARN -> its own resources (bot.aws.instance_resources); principal ARN -> the
+# managed policies attached to it.
+InstanceResourcesLookup = Callable[[str], InstanceResources | None]
+AttachedPoliciesLookup = Callable[[str], Sequence[str]]
 
 
 def _no_role_lookup(role_arn: str) -> str:
@@ -63,9 +69,13 @@ def compile_for_target(
     instance_arn: str | None = None,
     existing_inline_chars: int = 0,
     role_unique_id: RoleIdLookup | None = None,
+    instance_resources: InstanceResources | None = None,
+    attached_policies: AttachedPoliciesLookup | None = None,
 ) -> CompiledPolicy:
     """compile_policy for any target reference. The result's `principal_arn` is the
-    target reference, so its plan reaches the right granter."""
+    target reference, so its plan reaches the right granter. `instance_resources` narrow
+    IAM targets' grants to the instance's own resources; `attached_policies` lets an IAM
+    principal whose managed policies deny the entry's actions be refused with a reason."""
     target = parse_target(target_ref)
 
     def compile_on(holder: str | Principal, *, inline_used: int = existing_inline_chars,
@@ -75,8 +85,16 @@ def compile_for_target(
             catalog, entry_id, holder, grant_id=grant_id, start=start, duration=duration,
             max_duration=max_duration, iam=iam, instance_arn=instance_arn,
             existing_inline_chars=inline_used, managed_attach_limit=managed_slots,
-            extra_condition=condition)
+            extra_condition=condition,
+            # A permission set's holder is not an IAM principal of the instance's
+            # account in the ARN sense; only IAM targets are narrowed by the look-up.
+            instance_resources=instance_resources if isinstance(holder, str) else None)
 
+    if attached_policies is not None and isinstance(target, IamTarget | SharedRoleTarget):
+        principal = (target.principal.arn if isinstance(target, IamTarget)
+                     else target.role.arn)
+        check_explicit_denies(catalog.get(entry_id), catalog.granted_actions(entry_id),
+                              principal, attached_policies(principal))
     if isinstance(target, IamTarget):
         return compile_on(target.principal.arn)
     if isinstance(target, SharedRoleTarget):
@@ -121,8 +139,13 @@ def target_plan_builder(
     *,
     role_unique_id: RoleIdLookup = _no_role_lookup,
     max_duration_for: Callable[[CatalogEntry], timedelta | None] | None = None,
+    instance_resources_for: InstanceResourcesLookup | None = None,
+    attached_policies: AttachedPoliciesLookup | None = None,
 ) -> Callable[[GrantContextLike], GrantPlan]:
-    """A lifecycle PlanBuilder for every kind of target (see bot.policy.plan_builder)."""
+    """A lifecycle PlanBuilder for every kind of target (see bot.policy.plan_builder).
+    The look-ups run at grant time: `instance_resources_for` narrows the scope to the
+    instance's own resources, `attached_policies` refuses a grant an explicit deny on the
+    principal would make pointless (the requester is told why)."""
 
     def build(context: GrantContextLike) -> GrantPlan:
         entry = catalog.get(context.entry_id)
@@ -133,6 +156,10 @@ def target_plan_builder(
             max_duration=max_duration_for(entry) if max_duration_for else None,
             iam=iam, instance_arn=context.instance_arn,
             existing_inline_chars=context.inline_usage, role_unique_id=role_unique_id,
+            instance_resources=(instance_resources_for(context.instance_arn)
+                                if instance_resources_for is not None and context.instance_arn
+                                else None),
+            attached_policies=attached_policies,
         )
         return compiled.to_plan()
 

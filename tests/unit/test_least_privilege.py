@@ -256,3 +256,16 @@ def test_a_star_exception_puts_the_action_on_star_and_only_then(
                           instance_arn=INSTANCE)
     star = next(s for s in statements_of(widened) if s["Sid"] == "SupportingServices")
     assert "ds:DeleteDirectory" in star["Action"] and star["Resource"] == "*"
+
+
+def test_docs_per_entry_table_is_the_generated_one() -> None:
+    """docs/policies.md's per-entry table is the script's output, so it stays true."""
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tools"))
+    from least_privilege_report import markdown, measure
+
+    table = markdown(measure(with_parliament=False))
+    docs = (root / "docs" / "policies.md").read_text(encoding="utf-8")
+    assert table in docs, "regenerate: .venv/bin/python tools/least_privilege_report.py --markdown"

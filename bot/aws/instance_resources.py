@@ -1,0 +1,137 @@
+"""Grant-time look-ups that narrow or stop a grant: the chosen instance's own resources
+(Amazon Connect's DescribeInstance and ListInstanceStorageConfigs), and the AWS managed
+policies already attached to the principal (whose explicit denies would make a grant do
+nothing).
+
+Both are best effort on the narrowing side: what cannot be read (no permission, an API
+the endpoint does not offer) leaves the account-and-Region scope the compiler uses
+anyway, and is logged. The bot's own policy (deploy/bot-iam-policy.json) needs
+connect:DescribeInstance, connect:ListInstanceStorageConfigs and iam:ListAttached*Policies
+/ iam:ListGroupsForUser for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bot.aws.sessions import AwsSessions, InstanceAccess
+from bot.scoping import InstanceResources
+
+log = logging.getLogger(__name__)
+
+# The storage types whose S3 buckets the console's data-storage and streaming entries
+# write to (their bucket policies, their keys).
+BUCKET_STORAGE_TYPES = (
+    "CALL_RECORDINGS", "CHAT_TRANSCRIPTS", "SCHEDULED_REPORTS", "ATTACHMENTS",
+    "SCREEN_RECORDINGS", "CONTACT_EVALUATIONS", "EMAIL_MESSAGES",
+)
+_CONNECT_SERVICE_ROLE = re.compile(
+    r"arn:[a-z-]+:iam::[0-9]{12}:role/aws-service-role/connect\.amazonaws\.com/"
+    r"AWSServiceRoleForAmazonConnect[\w+=,.@-]*"
+)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class ConnectInstanceLookup:
+    """instance ARN -> InstanceResources, cached for `max_age` seconds per instance."""
+
+    def __init__(self, aws: AwsSessions, instances: Sequence[InstanceAccess] = (),
+                 *, max_age: float = 300.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._aws = aws
+        self._instances = {i.arn: i for i in instances}
+        self._max_age = max_age
+        self._clock = clock
+        self._cache: dict[str, tuple[float, InstanceResources | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, instance_arn: str) -> InstanceResources | None:
+        with self._lock:
+            cached = self._cache.get(instance_arn)
+            if cached is not None and self._clock() - cached[0] < self._max_age:
+                return cached[1]
+        found = self._look_up(instance_arn)
+        with self._lock:
+            self._cache[instance_arn] = (self._clock(), found)
+        return found
+
+    def _client(self, instance_arn: str) -> Any:
+        region = instance_arn.split(":")[3]
+        session = self._aws.session_for(self._instances.get(instance_arn))
+        return session.client("connect", region_name=region,
+                              endpoint_url=self._aws.endpoint_url, config=self._aws.config)
+
+    def _look_up(self, instance_arn: str) -> InstanceResources | None:
+        instance_id = instance_arn.rsplit("/", 1)[-1]
+        try:
+            client = self._client(instance_arn)
+            described = client.describe_instance(InstanceId=instance_id)["Instance"]
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("cannot describe instance %s (%s); its grants keep the account "
+                        "and Region scope", instance_arn, exc)
+            return None
+        role = str(described.get("ServiceRole") or "")
+        buckets: set[str] = set()
+        for resource_type in BUCKET_STORAGE_TYPES:
+            try:
+                configs = client.list_instance_storage_configs(
+                    InstanceId=instance_id, ResourceType=resource_type)["StorageConfigs"]
+            except (ClientError, BotoCoreError) as exc:
+                log.info("cannot list %s storage of %s (%s)", resource_type, instance_arn, exc)
+                break
+            for config in configs:
+                bucket = str((config.get("S3Config") or {}).get("BucketName") or "")
+                if _BUCKET.fullmatch(bucket):
+                    buckets.add(bucket)
+        return InstanceResources(
+            instance_arn=instance_arn,
+            # Only a role of Connect's own service-linked path: anything else would fail
+            # the compiler's escalation check, and is not this instance's role anyway.
+            service_role_arn=role if _CONNECT_SERVICE_ROLE.fullmatch(role) else None,
+            bucket_names=tuple(sorted(buckets)),
+        )
+
+
+class AttachedPolicyLookup:
+    """principal ARN -> the managed policy ARNs attached to it (for a user, also those of
+    its groups), read from IAM in the principal's account."""
+
+    def __init__(self, iam_for_principal: Callable[[str], Any]) -> None:
+        self._iam_for_principal = iam_for_principal
+
+    def __call__(self, principal_arn: str) -> tuple[str, ...]:
+        try:
+            return self._attached(principal_arn)
+        except (ClientError, BotoCoreError) as exc:
+            # Best effort: not being able to read them must not stop a grant.
+            log.warning("cannot list the managed policies of %s (%s)", principal_arn, exc)
+            return ()
+
+    def _attached(self, principal_arn: str) -> tuple[str, ...]:
+        kind, _, rest = principal_arn.split(":", 5)[5].partition("/")
+        name = rest.rsplit("/", 1)[-1]
+        iam = self._iam_for_principal(principal_arn)
+        found: set[str] = set()
+
+        def attached(operation: str, **params: str) -> None:
+            paginator = iam.get_paginator(operation)
+            for page in paginator.paginate(**params):
+                found.update(p["PolicyArn"] for p in page["AttachedPolicies"])
+
+        if kind == "role":
+            attached("list_attached_role_policies", RoleName=name)
+        elif kind == "user":
+            attached("list_attached_user_policies", UserName=name)
+            for page in iam.get_paginator("list_groups_for_user").paginate(UserName=name):
+                for group in page["Groups"]:
+                    attached("list_attached_group_policies", GroupName=group["GroupName"])
+        elif kind == "group":
+            attached("list_attached_group_policies", GroupName=name)
+        return tuple(sorted(found))
