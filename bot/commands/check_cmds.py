@@ -6,7 +6,8 @@ settings (the environment) · catalog (loads, every action known to IAM) · conf
 · database (reachable, at the migration head) · slack (SLACK_SIGNING_SECRET set, Slack
 accepts SLACK_BOT_TOKEN in `auth.test`, the token has the scopes the bot needs) · aws, one
 item per account the instances live in (credentials work: `sts:GetCallerIdentity`, through
-`assume_role_arn` where set, in the right account; IAM answers).
+`assume_role_arn` where set, in the right account; IAM answers) · audit anchors, when
+`audit:` is configured (the key can sign, the bucket has Object Lock, the last checkpoint).
 
 Exit status 0 when every item passes, 1 otherwise. Nothing is changed anywhere.
 """
@@ -203,6 +204,31 @@ def _aws_items(settings: Settings, config: Any) -> list[Item]:
     return items
 
 
+def _audit_item(settings: Settings, config: Any) -> Item:
+    """Only when `audit:` is configured: the key signs and the bucket is locked."""
+    from bot.anchors import AnchorError
+    from bot.audit_runtime import build_anchoring
+    from bot.aws.sessions import AwsSessions
+    from bot.runtime import DEFAULT_REGION
+
+    aws = AwsSessions(settings.aws_region or DEFAULT_REGION, settings.aws_endpoint_url,
+                      max_attempts=1)
+    try:
+        anchoring = build_anchoring(config.audit, aws, slack_token=settings.slack_bot_token,
+                                    slack_api_url=settings.slack_api_url)
+        assert anchoring is not None
+        latest = anchoring.reader.latest()
+    except AnchorError as exc:
+        return Item("audit anchors", False, str(exc),
+                    "fix the audit: section of the operator config (the key, the bucket's "
+                    "Object Lock) and deploy/bot-iam-policy.json's audit statements")
+    last = ("no checkpoint yet" if latest is None else
+            f"last checkpoint: event {latest.checkpoint.seq} at "
+            f"{latest.checkpoint.at.isoformat(timespec='seconds')}")
+    return Item("audit anchors", True, f"signs with {anchoring.signer.key_id}; "
+                                       f"{anchoring.reader.name} has Object Lock; {last}")
+
+
 def run_checks() -> list[Item]:
     settings_item, settings = _settings_item()
     items = [settings_item]
@@ -218,6 +244,8 @@ def run_checks() -> list[Item]:
                           "fix the config first"))
     else:
         items += _aws_items(settings, config)
+        if config.audit.anchored:
+            items.append(_audit_item(settings, config))
     return items
 
 

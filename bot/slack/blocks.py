@@ -232,7 +232,8 @@ def help_blocks(command: str) -> list[Block]:
                 f"• `{c} status` your requests and active access\n"
                 f'• `{c} revoke <id>` end your access now ("I\'m done")\n'
                 f"• `{c} extend <id> <duration>` ask for more time, e.g. `{c} extend 12 30m`\n"
-                f"• `{c} cancel <id>` withdraw a pending request"
+                f"• `{c} cancel <id>` withdraw a pending request\n"
+                f"• `{c} audit [filters]` auditors: review and export the audit trail"
             )
         )
     ]
