@@ -5,6 +5,7 @@ picked up as bot.aws.principal_index documents."""
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -181,3 +182,24 @@ def test_the_managed_tag_is_read_from_the_same_single_call(
 
     assert people.principal_for(erin) == account.role_arn(role)
     assert calls(proxy) == {"GetRole": 1}
+
+
+def test_past_max_age_the_index_serves_what_it_has_and_rescans_in_the_background(
+    proxy: ThrottlingIamProxy, account: Account
+) -> None:
+    clock = ManualClock()
+    aws = AwsSessions(REGION, proxy.url, max_attempts=1)
+    index = PrincipalIndex(aws.iam_for_account, max_age=600, miss_refresh=30, clock=clock)
+    frank = account.slack_id("R", 50)
+    assert index.lookup(frank) == (account.role_arn(account.role_of[frank]),)
+    calls(proxy)
+    clock.now += 600
+
+    assert index.lookup(frank) == (account.role_arn(account.role_of[frank]),)
+
+    for _ in range(100):  # the rescan runs on its own thread; wait for it, not for time
+        if index.refreshes == 2:
+            break
+        threading.Event().wait(0.05)
+    assert index.refreshes == 2
+    assert calls(proxy) == {"GetAccountAuthorizationDetails": 1}
