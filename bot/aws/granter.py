@@ -85,6 +85,8 @@ class IamGranter:
         jitter: Callable[[], float] = random.random,
         managed_path: str = MANAGED_PATH,
     ) -> None:
+        # `attempts`, `base_delay`, `max_delay`: the consistency retry only (a read-back
+        # miss, an entity being modified); botocore retries everything else.
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._iam_for_principal = iam_for_principal
