@@ -42,6 +42,7 @@ from sqlalchemy import Engine
 from bot.catalog import Catalog, load_catalog
 from bot.config import OperatorConfig, parse_config
 from bot.db import SessionFactory, make_engine, make_session_factory, upgrade
+from bot.dbcheck import migration_head
 from bot.fakes import (
     FakeClock,
     InMemoryGranter,
@@ -107,6 +108,10 @@ def _postgres_migrated(postgres_url: str) -> Iterator[tuple[str, str]]:
 
 
 def _reset_postgres_schema(url: str, schema: str) -> None:
+    """Empty the worker's schema for the next test. The schema is shared by every test of
+    the worker, so a test that damaged it (deleted the alembic_version row, downgraded,
+    removed the chain-head row) must not leak that into the tests after it: such a schema
+    is rebuilt from the migrations instead of emptied."""
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
@@ -117,11 +122,27 @@ def _reset_postgres_schema(url: str, schema: str) -> None:
             if tables:
                 names = ", ".join(f'"{schema}"."{t}"' for t in tables)
                 connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            connection.execute(sa.text(
+            intact = _schema_is_at_head(connection, schema) and connection.execute(sa.text(
                 f'UPDATE "{schema}".audit_chain_head SET seq = 0, hash = :h WHERE id = 1'
-            ), {"h": GENESIS_HASH})
+            ), {"h": GENESIS_HASH}).rowcount == 1
+            if not intact:
+                connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     finally:
         engine.dispose()
+    if not intact:
+        upgrade(url)
+
+
+def _schema_is_at_head(connection: sa.Connection, schema: str) -> bool:
+    present = {name for name, in connection.execute(sa.text(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = :s "
+        "AND table_name IN ('alembic_version', 'audit_chain_head')"), {"s": schema})}
+    if present != {"alembic_version", "audit_chain_head"}:
+        return False
+    versions = connection.execute(
+        sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalars().all()
+    return versions == [migration_head()]
 
 
 @pytest.fixture(params=BACKENDS)
