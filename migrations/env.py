@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from bot.db import make_engine
 from bot.models import Base
@@ -26,9 +28,25 @@ def database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from bot.settings import load_settings
+    from bot.settings import SettingsError, load_settings
 
-    return load_settings().database_url
+    try:
+        return load_settings().database_url
+    except SettingsError as exc:
+        # Alembic's command line prints a CommandError as one line, without a traceback.
+        raise CommandError(f"invalid setting {exc}") from None
+
+
+def configure_release_logging() -> None:
+    """`alembic upgrade head` (the Procfile's release) logs like every other process:
+    LOG_LEVEL and LOG_FORMAT, and Alembic's own "Running upgrade ..." lines at INFO. Not
+    when bot.db runs the migrations inside another command, which has its logging."""
+    import logging
+
+    from bot.logs import configure_logging_from_environment
+
+    level = configure_logging_from_environment("release")
+    logging.getLogger("alembic").setLevel(level)
 
 
 def run_with(connection: Connection) -> None:
@@ -59,14 +77,25 @@ def run_migrations_online() -> None:
     if connection is not None:
         run_with(connection)
         return
-    engine = make_engine(database_url())
+    url = database_url()
+    engine = make_engine(url)
     try:
-        with engine.connect() as new_connection:
+        try:
+            new_connection = engine.connect()
+        except OperationalError as exc:
+            where = engine.url.render_as_string(hide_password=True)
+            cause = str(exc.orig or exc).strip().splitlines()
+            raise CommandError(f"cannot connect to the database {where} "
+                               f"({cause[0] if cause else type(exc).__name__}); check "
+                               "DATABASE_URL and that the database server is up") from None
+        with new_connection:
             run_with(new_connection)
     finally:
         engine.dispose()
 
 
+if config.config_file_name is not None and not config.get_main_option("sqlalchemy.url"):
+    configure_release_logging()  # Alembic's own command line, on DATABASE_URL
 if context.is_offline_mode():
     run_migrations_offline()
 else:

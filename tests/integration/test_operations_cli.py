@@ -5,6 +5,7 @@ every reporting command speaks JSON with --json."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,31 @@ def test_version_and_python_dash_m() -> None:
     completed = subprocess.run([sys.executable, "-m", "bot", "--version"], capture_output=True,
                                text=True, timeout=60, check=False)
     assert completed.returncode == 0 and completed.stdout == output
+
+
+def _release(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The Procfile's release (`alembic upgrade head`) from the project root."""
+    from bot.db import PROJECT_ROOT
+
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LOG_", "DATABASE_URL"))}
+    return subprocess.run([alembic, "upgrade", "head"], cwd=PROJECT_ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_release_logs_its_migrations_in_json(tmp_path: Path) -> None:
+    completed = _release({"DATABASE_URL": f"sqlite:///{tmp_path / 'release.db'}",
+                          "LOG_FORMAT": "json"})
+    assert completed.returncode == 0, completed.stderr
+    lines = [json.loads(line) for line in completed.stderr.splitlines()]
+    assert all(line["process"] == "release" for line in lines)
+    assert any(line["message"].startswith("Running upgrade ") and
+               migration_head() in line["message"] for line in lines)
+
+
+def test_release_on_an_unreachable_database_says_so_without_a_traceback() -> None:
+    completed = _release({"DATABASE_URL": "postgresql+psycopg://bot:pw@127.0.0.1:9/bot"})
+    assert completed.returncode != 0
+    assert "cannot connect to the database postgresql+psycopg://bot:***@127.0.0.1:9/bot" in \
+        completed.stderr
+    assert "Traceback" not in completed.stderr and ":pw@" not in completed.stderr
