@@ -19,13 +19,14 @@ from sqlalchemy import delete, func, select
 
 from bot import __version__
 from bot.db import SessionFactory
+from bot.lifecycle import ACTIVE, IRREVOCABLE, REVOKING
 from bot.models import Grant, SchedulerHeartbeat
 from bot.ports import Clock
 
 log = logging.getLogger(__name__)
 
 # States in which a grant's policy is (or may still be) attached.
-HOLDING_STATES = ("active", "revoking", "irrevocable")
+HOLDING_STATES = (ACTIVE, REVOKING, IRREVOCABLE)
 LONGEST_BEAT = timedelta(seconds=10)
 # A beat this much later than its interval (x3) means the process is gone or stuck.
 STALE_GRACE = timedelta(seconds=5)
