@@ -14,6 +14,7 @@ line instead of a worker boot loop.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import urllib.error
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from bot.logs import configure_logging_from_environment
+from bot.logs import configure_logging_from_environment, startup_line
 from bot.slack.wsgi import DEFAULT_LAZY_WORKERS, SlackWeb, StartupError, load_slack_web
 
 if TYPE_CHECKING:
@@ -151,8 +152,11 @@ def _serve_socket_mode() -> str | None:
                     "(slack_sdk logged the reason above).")
         handler.client.default_auto_reconnect_enabled = True
         handler.client.auto_reconnect_enabled = True
-        typer.echo(f"connected to Slack over Socket Mode (Web API {api_url}); "
-                   "SIGTERM or Ctrl-C stops", err=True)
+        # The one start-up line, in LOG_FORMAT like every process's.
+        logging.getLogger("bot.web").info(startup_line(
+            "web", web.runtime.settings,
+            f"connected to Slack over Socket Mode (Web API {api_url}); SIGTERM or Ctrl-C "
+            "stops"))
         threading.Event().wait()
     except _Stop as stop:
         typer.echo(f"{stop}: stopping", err=True)
