@@ -233,7 +233,7 @@ def test_installed_scheduler_and_web_process_run(installed: Installed) -> None:
                                  cwd=installed.home, env=installed.env(**env),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             status = installed.run("connect-access", "status", "--json", **env)
             if status.returncode == 0:
@@ -257,7 +257,7 @@ def test_installed_scheduler_and_web_process_run(installed: Installed) -> None:
                                stderr=subprocess.STDOUT, text=True)
         try:
             ready = None
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             while ready is None and time.monotonic() < deadline and web.poll() is None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",

@@ -170,7 +170,7 @@ def test_a_running_scheduler_leads_in_status_and_logs_json(database_url: str,
                 return report
             return None
 
-        report = _wait_for(leader, 30, "the scheduler to lead and sweep")
+        report = _wait_for(leader, 90, "the scheduler to lead and sweep")
         (item,) = report["schedulers"]
         assert item["pid"] == process.pid and item["role"] == "leader"
         assert item["sweep_interval_seconds"] == 1.0
