@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -199,7 +200,7 @@ class NoOpLeadership:
 
 @contextlib.contextmanager
 def running_scheduler(engine: sa.Engine, work: LifecycleExpiryWork, clock: FakeClock, *,
-                      sweep_interval: timedelta = timedelta(hours=1), **options: int
+                      sweep_interval: timedelta = timedelta(hours=1), **options: Any
                       ) -> Iterator[ExpiryScheduler]:
     """A started scheduler that always leads; stopped when the block ends."""
     scheduler = ExpiryScheduler(engine=engine, work=work, clock=clock,
@@ -413,3 +414,30 @@ def test_the_runtime_compiles_real_policies_and_logs_notifications(
         assert "notification expiring_soon for request 7" in caplog.text
     finally:
         runtime.close()
+
+
+def test_the_leader_reconciles_when_it_starts_and_then_every_interval_until_stopped(
+        engine: sa.Engine, session_factory: SessionFactory, request_service: RequestService,
+        clock: FakeClock) -> None:
+    runs: list[float] = []
+    ran = threading.Condition()
+
+    def reconcile(now: datetime) -> int:
+        with ran:
+            runs.append(time.monotonic())
+            ran.notify_all()
+        if len(runs) == 2:
+            raise RuntimeError("IAM unreachable")  # one failing run stops nothing
+        return 0
+
+    work = LifecycleExpiryWork(request_service, session_factory)
+    with running_scheduler(engine, work, clock, reconcile=reconcile,
+                           reconcile_interval=timedelta(hours=1)), ran:
+        assert ran.wait_for(lambda: len(runs) == 1, timeout=10)  # at start, not after 1h
+    runs.clear()
+    with running_scheduler(engine, work, clock, reconcile=reconcile,
+                           reconcile_interval=timedelta(seconds=0.3)), ran:
+        assert ran.wait_for(lambda: len(runs) >= 3, timeout=10)
+    stopped_with = len(runs)
+    time.sleep(0.6)
+    assert len(runs) == stopped_with  # stop() ends the loop
