@@ -389,6 +389,11 @@ def _state_value(values: Mapping[str, Any], block_id: str) -> str:
     return str(element.get("value") or "")
 
 
+def read_instance_choice(values: Mapping[str, Any]) -> str:
+    """The instance alias selected in the request modal's state values ("" if none)."""
+    return _state_value(values, INSTANCE_BLOCK)
+
+
 def read_request_form(view: Mapping[str, Any]) -> RequestForm | dict[str, str]:
     """The submitted request modal, or errors keyed by block id (Slack shows each under
     its field). Slack enforces lengths in its own client, but a submission is only a signed

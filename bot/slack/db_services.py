@@ -36,6 +36,7 @@ from bot.slack.services import (
     describe,
     list_catalog,
     permissions_view,
+    preview_instance,
     resolve_text,
 )
 from bot.target_policy import RoleIdLookup
@@ -173,11 +174,13 @@ class DbSlackServices:
 
     # --- permissions ----------------------------------------------------------------------
 
-    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
+    def entry_permissions(self, entry_id: str, user: str,
+                          instance_alias: str | None = None) -> PermissionsView:
         entry = catalog_entry(self.catalog, entry_id)
         route = self.service.config.router.route_for(entry)
-        instances = self.service.config.instances
-        instance = InstanceChoice(instances[0].alias, instances[0].arn) if instances else None
+        instance, is_default = preview_instance(
+            [InstanceChoice(i.alias, i.arn) for i in self.service.config.instances],
+            instance_alias)
         try:
             principal, known = self.service.principals.principal_for(user), True
         except PrincipalError:
@@ -187,7 +190,7 @@ class DbSlackServices:
         return permissions_view(
             self.catalog, self.iam, entry.id, principal_arn=principal, principal_known=known,
             instance=instance, start=self.service.clock.now(), duration=route.max_duration,
-            role_unique_id=self._role_ids(),
+            role_unique_id=self._role_ids(), instance_is_default=is_default,
         )
 
     def request_permissions(self, request_id: int) -> PermissionsView:

@@ -43,6 +43,7 @@ from bot.slack.services import (
     list_catalog,
     permissions_view,
     persistent_effects_of,
+    preview_instance,
     resolve_text,
     route_for,
 )
@@ -295,12 +296,14 @@ class MemoryServices:
         account = self.instances[0].arn.split(":")[4] if self.instances else "111122223333"
         return f"arn:aws:iam::{account}:role/your-principal", False
 
-    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
+    def entry_permissions(self, entry_id: str, user: str,
+                          instance_alias: str | None = None) -> PermissionsView:
         principal, known = self._principal(user)
+        instance, is_default = preview_instance(self.instances, instance_alias)
         return permissions_view(
             self.catalog, self.iam, entry_id, principal_arn=principal, principal_known=known,
-            instance=self.instances[0] if self.instances else None, start=self.clock.now(),
-            duration=self._route(entry_id).max_duration,
+            instance=instance, start=self.clock.now(),
+            duration=self._route(entry_id).max_duration, instance_is_default=is_default,
         )
 
     def request_permissions(self, request_id: int) -> PermissionsView:

@@ -128,6 +128,11 @@ def permissions_modal(view: PermissionsView) -> dict[str, Any]:
     )
     where = (f"instance `{escape(view.instance_alias)}`" if view.instance_alias
              else "every instance of the account")
+    if view.instance_alias and view.instance_arn:
+        where += f" (`{escape(view.instance_arn)}`)"
+    if view.instance_is_default:
+        where += (", the first configured instance because none is chosen yet (choose one "
+                  "in the request form and press See permissions again to see its policy)")
     subject = f"request #{view.request_id}" if view.request_id is not None else "a request"
     blocks: list[Block] = [
         _mrkdwn_section(f"*{escape(view.entry.name)}*\n`{escape(view.entry.id)}` · "

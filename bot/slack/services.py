@@ -143,6 +143,8 @@ class PermissionsView:
     persistent_effects: tuple[tuple[str, str], ...]
     notes: tuple[str, ...]
     request_id: int | None = None
+    # True when no instance was chosen yet and the preview shows the first configured one.
+    instance_is_default: bool = False
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -271,9 +273,11 @@ class SlackServices(Protocol):
 
     def set_approval_message(self, request_id: int, channel: str, ts: str) -> None: ...
 
-    def entry_permissions(self, entry_id: str, user: str) -> PermissionsView:
-        """What a request by `user` for the entry would attach, compiled now (first
-        configured instance, the tier's longest duration)."""
+    def entry_permissions(self, entry_id: str, user: str,
+                          instance_alias: str | None = None) -> PermissionsView:
+        """What a request by `user` for the entry would attach, compiled now on the
+        instance `instance_alias` (chosen in the request modal; None: the first configured
+        instance, said so in the view), for the tier's longest duration."""
         ...
 
     def request_permissions(self, request_id: int) -> PermissionsView:
@@ -359,6 +363,20 @@ def _condition_value(value: object) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def preview_instance(instances: Sequence[InstanceChoice], alias: str | None
+                     ) -> tuple[InstanceChoice | None, bool]:
+    """The instance a permissions preview shows, and whether it is the default: the one
+    named `alias` (as the request modal's select holds it), else the first configured one.
+    An alias no instance has is a ServiceError (the modal only offers configured ones)."""
+    if alias:
+        for instance in instances:
+            if instance.alias == alias:
+                return instance, False
+        known = ", ".join(i.alias for i in instances) or "none"
+        raise ServiceError(f"There is no instance {alias!r} (configured: {known}).")
+    return (instances[0], True) if instances else (None, False)
+
+
 def permissions_view(
     catalog: Catalog,
     iam: IamReference,
@@ -371,6 +389,7 @@ def permissions_view(
     duration: timedelta,
     request_id: int | None = None,
     role_unique_id: RoleIdLookup | None = None,
+    instance_is_default: bool = False,
 ) -> PermissionsView:
     """Compile the entry's policy (as the grant would, for any kind of target: a shared
     role's session condition needs `role_unique_id`) and describe it statement by
@@ -405,6 +424,7 @@ def permissions_view(
         expires_at=compiled.expires_at, statements=tuple(statements),
         persistent_effects=tuple((e.action, e.reason) for e in compiled.persistent_effects),
         notes=compiled.notes, request_id=request_id,
+        instance_is_default=instance_is_default,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from slack_bolt import App
 
+from bot.slack.blocks import read_instance_choice
 from bot.slack.listeners.common import Incoming, SlackDeps, lazy
 from bot.slack.permissions import PERMISSIONS_BUTTON, parse_value, permissions_modal
 from bot.slack.services import ServiceError
@@ -18,6 +19,16 @@ from bot.slack.services import ServiceError
 
 def ack_permissions(ack: Any) -> None:
     ack()
+
+
+def selected_instance(body: dict[str, Any]) -> str | None:
+    """The instance alias chosen so far in the request modal the button sits in (Slack
+    sends the open view's state values with every block action), or None."""
+    view = body.get("view") or {}
+    if (body.get("container") or {}).get("type") != "view" or view.get("type") != "modal":
+        return None
+    values = (view.get("state") or {}).get("values") or {}
+    return read_instance_choice(values) or None
 
 
 def run_open_permissions(deps: SlackDeps, incoming: Incoming) -> None:
@@ -29,7 +40,8 @@ def run_open_permissions(deps: SlackDeps, incoming: Incoming) -> None:
     if kind == "request":
         permissions = deps.services.request_permissions(int(key))
     else:
-        permissions = deps.services.entry_permissions(key, incoming.user_id)
+        permissions = deps.services.entry_permissions(key, incoming.user_id,
+                                                      selected_instance(incoming.body))
     modal = permissions_modal(permissions)
     trigger = incoming.body["trigger_id"]
     if (incoming.body.get("container") or {}).get("type") == "view" and (

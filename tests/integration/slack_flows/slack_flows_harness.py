@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -200,6 +201,14 @@ def config_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def flows(database_url: str, aws_env: str, config_path: Path) -> Iterator[Flows]:
+    with running_flows(database_url, aws_env, config_path) as running:
+        yield running
+
+
+@contextmanager
+def running_flows(database_url: str, aws_env: str, config_path: Path) -> Iterator[Flows]:
+    """The web process on the operator config at `config_path` (for tests that need a
+    config other than operator_config())."""
     groups = {"S0LEADS": [BOB, CAROL, *LEADS], "S0SECURITY": [CAROL, ERIN]}
     with FakeSlack(usergroups=groups) as fake:
         web = build_slack_web(make_settings(database_url, config_path, fake, aws_env))

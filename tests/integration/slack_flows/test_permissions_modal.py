@@ -7,9 +7,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from slack_flows_harness import ACCOUNT, ALICE, BOB, CAROL, CISO, INSTANCE_ARN, ROLES, Flows
+import yaml
+from slack_flows_harness import (
+    ACCOUNT,
+    ALICE,
+    BOB,
+    CAROL,
+    CISO,
+    INSTANCE_ARN,
+    ROLES,
+    Flows,
+    operator_config,
+    running_flows,
+)
 
 from bot.catalog import load_catalog
 from bot.iamref import IamReference
@@ -133,3 +146,58 @@ def test_federation_approval_says_the_session_outlasts_the_window(flows: Flows) 
     shown = flows.shown(message)
     assert "connect:AdminGetEmergencyAccessToken" in shown
     assert "outlast the window" in shown
+
+
+STAGING_ARN = f"arn:aws:connect:us-west-2:{ACCOUNT}:instance/99999999-8888-7777-6666-555555555555"
+
+
+def test_request_modal_preview_uses_the_instance_selected_in_the_modal(
+    database_url: str, aws_env: str, tmp_path: Path,
+) -> None:
+    config = operator_config()
+    config["instances"].append({"alias": "staging", "arn": STAGING_ARN})
+    path = tmp_path / "two-instances.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with running_flows(database_url, aws_env, path) as flows:
+        _, modal = flows.driver.open_request_modal(ALICE, CHAT)
+
+        # Nothing chosen yet: the first configured instance, and the modal says so.
+        flows.client.click(ALICE, "see_permissions", blocks=modal["blocks"], view=modal)
+        (push,) = flows.fake.wait_for_calls("views.push", 1)
+        shown = modal_text(push.response["view"])
+        assert INSTANCE_ARN in shown and STAGING_ARN not in shown
+        assert "first configured instance because none is chosen yet" in shown
+
+        # "staging" chosen in the still-open modal: Slack sends the view's state values.
+        (option,) = [o for b in modal["blocks"] if b.get("block_id") == "instance"
+                     for o in b["element"]["options"] if o["value"] == "staging"]
+        chosen = {**modal, "state": {"values": {"instance": {"value": {
+            "type": "static_select", "selected_option": option}}}}}
+        flows.client.click(ALICE, "see_permissions", blocks=modal["blocks"], view=chosen)
+        push = flows.fake.wait_for_calls("views.push", 2)[1]
+        assert push.response["ok"], push.response
+        view = push.response["view"]
+        within_slack_limits(view)
+        shown = modal_text(view)
+        assert "instance `staging`" in shown and STAGING_ARN in shown
+        assert INSTANCE_ARN not in shown and "none is chosen yet" not in shown
+        principal = f"arn:aws:iam::{ACCOUNT}:role/{ROLES[ALICE]}"
+        compiled = compile_policy(
+            load_catalog(), "data-storage/edit-chat-transcripts", principal,
+            grant_id="check", iam=IamReference(), start=datetime.now(UTC),
+            duration=timedelta(hours=1), max_duration=None, instance_arn=STAGING_ARN)
+        resources = {r for p in compiled.policies for s in p.document["Statement"]
+                     for r in (s["Resource"] if isinstance(s["Resource"], list)
+                               else [s["Resource"]])}
+        assert STAGING_ARN in resources and all(r in shown for r in resources)
+
+        # An alias that is not configured (a forged payload) is told, not a traceback.
+        forged = {**modal, "state": {"values": {"instance": {"value": {
+            "type": "static_select",
+            "selected_option": {"text": option["text"], "value": "nope"}}}}}}
+        result = flows.client.click(ALICE, "see_permissions", blocks=modal["blocks"],
+                                    view=forged)
+        assert result.status == 200
+        told = flows.driver.wait_for_dm(ALICE, "There is no instance 'nope'")
+        assert "configured: prod, staging" in told.text
+        assert len(flows.fake.calls("views.push")) == 2
