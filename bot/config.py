@@ -36,6 +36,7 @@ _APPROVER_ID = re.compile(r"[UWS][A-Z0-9]{2,}")
 _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
 _INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[A-Za-z0-9-]+")
+_DIRECTORY_ID = re.compile(r"d-[0-9a-f]{10}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 _SSO_INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:sso:::instance/ssoins-[a-zA-Z0-9]{16}")
 _IDENTITY_STORE_ID = re.compile(r"d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -66,6 +67,9 @@ class Instance:
     arn: str
     assume_role_arn: str | None = None
     external_id: str | None = None
+    # The instance's AWS Directory Service directory (DescribeInstance does not return
+    # it): pins the grants' ds: writes to it; None keeps them on the account and Region.
+    directory_id: str | None = None
 
     @property
     def account(self) -> str:
@@ -542,9 +546,11 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     for index, raw_instance in enumerate(reader.sequence("instances", top.get("instances"))):
         path = f"instances[{index}]"
         item = reader.mapping(path, raw_instance)
-        reader.unknown_keys(path, item, ("alias", "arn", "assume_role_arn", "external_id"))
+        reader.unknown_keys(path, item, ("alias", "arn", "assume_role_arn", "external_id",
+                                         "directory_id"))
         role = item.get("assume_role_arn")
         external_id = item.get("external_id")
+        directory_id = item.get("directory_id")
         instances.append(Instance(
             alias=reader.string(f"{path}.alias", item.get("alias")),
             arn=reader.string(f"{path}.arn", item.get("arn"), _INSTANCE_ARN,
@@ -553,6 +559,9 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
                 f"{path}.assume_role_arn", role, _ROLE_ARN, "an IAM role ARN"),
             external_id=None if external_id is None else reader.string(
                 f"{path}.external_id", external_id),
+            directory_id=None if directory_id is None else reader.string(
+                f"{path}.directory_id", directory_id, _DIRECTORY_ID,
+                "a Directory Service directory id: d- and 10 hex digits, e.g. d-906700c1a2"),
         ))
     aliases = [i.alias for i in instances]
     for alias in aliases:

@@ -153,7 +153,9 @@ def build_runtime(
     # narrow the scope; a managed policy that denies the entry outright refuses the grant.
     plan_builder = plan_builder or target_plan_builder(
         catalog, IamReference(), role_unique_id=role_ids,
-        instance_resources_for=ConnectInstanceLookup(aws, config.instances),
+        instance_resources_for=ConnectInstanceLookup(
+            aws, config.instances,
+            directory_ids={i.arn: i.directory_id for i in config.instances if i.directory_id}),
         attached_policies=AttachedPolicyLookup(aws.iam_for_principal))
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))

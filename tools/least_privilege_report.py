@@ -7,7 +7,10 @@ For each catalog entry, compiled for a role/user/group with and without an insta
   and `undeclared`: those neither contained nor declared in the entry's
   `persistent_effects`;
 - `star_exceptions`: the entry's recorded "*" exceptions;
-- parliament's findings, by kind, over every distinct compiled document.
+- parliament's findings, by kind, over every distinct compiled document;
+- `ds_writes_on_any_directory`: Directory Service writes left on the account and Region's
+  `directory/*` because this report, like a grant without `instances[].directory_id` in the
+  operator config, does not know the instance's directory.
 
 Prints JSON (summary first, then per entry). With --markdown prints the per-entry table
 for docs/policies.md instead.
@@ -165,6 +168,10 @@ def measure(with_parliament: bool = True) -> dict[str, Any]:
         compiled, result = per_variant["role/instance"]
         undeclared_any = sorted({a for _, r in per_variant.values() for a in r["undeclared"]})
         statements = _statements(compiled)
+        on_any_directory = sorted({
+            a for s in statements for a in _as_list(s["Action"])
+            if a.startswith("ds:") and iam.info(a).access_levels & WRITE_LEVELS
+            and any(r.endswith(":directory/*") for r in _as_list(s["Resource"]))})
         actions = catalog.granted_actions(entry.id)
         on_star = {a for s in statements if "*" in _as_list(s["Resource"])
                    for a in _as_list(s["Action"])}
@@ -181,6 +188,7 @@ def measure(with_parliament: bool = True) -> dict[str, Any]:
             "persistent": result["persistent"],
             "undeclared": undeclared_any,
             "declared": _declared(catalog, entry.id),
+            "ds_writes_on_any_directory": on_any_directory,
         })
     summary: dict[str, Any] = {
         "entries": len(rows),
@@ -191,6 +199,12 @@ def measure(with_parliament: bool = True) -> dict[str, Any]:
         "undeclared": {r["entry"]: r["undeclared"] for r in rows if r["undeclared"]},
         "entries_with_declared_persistent": sum(1 for r in rows if r["declared"]),
         "distinct_documents": len(documents),
+        # Directory Service writes stay on the account and Region's `directory/*` unless
+        # the operator config names the instance's `directory_id` (DescribeInstance does
+        # not return it); with it they are pinned to that one directory.
+        "ds_writes_on_any_directory_without_directory_id": {
+            r["entry"]: r["ds_writes_on_any_directory"] for r in rows
+            if r["ds_writes_on_any_directory"]},
     }
     if with_parliament:
         summary["parliament_findings"] = dict(sorted(

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,10 +43,14 @@ class ConnectInstanceLookup:
     """instance ARN -> InstanceResources, cached for `max_age` seconds per instance."""
 
     def __init__(self, aws: AwsSessions, instances: Sequence[InstanceAccess] = (),
-                 *, max_age: float = 300.0, clock: Callable[[], float] = time.monotonic
+                 *, directory_ids: Mapping[str, str] | None = None,
+                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic
                  ) -> None:
+        """`directory_ids`: instance ARN -> its directory id from the operator config
+        (`instances[].directory_id`), since DescribeInstance does not return it."""
         self._aws = aws
         self._instances = {i.arn: i for i in instances}
+        self._directory_ids = dict(directory_ids or {})
         self._max_age = max_age
         self._clock = clock
         self._cache: dict[str, tuple[float, InstanceResources | None]] = {}
@@ -76,7 +80,10 @@ class ConnectInstanceLookup:
         except (ClientError, BotoCoreError) as exc:
             log.warning("cannot describe instance %s (%s); its grants keep the account "
                         "and Region scope", instance_arn, exc)
-            return None
+            directory_id = self._directory_ids.get(instance_arn)
+            # The configured directory does not depend on the look-up.
+            return (InstanceResources(instance_arn=instance_arn, directory_id=directory_id)
+                    if directory_id else None)
         role = str(described.get("ServiceRole") or "")
         buckets: set[str] = set()
         for resource_type in BUCKET_STORAGE_TYPES:
@@ -95,6 +102,7 @@ class ConnectInstanceLookup:
             # Only a role of Connect's own service-linked path: anything else would fail
             # the compiler's escalation check, and is not this instance's role anyway.
             service_role_arn=role if _CONNECT_SERVICE_ROLE.fullmatch(role) else None,
+            directory_id=self._directory_ids.get(instance_arn),
             bucket_names=tuple(sorted(buckets)),
         )
 

@@ -21,6 +21,7 @@ from bot.catalog import (
     validate_catalog,
 )
 from bot.cli import build_cli
+from bot.config import ConfigError, parse_config
 from bot.iamref import WRITE_LEVELS, IamReference
 from bot.persistence import containment, persistence_of
 from bot.policy import PolicyError, compile_policy
@@ -269,3 +270,32 @@ def test_docs_per_entry_table_is_the_generated_one() -> None:
     table = markdown(measure(with_parliament=False))
     docs = (root / "docs" / "policies.md").read_text(encoding="utf-8")
     assert table in docs, "regenerate: .venv/bin/python tools/least_privilege_report.py --markdown"
+
+
+def test_configured_directory_id_pins_directory_writes(iam: IamReference) -> None:
+    config = parse_config({"instances": [
+        {"alias": "prod", "arn": INSTANCE, "directory_id": "d-906700c1a2"},
+        {"alias": "other", "arn": INSTANCE.replace("0a1b", "9f9f")}]})
+    prod, other = config.instances
+    assert prod.directory_id == "d-906700c1a2" and other.directory_id is None
+    role = PRINCIPALS["role"]
+    pinned = compile_for("home/delete-instance", role, iam, instance_arn=prod.arn,
+                         instance_resources=InstanceResources(prod.arn,
+                                                              directory_id=prod.directory_id))
+    directory = f"arn:aws:ds:eu-west-2:{ACCOUNT}:directory/d-906700c1a2"
+    ds = [s for s in statements_of(pinned) if any(a.startswith("ds:") for a in s["Action"])]
+    writes = [s for s in ds if "ds:DeleteDirectory" in s["Action"]]
+    assert writes and all(as_list(s["Resource"]) == [directory] for s in writes)
+    assert "ds:UnauthorizeApplication" in writes[0]["Action"]
+    # Unset: the account-and-Region scope, never `*`.
+    unpinned = compile_for("home/delete-instance", role, iam, instance_arn=other.arn)
+    (write,) = [s for s in statements_of(unpinned) if "ds:DeleteDirectory" in s["Action"]]
+    assert as_list(write["Resource"]) == [f"arn:aws:ds:eu-west-2:{ACCOUNT}:directory/*"]
+
+
+@pytest.mark.parametrize("bad", ["d-12345", "D-906700C1A2", "d-906700c1a2x", "906700c1a2", 7])
+def test_a_malformed_directory_id_is_refused_naming_the_key(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"instances\[0\]\.directory_id: must be") as raised:
+        parse_config({"instances": [{"alias": "prod", "arn": INSTANCE, "directory_id": bad}]})
+    if isinstance(bad, str):
+        assert "d- and 10 hex digits" in str(raised.value)

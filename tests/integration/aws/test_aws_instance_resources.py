@@ -143,3 +143,17 @@ def test_service_linked_role_writes_reach_only_the_instance_own_role(
     own = aws.client("connect").describe_instance(
         InstanceId=instance_arn.rsplit("/", 1)[-1])["Instance"]["ServiceRole"]
     assert slr["Resource"] == own and "*" not in slr["Resource"]
+
+
+def test_the_configured_directory_reaches_the_grant_with_or_without_describe(
+        aws: AwsSessions, instance_arn: str) -> None:
+    missing = f"arn:aws:connect:{REGION}:{HOME_ACCOUNT}:instance/00000000-0000-0000-0000-000000000000"
+    lookup = ConnectInstanceLookup(aws, directory_ids={instance_arn: "d-906700c1a2",
+                                                       missing: "d-0123456789"})
+    found = lookup(instance_arn)
+    assert found is not None and found.directory_id == "d-906700c1a2"
+    assert found.service_role_arn  # DescribeInstance answered too
+    # DescribeInstance fails (here: no such instance): the configured directory still pins.
+    unknown = lookup(missing)
+    assert unknown is not None and unknown.directory_id == "d-0123456789"
+    assert unknown.service_role_arn is None
