@@ -139,6 +139,9 @@ def build_runtime(
         aws.iam_for_account, config.principals, tag_lookup=config.principal_tag_lookup,
         require_managed_tag=config.require_managed_tag,
         allow_group_targets=config.allow_group_targets,
+        identity_center_user=(granter.identity_center.user_id
+                              if isinstance(granter, TargetGranter) and granter.identity_center
+                              else None),
         required_boundary=config.required_permissions_boundary,
         tag_lookup_accounts=(None, *sorted({i.account for i in config.instances
                                             if i.assume_role_arn})),

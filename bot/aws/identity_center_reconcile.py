@@ -39,13 +39,19 @@ def reconcile_permission_sets(
     act: Callable[[Finding], None],
 ) -> None:
     """Compare and repair; every finding goes to `act` (which records and notifies).
-    All reads happen first, so a failure to read Identity Center (GrantError, raised to
-    the caller) changes nothing."""
+    All reads happen first: when Identity Center cannot be read, one `unchecked` finding
+    says so and nothing of it is changed (like an IAM principal that cannot be read)."""
     from bot.aws.reconcile import Finding, grant_id_of
 
-    present = {ps.name: ps for ps in granter.managed_permission_sets()}
-    accounts_of = {ps.name: {a.account for a in granter.assignments(ps.arn)}
-                   for ps in present.values()}
+    try:
+        present = {ps.name: ps for ps in granter.managed_permission_sets()}
+        accounts_of = {ps.name: {a.account for a in granter.assignments(ps.arn)}
+                       for ps in present.values()}
+    except GrantError as exc:
+        act(Finding("unchecked", granter.instance_arn, KIND, "*", None,
+                    "none: Identity Center could not be read", applied=False,
+                    error=str(exc)))
+        return
     by_name = {name: grant for grant in expected for name in grant.policy_names}
 
     def remove(ps: PermissionSetInfo, grant_id: str | None, kind: FindingKind,
@@ -59,7 +65,10 @@ def reconcile_permission_sets(
         return Finding(kind, principal, KIND, ps.name, grant_id,
                        "remove the permission set and its assignments", not dry_run, error)
 
-    def restore(grant: ExpectedGrant, name: str, kind: FindingKind, why: str) -> Finding:
+    def restore(grant: ExpectedGrant, name: str, kind: FindingKind, why: str
+                ) -> Finding | None:
+        if not store.is_live(grant.grant_id):
+            return None  # revoked while we ran: putting it back would undo the revoke
         if grant.expires_at <= now:
             return Finding(kind, grant.principal_arn, KIND, name, grant.grant_id,
                            "none: grant has expired, left to the expiry sweep", applied=False)
@@ -78,6 +87,11 @@ def reconcile_permission_sets(
     for name, orphan in sorted(present.items()):
         if name not in by_name and not store.is_live(grant_id_of(name)):
             act(remove(orphan, None, "orphan", orphan.arn))
+
+    def restore_and_act(grant: ExpectedGrant, name: str, kind: FindingKind, why: str) -> None:
+        finding = restore(grant, name, kind, why)
+        if finding is not None:
+            act(finding)
 
     for grant in expected:
         name = grant.policy_names[0]
@@ -99,15 +113,22 @@ def reconcile_permission_sets(
             continue
         account = grant.instance_arn.split(":")[4] if grant.instance_arn else None
         if ps is None:
-            act(restore(grant, name, "missing", "the permission set is gone"))
+            restore_and_act(grant, name, "missing", "the permission set is gone")
         elif account not in accounts_of.get(name, set()):
-            act(restore(grant, name, "missing", f"no assignment on account {account}"))
+            restore_and_act(grant, name, "missing", f"no assignment on account {account}")
         else:
-            document = granter.inline_document(ps.arn)
+            try:
+                document = granter.inline_document(ps.arn)
+                assigned = _assigned_to_user(granter, grant, ps)
+            except GrantError as exc:
+                act(Finding("unchecked", grant.principal_arn, KIND, name, grant.grant_id,
+                            "none: Identity Center could not be read", applied=False,
+                            error=str(exc)))
+                continue
             if document is None or document_hash(document) != grant.expected_hash(name):
-                act(restore(grant, name, "tampered", "its inline policy was changed"))
-            elif not _assigned_to_user(granter, grant, ps):
-                act(restore(grant, name, "missing", "not assigned to the user"))
+                restore_and_act(grant, name, "tampered", "its inline policy was changed")
+            elif not assigned:
+                restore_and_act(grant, name, "missing", "not assigned to the user")
             else:
                 act(Finding("ok", grant.principal_arn, KIND, name, grant.grant_id, "none",
                             applied=False))

@@ -15,7 +15,7 @@ from bot.aws.principal_index import (
     tagged_in_account,
 )
 from bot.policy import Principal, PrincipalArnError, parse_principal
-from bot.ports import PrincipalError
+from bot.ports import GrantError, PrincipalError
 from bot.targets import IamTarget, IdentityCenterTarget, TargetError, parse_target
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class IamPrincipalDirectory:
         index_max_age: float = 600.0,
         index_miss_refresh: float = 30.0,
         required_boundary: str | None = None,
+        identity_center_user: Callable[[str], str] | None = None,
     ) -> None:
         self._iam = iam_client_factory
         # A managed policy ARN every target principal must have as its permissions
@@ -78,6 +79,8 @@ class IamPrincipalDirectory:
         self._require_managed_tag = require_managed_tag
         self._tag_lookup_accounts = tuple(tag_lookup_accounts)
         self._allow_groups = allow_group_targets
+        # user name or email -> identity-store user id; GrantError when there is none
+        self._identity_center_user = identity_center_user
         self.index = index
         if tag_lookup and index is None:
             self.index = PrincipalIndex(iam_client_factory, self._tag_lookup_accounts,
@@ -129,6 +132,15 @@ class IamPrincipalDirectory:
         except TargetError as exc:
             raise PrincipalError(str(exc)) from None
         if isinstance(target, IdentityCenterTarget):
+            if self._identity_center_user is not None:
+                try:
+                    self._identity_center_user(target.user)
+                except GrantError as exc:
+                    raise PrincipalError(
+                        f"Could not find you in IAM Identity Center: {exc}" if not exc.transient
+                        else f"Could not reach IAM Identity Center to look up {target.user} "
+                             f"({exc.code}); try again."
+                    ) from exc
             return None
         if isinstance(target, IamTarget) and target.is_group and not self._allow_groups:
             raise PrincipalError(

@@ -35,7 +35,7 @@ from bot.config import parse_config
 from bot.db import SessionFactory
 from bot.fakes import FakeClock, RecordingNotifier, StaticApproverDirectory
 from bot.iamref import IamReference
-from bot.lifecycle import InvalidRequest, RequestService, SelfApproval
+from bot.lifecycle import InvalidRequest, NotAllowed, RequestService, SelfApproval
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.reconcile_store import DbReconcileStore
 from bot.target_policy import target_plan_builder
@@ -266,6 +266,28 @@ def test_reconcile_restores_a_deleted_assignment_and_a_tampered_policy(
     assert [f.kind for f in third] == ["ok"]
 
 
+def test_reconcile_reports_identity_center_unread_and_changes_nothing_there(
+    targets: Targets,
+) -> None:
+    request_id = targets.submit("U0ALICE")
+    targets.service.approve(request_id, "U0LEAD01")
+    name = f"connect-access-{targets.grant_of(request_id).id}"
+
+    def denied(**_: Any) -> tuple[Any, dict[str, Any]]:
+        return _FakeHttp(400), {"Error": {"Code": "AccessDeniedException",
+                                          "Message": "not allowed"}}
+
+    targets.sso.meta.events.register("before-call.sso-admin.ListPermissionSets", denied)
+    findings = reconcile(targets.granter, DbReconcileStore(targets.service),
+                         now=targets.clock.now())
+    targets.sso.meta.events.unregister("before-call.sso-admin.ListPermissionSets", denied)
+
+    (unchecked,) = [f for f in findings if f.policy_kind == "permission_set"]
+    assert unchecked.kind == "unchecked" and "AccessDeniedException" in unchecked.error
+    assert list(targets.permission_sets()) == [name]
+    assert targets.state(request_id) == "active"
+
+
 def test_an_assignment_that_fails_fails_the_grant_with_nothing_left(targets: Targets) -> None:
     # Identity Center answers the assignment asynchronously; here it reports FAILED
     # (moto itself always succeeds, and still records the assignment it was asked for).
@@ -306,6 +328,21 @@ def test_an_unknown_identity_center_user_fails_before_anything_is_made(
 
     assert targets.state(request_id) == "failed"
     assert "no user 'alice@example.com'" in (targets.grant_of(request_id).last_error or "")
+    assert targets.permission_sets() == {}
+
+
+def test_a_request_from_a_user_missing_in_the_identity_store_is_refused_at_once(
+    targets: Targets,
+) -> None:
+    assert targets.granter.identity_center is not None
+    targets.service.principals = IamPrincipalDirectory(
+        lambda account: targets.iam, targets.service.config.principals,
+        identity_center_user=targets.granter.identity_center.user_id)
+    targets.ids.delete_user(IdentityStoreId=targets.store_id, UserId=targets.alice_id)
+
+    with pytest.raises(NotAllowed, match=r"Could not find you in IAM Identity Center: there "
+                                         r"is no user 'alice@example\.com'"):
+        targets.submit("U0ALICE")
     assert targets.permission_sets() == {}
 
 
