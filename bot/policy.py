@@ -495,6 +495,7 @@ def scope_context(
         services=frozenset(a.split(":", 1)[0] for a in actions),
         resources=scope.resources if instance is not None else None,
         on_chosen_instance=scope.instance_scope == "chosen",
+        storage_entry=bool(scope.storage_resource_types),
     )
 
 

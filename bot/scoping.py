@@ -10,7 +10,8 @@ The rules, in order (the first that applies wins):
    - Amazon Connect's own names where AWS's `AmazonConnect_FullAccess` uses them for
      writes (`amazon-connect-*` buckets and Customer Profiles domains, NAME_PREFIXES),
    - the chosen instance's own resources when the bot looked them up at grant time (its
-     directory, its storage buckets, INSTANCE_PLACEHOLDERS),
+     directory, its storage buckets, INSTANCE_PLACEHOLDERS; for storage entries' writes
+     also the storage configs' KMS keys and streams, STORAGE_PLACEHOLDERS),
    - a resource-account condition where the ARN carries no account (S3, ACCOUNT_KEYS),
    - the containing conditions of ACTION_CONDITIONS (Lambda permissions only for Amazon
      Connect, KMS use only through the grant's AWS services, event targets only in this
@@ -39,6 +40,11 @@ class InstanceResources:
     service_role_arn: str | None = None
     directory_id: str | None = None
     bucket_names: tuple[str, ...] = ()
+    # From the storage configs, in the instance's account and Region: KMS key ids (S3 and
+    # Kinesis Video encryption), Kinesis stream names, Firehose delivery stream names.
+    kms_key_ids: tuple[str, ...] = ()
+    kinesis_stream_names: tuple[str, ...] = ()
+    firehose_stream_names: tuple[str, ...] = ()
 
     def own_arns(self, partition: str, region: str, account: str) -> tuple[str, ...]:
         """The exact ARNs these resources stand for (what counts as Connect's own)."""
@@ -49,6 +55,11 @@ class InstanceResources:
             arns.append(f"arn:{partition}:ds:{region}:{account}:directory/{self.directory_id}")
         arns.extend(f"arn:{partition}:s3:::{b}" for b in self.bucket_names)
         arns.extend(f"arn:{partition}:s3:::{b}/*" for b in self.bucket_names)
+        arns.extend(f"arn:{partition}:kms:{region}:{account}:key/{k}" for k in self.kms_key_ids)
+        arns.extend(f"arn:{partition}:kinesis:{region}:{account}:stream/{n}"
+                    for n in self.kinesis_stream_names)
+        arns.extend(f"arn:{partition}:firehose:{region}:{account}:deliverystream/{n}"
+                    for n in self.firehose_stream_names)
         return tuple(arns)
 
 
@@ -62,6 +73,9 @@ class ScopeContext:
     # Whether the grant works on the chosen instance (not on new ones it creates); only
     # then do the instance's own resources narrow the scope.
     on_chosen_instance: bool = True
+    # Whether the entry changes the instance's storage configs (it lists
+    # storage_resource_types); only then do their keys and streams narrow its writes.
+    storage_entry: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,16 @@ NAME_PREFIXES: Mapping[tuple[str, str], str] = {
 INSTANCE_PLACEHOLDERS: Mapping[tuple[str, str], Callable[[InstanceResources], tuple[str, ...]]] = {
     ("ds", "${DirectoryId}"): lambda r: (r.directory_id,) if r.directory_id else (),
     ("s3", "${BucketName}"): lambda r: r.bucket_names,
+}
+
+# (service, placeholder) -> the storage configs' keys and streams: they narrow the writes
+# (KMS grants) of storage entries only. Other entries' keys (a Customer Profiles domain's,
+# Amazon Q's) are not the storage configs', and reads stay on the account and Region so
+# the console can still describe a key or stream to switch to.
+STORAGE_PLACEHOLDERS: Mapping[tuple[str, str], Callable[[InstanceResources], tuple[str, ...]]] = {
+    ("kms", "${KeyId}"): lambda r: r.kms_key_ids,
+    ("kinesis", "${StreamName}"): lambda r: r.kinesis_stream_names,
+    ("firehose", "${DeliveryStreamName}"): lambda r: r.firehose_stream_names,
 }
 
 # Services whose ARNs carry no account: the account is pinned by this condition key.
@@ -175,6 +199,11 @@ def place(info: ActionInfo, ctx: ScopeContext, siblings: Iterable[ActionInfo],
             values = tuple(lookup(ctx.resources))
             if svc == info.service and values and not (is_write and placeholder in prefixes):
                 exact[placeholder] = values
+        if ctx.storage_entry and is_write:
+            for (svc, placeholder), lookup in STORAGE_PLACEHOLDERS.items():
+                values = tuple(lookup(ctx.resources))
+                if svc == info.service and values:
+                    exact[placeholder] = values
     resources: set[str] = set()
     for ref in refs:
         for fmt in _formats(ref):

@@ -26,12 +26,18 @@ from bot.scoping import InstanceResources
 
 log = logging.getLogger(__name__)
 
-# The storage types whose S3 buckets the console's data-storage and streaming entries
-# write to (their bucket policies, their keys).
-BUCKET_STORAGE_TYPES = (
+# Every storage type of ListInstanceStorageConfigs: S3 buckets and their KMS keys, Kinesis
+# Video encryption keys, Kinesis and Firehose streams the console's data-storage and
+# streaming entries write to.
+STORAGE_TYPES = (
     "CALL_RECORDINGS", "CHAT_TRANSCRIPTS", "SCHEDULED_REPORTS", "ATTACHMENTS",
-    "SCREEN_RECORDINGS", "CONTACT_EVALUATIONS", "EMAIL_MESSAGES",
+    "SCREEN_RECORDINGS", "CONTACT_EVALUATIONS", "EMAIL_MESSAGES", "MEDIA_STREAMS",
+    "CONTACT_TRACE_RECORDS", "AGENT_EVENTS", "REAL_TIME_CONTACT_ANALYSIS_SEGMENTS",
+    "REAL_TIME_CONTACT_ANALYSIS_CHAT_SEGMENTS", "REAL_TIME_CONTACT_ANALYSIS_VOICE_SEGMENTS",
 )
+_KEY_ID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}")
+_STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _CONNECT_SERVICE_ROLE = re.compile(
     r"arn:[a-z-]+:iam::[0-9]{12}:role/aws-service-role/connect\.amazonaws\.com/"
     r"AWSServiceRoleForAmazonConnect[\w+=,.@-]*"
@@ -44,11 +50,13 @@ class ConnectInstanceLookup:
 
     def __init__(self, aws: AwsSessions, instances: Sequence[InstanceAccess] = (),
                  *, directory_ids: Mapping[str, str] | None = None,
-                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 max_age: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 client_for: Callable[[str], Any] | None = None) -> None:
         """`directory_ids`: instance ARN -> its directory id from the operator config
-        (`instances[].directory_id`), since DescribeInstance does not return it."""
+        (`instances[].directory_id`), since DescribeInstance does not return it.
+        `client_for`: instance ARN -> its Connect client (default: from `aws`)."""
         self._aws = aws
+        self._client_for = client_for or self._client
         self._instances = {i.arn: i for i in instances}
         self._directory_ids = dict(directory_ids or {})
         self._max_age = max_age
@@ -75,7 +83,7 @@ class ConnectInstanceLookup:
     def _look_up(self, instance_arn: str) -> InstanceResources | None:
         instance_id = instance_arn.rsplit("/", 1)[-1]
         try:
-            client = self._client(instance_arn)
+            client = self._client_for(instance_arn)
             described = client.describe_instance(InstanceId=instance_id)["Instance"]
         except (ClientError, BotoCoreError) as exc:
             log.warning("cannot describe instance %s (%s); its grants keep the account "
@@ -85,26 +93,82 @@ class ConnectInstanceLookup:
             return (InstanceResources(instance_arn=instance_arn, directory_id=directory_id)
                     if directory_id else None)
         role = str(described.get("ServiceRole") or "")
-        buckets: set[str] = set()
-        for resource_type in BUCKET_STORAGE_TYPES:
-            try:
-                configs = client.list_instance_storage_configs(
-                    InstanceId=instance_id, ResourceType=resource_type)["StorageConfigs"]
-            except (ClientError, BotoCoreError) as exc:
-                log.info("cannot list %s storage of %s (%s)", resource_type, instance_arn, exc)
-                break
-            for config in configs:
-                bucket = str((config.get("S3Config") or {}).get("BucketName") or "")
-                if _BUCKET.fullmatch(bucket):
-                    buckets.add(bucket)
+        storage = self._storage(client, instance_arn, instance_id)
         return InstanceResources(
             instance_arn=instance_arn,
             # Only a role of Connect's own service-linked path: anything else would fail
             # the compiler's escalation check, and is not this instance's role anyway.
             service_role_arn=role if _CONNECT_SERVICE_ROLE.fullmatch(role) else None,
             directory_id=self._directory_ids.get(instance_arn),
-            bucket_names=tuple(sorted(buckets)),
+            bucket_names=storage.get("buckets", ()),
+            kms_key_ids=storage.get("keys", ()),
+            kinesis_stream_names=storage.get("kinesis", ()),
+            firehose_stream_names=storage.get("firehose", ()),
         )
+
+    def _storage(self, client: Any, instance_arn: str, instance_id: str
+                 ) -> dict[str, tuple[str, ...]]:
+        """Buckets, KMS key ids and stream names of every storage config. All or nothing
+        per kind: a narrowed grant must reach every resource the instance uses, so a
+        listing that fails, or a key or stream outside the instance's account and Region
+        (or not readable as one), leaves that kind on the account-and-Region scope."""
+        _, partition, _, region, account = instance_arn.split(":", 5)[:5]
+        found: dict[str, set[str]] = {"buckets": set(), "keys": set(), "kinesis": set(),
+                                      "firehose": set()}
+        unusable: set[str] = set()
+
+        def in_instance(arn: str, service: str, prefix: str, pattern: re.Pattern[str],
+                        kind: str) -> None:
+            head = f"arn:{partition}:{service}:{region}:{account}:{prefix}"
+            name = arn[len(head):] if arn.startswith(head) else ""
+            if service == "kms" and _KEY_ID.fullmatch(arn):
+                name = arn  # a bare key id names a key of the instance's account
+            if pattern.fullmatch(name):
+                found[kind].add(name)
+            else:
+                log.info("%s of %s is %r, not in its account and Region; its %s are not "
+                         "narrowed", kind, instance_arn, arn, kind)
+                unusable.add(kind)
+
+        for resource_type in STORAGE_TYPES:
+            token: str | None = None
+            while True:
+                params: dict[str, Any] = {"InstanceId": instance_id,
+                                          "ResourceType": resource_type}
+                if token:
+                    params["NextToken"] = token
+                try:
+                    page = client.list_instance_storage_configs(**params)
+                except (ClientError, BotoCoreError) as exc:
+                    log.info("cannot list %s storage of %s (%s); its storage resources are "
+                             "not narrowed", resource_type, instance_arn, exc)
+                    return {}
+                for config in page.get("StorageConfigs") or []:
+                    s3 = config.get("S3Config") or {}
+                    bucket = str(s3.get("BucketName") or "")
+                    if bucket:
+                        if _BUCKET.fullmatch(bucket):
+                            found["buckets"].add(bucket)
+                        else:
+                            unusable.add("buckets")
+                    video = config.get("KinesisVideoStreamConfig") or {}
+                    for encryption in (s3.get("EncryptionConfig"), video.get("EncryptionConfig")):
+                        key = str((encryption or {}).get("KeyId") or "")
+                        if key:
+                            in_instance(key, "kms", "key/", _KEY_ID, "keys")
+                    stream = str((config.get("KinesisStreamConfig") or {}).get("StreamArn") or "")
+                    if stream:
+                        in_instance(stream, "kinesis", "stream/", _STREAM_NAME, "kinesis")
+                    firehose = str((config.get("KinesisFirehoseConfig") or {}
+                                    ).get("FirehoseArn") or "")
+                    if firehose:
+                        in_instance(firehose, "firehose", "deliverystream/", _STREAM_NAME,
+                                    "firehose")
+                token = page.get("NextToken")
+                if not token:
+                    break
+        return {kind: tuple(sorted(values)) for kind, values in found.items()
+                if kind not in unusable}
 
 
 class AttachedPolicyLookup:

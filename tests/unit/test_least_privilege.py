@@ -299,3 +299,44 @@ def test_a_malformed_directory_id_is_refused_naming_the_key(bad: object) -> None
         parse_config({"instances": [{"alias": "prod", "arn": INSTANCE, "directory_id": bad}]})
     if isinstance(bad, str):
         assert "d- and 10 hex digits" in str(raised.value)
+
+
+def test_storage_config_keys_narrow_only_storage_entries_kms_writes(iam: IamReference) -> None:
+    key = "0a1b2c3d-aaaa-bbbb-cccc-111122223333"
+    looked_up = InstanceResources(instance_arn=INSTANCE, kms_key_ids=(key,),
+                                  kinesis_stream_names=("agent-events",),
+                                  firehose_stream_names=("ctr",))
+    key_arn = f"arn:aws:kms:eu-west-2:{ACCOUNT}:key/{key}"
+    any_key = f"arn:aws:kms:eu-west-2:{ACCOUNT}:key/*"
+    role = PRINCIPALS["role"]
+
+    def statement_with(compiled: Any, action: str) -> dict[str, Any]:
+        return next(s for s in statements_of(compiled) if action in s["Action"])
+
+    def kms_resources(entry_id: str) -> dict[str, list[str]]:
+        compiled = compile_for(entry_id, role, iam, instance_arn=INSTANCE,
+                               instance_resources=looked_up)
+        return {a: as_list(s["Resource"]) for s in statements_of(compiled)
+                for a in s["Action"] if a.startswith("kms:")}
+
+    recording = kms_resources("data-storage/edit-call-recording")
+    # The KMS grant writes reach only the storage configs' key; DescribeKey (a read, for
+    # the console to offer another key) stays on the account and Region.
+    assert recording["kms:CreateGrant"] == [key_arn]
+    assert recording["kms:RetireGrant"] == [key_arn]
+    assert recording["kms:DescribeKey"] == [any_key]
+    compiled = compile_for("data-storage/edit-call-recording", role, iam, instance_arn=INSTANCE,
+                           instance_resources=looked_up)
+    grant = statement_with(compiled, "kms:CreateGrant")
+    assert grant["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"
+    # A non-storage entry's keys (a Customer Profiles domain's) are not the storage ones.
+    profiles = kms_resources("customer-profiles/edit-customer-profiles")
+    assert key_arn not in str(profiles) and profiles["kms:CreateGrant"] == [any_key]
+    # Streams: the streaming entries only read them, so they stay on the account+Region.
+    streaming = compile_for("data-streaming/edit-contact-record", role, iam,
+                            instance_arn=INSTANCE, instance_resources=looked_up)
+    described = statement_with(streaming, "kinesis:DescribeStream")
+    assert as_list(described["Resource"]) == [f"arn:aws:kinesis:eu-west-2:{ACCOUNT}:stream/*"]
+    # Without the look-up (or before it answers): the account-and-Region scope.
+    plain = compile_for("data-storage/edit-call-recording", role, iam, instance_arn=INSTANCE)
+    assert as_list(statement_with(plain, "kms:CreateGrant")["Resource"]) == [any_key]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 from aws_testkit import HOME_ACCOUNT, REGION, TRUST, SleepRecorder
 
@@ -157,3 +158,104 @@ def test_the_configured_directory_reaches_the_grant_with_or_without_describe(
     unknown = lookup(missing)
     assert unknown is not None and unknown.directory_id == "d-0123456789"
     assert unknown.service_role_arn is None
+
+
+# ListInstanceStorageConfigs is not implemented by moto: the adapter is tested against
+# botocore's Stubber, which checks every request and response against the Connect model.
+STUB_INSTANCE = f"arn:aws:connect:{REGION}:{HOME_ACCOUNT}:instance/11111111-2222-3333-4444-555555555555"
+STUB_ID = STUB_INSTANCE.rsplit("/", 1)[-1]
+SLR = (f"arn:aws:iam::{HOME_ACCOUNT}:role/aws-service-role/connect.amazonaws.com/"
+       "AWSServiceRoleForAmazonConnect_Stub1")
+KEY = "0a1b2c3d-aaaa-bbbb-cccc-111122223333"
+VIDEO_KEY = "mrk-0123456789abcdef0123456789abcdef"
+
+
+def _s3(bucket: str, key_arn: str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"BucketName": bucket, "BucketPrefix": "connect"}
+    if key_arn:
+        config["EncryptionConfig"] = {"EncryptionType": "KMS", "KeyId": key_arn}
+    return {"AssociationId": "a" * 64, "StorageType": "S3", "S3Config": config}
+
+
+def _stubbed(storage: dict[str, list[list[dict[str, Any]]]],
+             failing: str | None = None) -> tuple[Any, Any]:
+    """A Connect client stubbed for one look-up: DescribeInstance, then each storage type
+    in the adapter's order, with `storage[type]` as its pages."""
+    from botocore.stub import Stubber
+
+    from bot.aws.instance_resources import STORAGE_TYPES
+
+    client = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x").client(
+        "connect", region_name=REGION)
+    stubber = Stubber(client)
+    stubber.add_response("describe_instance", {"Instance": {
+        "Id": STUB_ID, "Arn": STUB_INSTANCE, "ServiceRole": SLR}}, {"InstanceId": STUB_ID})
+    for resource_type in STORAGE_TYPES:
+        if resource_type == failing:
+            stubber.add_client_error("list_instance_storage_configs", "AccessDeniedException",
+                                     http_status_code=403)
+            break
+        pages = storage.get(resource_type) or [[]]
+        for number, page in enumerate(pages):
+            expected: dict[str, Any] = {"InstanceId": STUB_ID, "ResourceType": resource_type}
+            if number:
+                expected["NextToken"] = f"page{number}"
+            response: dict[str, Any] = {"StorageConfigs": page}
+            if number + 1 < len(pages):
+                response["NextToken"] = f"page{number + 1}"
+            stubber.add_response("list_instance_storage_configs", response, expected)
+    stubber.activate()
+    return client, stubber
+
+
+def test_storage_configs_give_buckets_keys_and_streams(aws: AwsSessions) -> None:
+    key_arn = f"arn:aws:kms:{REGION}:{HOME_ACCOUNT}:key/{KEY}"
+    client, stubber = _stubbed({
+        # Two pages: the second is read too.
+        "CALL_RECORDINGS": [[_s3("amazon-connect-rec", key_arn)], [_s3("corp-recordings")]],
+        "MEDIA_STREAMS": [[{"AssociationId": "b" * 64, "StorageType": "KINESIS_VIDEO_STREAM",
+                            "KinesisVideoStreamConfig": {
+                                "Prefix": "connect-live", "RetentionPeriodHours": 24,
+                                "EncryptionConfig": {
+                                    "EncryptionType": "KMS",
+                                    "KeyId": f"arn:aws:kms:{REGION}:{HOME_ACCOUNT}:key/{VIDEO_KEY}"}}}]],
+        "AGENT_EVENTS": [[{"AssociationId": "c" * 64, "StorageType": "KINESIS_STREAM",
+                           "KinesisStreamConfig": {
+                               "StreamArn": f"arn:aws:kinesis:{REGION}:{HOME_ACCOUNT}:stream/agent-events"}}]],
+        "CONTACT_TRACE_RECORDS": [[{"AssociationId": "d" * 64,
+                                    "StorageType": "KINESIS_FIREHOSE",
+                                    "KinesisFirehoseConfig": {
+                                        "FirehoseArn": f"arn:aws:firehose:{REGION}:{HOME_ACCOUNT}:deliverystream/ctr"}}]],
+    })
+    found = ConnectInstanceLookup(aws, client_for=lambda arn: client)(STUB_INSTANCE)
+    stubber.assert_no_pending_responses()
+    assert found is not None and found.service_role_arn == SLR
+    assert found.bucket_names == ("amazon-connect-rec", "corp-recordings")
+    assert found.kms_key_ids == (KEY, VIDEO_KEY)
+    assert found.kinesis_stream_names == ("agent-events",)
+    assert found.firehose_stream_names == ("ctr",)
+
+
+def test_a_key_outside_the_instance_or_a_failed_listing_leaves_the_scope(
+        aws: AwsSessions) -> None:
+    elsewhere = f"arn:aws:kms:eu-west-1:{HOME_ACCOUNT}:key/{KEY}"
+    client, stubber = _stubbed({
+        "CALL_RECORDINGS": [[_s3("amazon-connect-rec", elsewhere)]],
+        "AGENT_EVENTS": [[{"AssociationId": "c" * 64, "StorageType": "KINESIS_STREAM",
+                           "KinesisStreamConfig": {
+                               "StreamArn": f"arn:aws:kinesis:{REGION}:{HOME_ACCOUNT}:stream/ae"}}]],
+    })
+    found = ConnectInstanceLookup(aws, client_for=lambda arn: client)(STUB_INSTANCE)
+    stubber.assert_no_pending_responses()
+    # The key is in another Region: keys are not narrowed; the rest still are.
+    assert found is not None and found.kms_key_ids == ()
+    assert found.bucket_names == ("amazon-connect-rec",)
+    assert found.kinesis_stream_names == ("ae",)
+
+    client, stubber = _stubbed({"CALL_RECORDINGS": [[_s3("amazon-connect-rec")]]},
+                               failing="AGENT_EVENTS")
+    found = ConnectInstanceLookup(aws, client_for=lambda arn: client)(STUB_INSTANCE)
+    stubber.assert_no_pending_responses()
+    # A listing denied part-way: nothing from the storage configs narrows the grant.
+    assert found is not None and found.service_role_arn == SLR
+    assert (found.bucket_names, found.kms_key_ids, found.kinesis_stream_names) == ((), (), ())
