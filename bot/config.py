@@ -37,6 +37,7 @@ _SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
 _INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:connect:[a-z0-9-]+:\d{12}:instance/[A-Za-z0-9-]+")
 _DIRECTORY_ID = re.compile(r"d-[0-9a-f]{10}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 _SSO_INSTANCE_ARN = re.compile(r"arn:aws[a-z-]*:sso:::instance/ssoins-[a-zA-Z0-9]{16}")
 _IDENTITY_STORE_ID = re.compile(r"d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
@@ -70,6 +71,9 @@ class Instance:
     # The instance's AWS Directory Service directory (DescribeInstance does not return
     # it): pins the grants' ds: writes to it; None keeps them on the account and Region.
     directory_id: str | None = None
+    # Regions replicas of the instance may be created in: pins Create replica's connect
+    # actions to them (and the instance's own Region); empty keeps any Region.
+    replica_regions: tuple[str, ...] = ()
 
     @property
     def account(self) -> str:
@@ -547,7 +551,7 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
         path = f"instances[{index}]"
         item = reader.mapping(path, raw_instance)
         reader.unknown_keys(path, item, ("alias", "arn", "assume_role_arn", "external_id",
-                                         "directory_id"))
+                                         "directory_id", "replica_regions"))
         role = item.get("assume_role_arn")
         external_id = item.get("external_id")
         directory_id = item.get("directory_id")
@@ -562,6 +566,11 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
             directory_id=None if directory_id is None else reader.string(
                 f"{path}.directory_id", directory_id, _DIRECTORY_ID,
                 "a Directory Service directory id: d- and 10 hex digits, e.g. d-906700c1a2"),
+            replica_regions=tuple(
+                reader.string(f"{path}.replica_regions[{n}]", region, _REGION,
+                              "an AWS Region name, e.g. us-west-2")
+                for n, region in enumerate(reader.sequence(f"{path}.replica_regions",
+                                                           item.get("replica_regions")))),
         ))
     aliases = [i.alias for i in instances]
     for alias in aliases:

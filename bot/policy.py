@@ -461,6 +461,14 @@ def _accepts_instance(resources: Iterable[ResourceRef]) -> bool:
     return any(":instance/${InstanceId}" in fmt for ref in resources for fmt in ref.arn_formats)
 
 
+def replica_regions_of(scope: GrantScope, instance: Instance | None) -> tuple[str, ...]:
+    """The allowed replica Regions of a new-replica grant on a chosen instance (operator
+    config `instances[].replica_regions`, through InstanceResources); () when unknown."""
+    if scope.instance_scope != "new-replica" or instance is None or scope.resources is None:
+        return ()
+    return scope.resources.replica_regions
+
+
 def _connect_placement(
     info: ActionInfo, principal: Principal, instance: Instance | None, scope: GrantScope
 ) -> tuple[str, tuple[str, ...]]:
@@ -469,8 +477,15 @@ def _connect_placement(
         # The instance the holder creates gets a new id (a replica also another Region):
         # pinning to the chosen instance would deny the wizard's follow-up calls.
         region = instance.region if instance and scope.instance_scope == "new-instance" else "*"
-        return "ConnectNewInstances", (
-            f"arn:{principal.partition}:connect:{region}:{principal.account_id}:instance/*",)
+        regions = [region]
+        replicas = replica_regions_of(scope, instance)
+        if replicas:
+            # The operator named where replicas of this instance may go: those Regions,
+            # plus the instance's own (ReplicateInstance acts on the source instance).
+            regions = sorted({instance.region, *replicas}) if instance else regions
+        return "ConnectNewInstances", tuple(
+            f"arn:{principal.partition}:connect:{r}:{principal.account_id}:instance/*"
+            for r in regions)
     if not _accepts_instance(info.resources) and any(r.arn_formats for r in info.resources):
         # Account-level Connect resources (e.g. phone-number/* for ListPhoneNumbersV2):
         # pinned to the account and the instance's Region like other services' actions.
@@ -758,14 +773,16 @@ def compile_policy(
             f"account {principal.account_id}); name an instance to scope them."
         )
     if entry.instance_scope != "chosen":
-        notes.append(
-            "connect actions on instances point at new instances of account "
-            f"{principal.account_id}"
-            + (" in any Region (a replica lives in another Region)"
-               if entry.instance_scope == "new-replica" or instance is None
-               else f" in {instance.region}")
-            + ", not at an existing one."
-        )
+        replicas = replica_regions_of(scope, instance)
+        if instance is not None and replicas:
+            where = (f" in {', '.join(sorted({instance.region, *replicas}))} (the instance's "
+                     "Region and its allowed replica Regions)")
+        elif entry.instance_scope == "new-replica" or instance is None:
+            where = " in any Region (a replica lives in another Region)"
+        else:
+            where = f" in {instance.region}"
+        notes.append("connect actions on instances point at new instances of account "
+                     f"{principal.account_id}{where}, not at an existing one.")
     roles = service_linked_roles_for(actions)
     if any(a in IAM_RULES for a in actions):
         notes.append(

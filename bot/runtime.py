@@ -158,7 +158,9 @@ def build_runtime(
         catalog, IamReference(), role_unique_id=role_ids,
         instance_resources_for=ConnectInstanceLookup(
             aws, config.instances,
-            directory_ids={i.arn: i.directory_id for i in config.instances if i.directory_id}),
+            directory_ids={i.arn: i.directory_id for i in config.instances if i.directory_id},
+            replica_regions={i.arn: i.replica_regions for i in config.instances
+                             if i.replica_regions}),
         attached_policies=AttachedPolicyLookup(aws.iam_for_principal))
     engine = make_engine(settings.database_url, **_pool_options(settings.database_url,
                                                                 db_pool_size))

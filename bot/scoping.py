@@ -45,6 +45,8 @@ class InstanceResources:
     kms_key_ids: tuple[str, ...] = ()
     kinesis_stream_names: tuple[str, ...] = ()
     firehose_stream_names: tuple[str, ...] = ()
+    # Where replicas of the instance may be created (operator config replica_regions).
+    replica_regions: tuple[str, ...] = ()
 
     def own_arns(self, partition: str, region: str, account: str) -> tuple[str, ...]:
         """The exact ARNs these resources stand for (what counts as Connect's own)."""

@@ -50,15 +50,19 @@ class ConnectInstanceLookup:
 
     def __init__(self, aws: AwsSessions, instances: Sequence[InstanceAccess] = (),
                  *, directory_ids: Mapping[str, str] | None = None,
+                 replica_regions: Mapping[str, Sequence[str]] | None = None,
                  max_age: float = 300.0, clock: Callable[[], float] = time.monotonic,
                  client_for: Callable[[str], Any] | None = None) -> None:
         """`directory_ids`: instance ARN -> its directory id from the operator config
-        (`instances[].directory_id`), since DescribeInstance does not return it.
+        (`instances[].directory_id`), since DescribeInstance does not return it;
+        `replica_regions`: instance ARN -> where its replicas may go (`replica_regions`).
         `client_for`: instance ARN -> its Connect client (default: from `aws`)."""
         self._aws = aws
         self._client_for = client_for or self._client
         self._instances = {i.arn: i for i in instances}
         self._directory_ids = dict(directory_ids or {})
+        self._replica_regions = {arn: tuple(regions)
+                                 for arn, regions in (replica_regions or {}).items()}
         self._max_age = max_age
         self._clock = clock
         self._cache: dict[str, tuple[float, InstanceResources | None]] = {}
@@ -89,9 +93,11 @@ class ConnectInstanceLookup:
             log.warning("cannot describe instance %s (%s); its grants keep the account "
                         "and Region scope", instance_arn, exc)
             directory_id = self._directory_ids.get(instance_arn)
-            # The configured directory does not depend on the look-up.
-            return (InstanceResources(instance_arn=instance_arn, directory_id=directory_id)
-                    if directory_id else None)
+            replicas = self._replica_regions.get(instance_arn, ())
+            # What the operator configured does not depend on the look-up.
+            return (InstanceResources(instance_arn=instance_arn, directory_id=directory_id,
+                                      replica_regions=replicas)
+                    if directory_id or replicas else None)
         role = str(described.get("ServiceRole") or "")
         storage = self._storage(client, instance_arn, instance_id)
         return InstanceResources(
@@ -100,6 +106,7 @@ class ConnectInstanceLookup:
             # the compiler's escalation check, and is not this instance's role anyway.
             service_role_arn=role if _CONNECT_SERVICE_ROLE.fullmatch(role) else None,
             directory_id=self._directory_ids.get(instance_arn),
+            replica_regions=self._replica_regions.get(instance_arn, ()),
             bucket_names=storage.get("buckets", ()),
             kms_key_ids=storage.get("keys", ()),
             kinesis_stream_names=storage.get("kinesis", ()),

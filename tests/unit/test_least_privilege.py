@@ -5,6 +5,7 @@ rules that keep a careless edit from widening a grant."""
 from __future__ import annotations
 
 import fnmatch
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,37 @@ def test_storage_config_keys_narrow_only_storage_entries_kms_writes(iam: IamRefe
     # Without the look-up (or before it answers): the account-and-Region scope.
     plain = compile_for("data-storage/edit-call-recording", role, iam, instance_arn=INSTANCE)
     assert as_list(statement_with(plain, "kms:CreateGrant")["Resource"]) == [any_key]
+
+
+def test_configured_replica_regions_pin_create_replica(iam: IamReference) -> None:
+    config = parse_config({"instances": [
+        {"alias": "prod", "arn": INSTANCE, "replica_regions": ["us-west-2"]}]})
+    (prod,) = config.instances
+    assert prod.replica_regions == ("us-west-2",)
+    role = PRINCIPALS["role"]
+    resources = InstanceResources(prod.arn, replica_regions=prod.replica_regions)
+    pinned = compile_for("home/create-a-replica-instance", role, iam, instance_arn=prod.arn,
+                         instance_resources=resources)
+    (new,) = [s for s in statements_of(pinned) if s["Sid"] == "ConnectNewInstances"]
+    # The target Region, and the source instance's own (ReplicateInstance acts on it).
+    assert sorted(as_list(new["Resource"])) == [
+        f"arn:aws:connect:eu-west-2:{ACCOUNT}:instance/*",
+        f"arn:aws:connect:us-west-2:{ACCOUNT}:instance/*"]
+    assert "connect:ReplicateInstance" in new["Action"]
+    assert any("eu-west-2, us-west-2" in n for n in pinned.notes)
+    # Unset: any Region, as before, and the note says so.
+    anywhere = compile_for("home/create-a-replica-instance", role, iam, instance_arn=prod.arn)
+    (new,) = [s for s in statements_of(anywhere) if s["Sid"] == "ConnectNewInstances"]
+    assert as_list(new["Resource"]) == [f"arn:aws:connect:*:{ACCOUNT}:instance/*"]
+    assert any("in any Region" in n for n in anywhere.notes)
+    # Other entries ignore replica Regions.
+    created = compile_for("home/create-instance", role, iam, instance_arn=prod.arn,
+                          instance_resources=resources)
+    assert "us-west-2" not in json.dumps([p.document for p in created.policies])
+
+
+@pytest.mark.parametrize("bad", ["us-west", "US-WEST-2", "uswest2", 5])
+def test_a_malformed_replica_region_is_refused_naming_the_key(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"instances\[0\]\.replica_regions\[1\]: must be"):
+        parse_config({"instances": [{"alias": "prod", "arn": INSTANCE,
+                                     "replica_regions": ["us-west-2", bad]}]})

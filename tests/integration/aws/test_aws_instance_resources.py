@@ -150,13 +150,16 @@ def test_the_configured_directory_reaches_the_grant_with_or_without_describe(
         aws: AwsSessions, instance_arn: str) -> None:
     missing = f"arn:aws:connect:{REGION}:{HOME_ACCOUNT}:instance/00000000-0000-0000-0000-000000000000"
     lookup = ConnectInstanceLookup(aws, directory_ids={instance_arn: "d-906700c1a2",
-                                                       missing: "d-0123456789"})
+                                                       missing: "d-0123456789"},
+                                   replica_regions={missing: ["us-west-2"]})
     found = lookup(instance_arn)
     assert found is not None and found.directory_id == "d-906700c1a2"
     assert found.service_role_arn  # DescribeInstance answered too
-    # DescribeInstance fails (here: no such instance): the configured directory still pins.
+    assert found.replica_regions == ()
+    # DescribeInstance fails (here: no such instance): what is configured still pins.
     unknown = lookup(missing)
     assert unknown is not None and unknown.directory_id == "d-0123456789"
+    assert unknown.replica_regions == ("us-west-2",)
     assert unknown.service_role_arn is None
 
 
