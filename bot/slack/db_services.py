@@ -21,6 +21,7 @@ from bot.lifecycle import ACTIVE, PENDING, LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
 from bot.ports import PrincipalError
 from bot.resolve import Resolver
+from bot.scoping import InstanceResources
 from bot.slack.request_views import DbRequestViews
 from bot.slack.services import (
     ApprovalRoute,
@@ -191,6 +192,7 @@ class DbSlackServices:
             self.catalog, self.iam, entry.id, principal_arn=principal, principal_known=known,
             instance=instance, start=self.service.clock.now(), duration=route.max_duration,
             role_unique_id=self._role_ids(), instance_is_default=is_default,
+            instance_resources=self._configured(instance.arn if instance else None),
         )
 
     def request_permissions(self, request_id: int) -> PermissionsView:
@@ -206,7 +208,18 @@ class DbSlackServices:
             self.catalog, self.iam, request.entry_id, principal_arn=request.principal_arn,
             principal_known=True, instance=instance, start=start, duration=duration,
             request_id=request.id, role_unique_id=self._role_ids(),
+            instance_resources=self._configured(request.instance_arn),
         )
+
+    def _configured(self, instance_arn: str | None) -> InstanceResources | None:
+        """What the operator config says about the instance (directory, replica Regions):
+        the grant is narrowed by it, so the preview is too. The grant-time AWS look-ups
+        (service-linked role, storage) are not repeated for a preview."""
+        for i in self.service.config.instances:
+            if i.arn == instance_arn and (i.directory_id or i.replica_regions):
+                return InstanceResources(i.arn, directory_id=i.directory_id,
+                                         replica_regions=i.replica_regions)
+        return None
 
     def _role_ids(self) -> RoleIdLookup | None:
         """A shared role's unique id comes from IAM, through the granter that has it."""

@@ -21,6 +21,7 @@ from bot.catalog import Catalog, CatalogEntry
 from bot.iamref import IamReference
 from bot.policy import PolicyError
 from bot.resolve import QueryError, Resolver
+from bot.scoping import InstanceResources
 from bot.target_policy import RoleIdLookup, compile_for_target
 from bot.targets import AccessRoute, TargetError
 from bot.tiers import Tier
@@ -390,6 +391,7 @@ def permissions_view(
     request_id: int | None = None,
     role_unique_id: RoleIdLookup | None = None,
     instance_is_default: bool = False,
+    instance_resources: InstanceResources | None = None,
 ) -> PermissionsView:
     """Compile the entry's policy (as the grant would, for any kind of target: a shared
     role's session condition needs `role_unique_id`) and describe it statement by
@@ -401,6 +403,11 @@ def permissions_view(
             start=start, duration=duration, max_duration=None, iam=iam,
             instance_arn=instance.arn if instance else None,
             role_unique_id=role_unique_id,
+            # What the operator configured for the instance (directory, replica Regions)
+            # narrows the grant, so the preview shows it too.
+            instance_resources=(instance_resources if instance is not None
+                                and instance_resources is not None
+                                and instance_resources.instance_arn == instance.arn else None),
         )
     except (PolicyError, TargetError, durations.DurationError) as exc:
         raise ServiceError(f"The policy for {entry.name} cannot be built: {exc}") from None

@@ -201,3 +201,20 @@ def test_request_modal_preview_uses_the_instance_selected_in_the_modal(
         told = flows.driver.wait_for_dm(ALICE, "There is no instance 'nope'")
         assert "configured: prod, staging" in told.text
         assert len(flows.fake.calls("views.push")) == 2
+
+
+def test_the_preview_shows_the_configured_directory(
+    database_url: str, aws_env: str, tmp_path: Path,
+) -> None:
+    config = operator_config()
+    config["instances"][0]["directory_id"] = "d-906700c1a2"
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with running_flows(database_url, aws_env, path) as flows:
+        card = flows.command(ALICE, "Delete instance")
+        before = len(flows.fake.calls("views.open"))
+        flows.driver.click_response(ALICE, card, "see_permissions", "entry:home/delete-instance")
+        shown = modal_text(flows.driver.wait_for_opened_view(before + 1))
+        assert "`ds:DeleteDirectory`" in shown
+        assert f"arn:aws:ds:us-east-1:{ACCOUNT}:directory/d-906700c1a2" in shown
+        assert f"arn:aws:ds:us-east-1:{ACCOUNT}:directory/*" not in shown
