@@ -21,6 +21,7 @@ from bot.ports import (
     PolicyKind,
     PrincipalError,
 )
+from bot.targets import ApproverMapping
 
 
 class RecordingNotifier:
@@ -63,6 +64,9 @@ class StaticPrincipalDirectory:
             return self.group_members[group_arn]
         except KeyError:
             raise PrincipalError(f"The IAM group {group_arn} does not exist.") from None
+
+    def approver_mapping(self, slack_user_id: str) -> ApproverMapping:
+        return ApproverMapping(self.principals.get(slack_user_id))
 
     def principal_for(self, slack_user_id: str) -> str:
         try:

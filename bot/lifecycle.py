@@ -55,13 +55,14 @@ from bot.ports import (
     PrincipalError,
 )
 from bot.targets import (
+    ApproverMapping,
     IamTarget,
     IdentityCenterTarget,
     TargetError,
     access_route,
     account_of_target,
     parse_target,
-    self_approval_refusal,
+    self_approval_decision,
 )
 
 log = logging.getLogger(__name__)
@@ -367,11 +368,14 @@ class RequestService:
             session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
                             .values(alert_channel=ref.channel, alert_ts=ref.ts))
 
-    def _check_approver(self, request: AccessRequest, approver: str) -> Route:
-        refusal = self_approval_refusal(request.requester, approver, request.principal_arn,
-                                        self.config.principals.get(approver))
-        if refusal is not None:
-            raise SelfApproval(refusal)
+    def _check_approver(self, request: AccessRequest, approver: str,
+                        mapping: ApproverMapping) -> Route:
+        """`mapping`: the approver's own, from the principal directory (looked up before
+        the request's row is locked, since it may call AWS)."""
+        decision = self_approval_decision(request.requester, approver, request.principal_arn,
+                                          mapping)
+        if not decision.allowed and not decision.unconfirmed:
+            raise SelfApproval(decision.reason)
         route = self._route(request)
         if not route.approvers:
             raise NotAllowed(
@@ -383,6 +387,8 @@ class RequestService:
                 f"You are not an approver for {request.tier}-tier requests like "
                 f"#{request.id}."
             )
+        if not decision.allowed:
+            raise SelfApproval(decision.reason)
         return route
 
     @staticmethod
@@ -540,12 +546,13 @@ class RequestService:
         """Record an approval. The vote that reaches the tier's count approves the request
         (or the pending extension) and this call goes on to grant it."""
         extended_to: datetime | None = None
+        mapping = self.principals.approver_mapping(approver)
         with self._transaction() as session:
             request = self._locked(session, request_id)
             extending = request.state == ACTIVE and request.extension_seconds is not None
             if request.state != PENDING and not extending:
                 raise InvalidTransition(self._nothing_to_decide(request))
-            route = self._check_approver(request, approver)
+            route = self._check_approver(request, approver, mapping)
             approvals = self._vote(session, request, approver, "approve", comment)
             approved = approvals >= request.required_approvals
             if approved and extending:
@@ -568,12 +575,13 @@ class RequestService:
     def deny(self, request_id: int, approver: str, comment: str | None = None
              ) -> AccessRequest:
         """Any one deny ends the request (or its pending extension)."""
+        mapping = self.principals.approver_mapping(approver)
         with self._transaction() as session:
             request = self._locked(session, request_id)
             extending = request.state == ACTIVE and request.extension_seconds is not None
             if request.state != PENDING and not extending:
                 raise InvalidTransition(self._nothing_to_decide(request))
-            self._check_approver(request, approver)
+            self._check_approver(request, approver, mapping)
             self._vote(session, request, approver, "deny", comment)
             if extending:
                 request.extension_seconds = None

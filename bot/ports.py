@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:  # bot.targets imports bot.policy, which imports these ports
+    from bot.targets import ApproverMapping
 
 # permission_set: an IAM Identity Center permission set made for the grant (bot.targets).
 PolicyKind = Literal["inline", "managed", "permission_set"]
@@ -85,6 +88,12 @@ class PrincipalDirectory(Protocol):
     def group_member_count(self, group_arn: str) -> int:
         """How many IAM users a group target reaches (shown to approvers).
         Raises PrincipalError when the group cannot be read."""
+        ...
+
+    def approver_mapping(self, slack_user_id: str) -> ApproverMapping:
+        """Every target this person's own mapping names (config, and tags when tag lookup
+        is on), to judge self-approval. Never raises: a lookup that fails says so in
+        `lookup_error`. No checks that only granting needs (managed tag, boundary)."""
         ...
 
 

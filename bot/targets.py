@@ -243,24 +243,64 @@ def is_session_scoped(document: Mapping[str, Any], role_unique_id: str,
     )
 
 
-def self_approval_refusal(requester: str, approver: str, requester_ref: str,
-                          approver_ref: str | None) -> str | None:
-    """Why `approver` may not vote on `requester`'s request (None: they may). Judged by
-    principal too: someone mapped to a principal that reaches the requester's would be
-    approving access they can use themselves."""
+@dataclass(frozen=True)
+class ApproverMapping:
+    """Where an approver's own access goes, as the principal directory found it (the
+    lookup is the adapter's; this is what it found)."""
+
+    configured: str | None = None  # their mapping under `principals:` (a target reference)
+    tagged: tuple[str, ...] = ()  # principals tagged connect-access:slack-user=<them>
+    lookup_error: str | None = None  # why the tag lookup could not be done (None: it was)
+
+
+@dataclass(frozen=True)
+class VoteDecision:
+    """Whether a person may vote on a request, and why."""
+
+    allowed: bool
+    reason: str
+    # The refusal is for want of a lookup, not a finding: ranked after "not an approver".
+    unconfirmed: bool = False
+
+
+def self_approval_decision(requester: str, approver: str, requester_ref: str,
+                           mapping: ApproverMapping) -> VoteDecision:
+    """May `approver` vote on `requester`'s request? Judged by principal too: someone
+    whose mapping (config or tag) reaches the requester's target would be approving access
+    they can use themselves. When the tag lookup failed, only an explicit config mapping
+    that differs lets the vote through; otherwise the vote is refused, as unconfirmed."""
     if approver == requester:
-        return "You cannot approve or deny your own request."
-    if approver_ref is None:
-        return None
+        return VoteDecision(False, "You cannot approve or deny your own request.")
     try:
-        holder, target = parse_target(approver_ref), parse_target(requester_ref)
+        target = parse_target(requester_ref)
     except TargetError:
-        return None  # a mapping the config refused would not get here
-    if reaches(holder, target):
-        return (f"You cannot vote on this request: your own mapping ({holder.describe()}) "
-                f"reaches the access it grants ({target.describe()}), so it would be "
-                "approving access you could use yourself. Another approver must decide.")
-    return None
+        # Stored references are parsed at request time; one that no longer parses
+        # reaches nobody's mapping.
+        return VoteDecision(True, f"the request's target {requester_ref!r} is not a target")
+    found = [(mapping.configured, "")] if mapping.configured is not None else []
+    found += [(ref, ", found by its connect-access:slack-user tag") for ref in mapping.tagged]
+    for ref, how in found:
+        assert ref is not None
+        try:
+            holder = parse_target(ref)
+        except TargetError:
+            continue  # a mapping the config refused would not get here
+        if reaches(holder, target):
+            return VoteDecision(False, (
+                f"You cannot vote on this request: your own mapping ({holder.describe()}"
+                f"{how}) reaches the access it grants ({target.describe()}), so it would be "
+                "approving access you could use yourself. Another approver must decide."))
+    if mapping.lookup_error is not None:
+        if mapping.configured is not None:
+            return VoteDecision(True, (
+                f"your configured mapping ({mapping.configured}) does not reach "
+                f"{target.describe()}; the tag lookup failed ({mapping.lookup_error})"))
+        return VoteDecision(False, (
+            "Your vote was not counted: the bot could not confirm that you are not the "
+            f"requester, because looking up your own AWS principal failed "
+            f"({mapping.lookup_error}). Try again in a minute; if AWS stays unreachable, "
+            "an approver mapped explicitly in the bot's config can decide."), unconfirmed=True)
+    return VoteDecision(True, f"no mapping of yours reaches {target.describe()}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,13 @@ from bot.aws.principal_index import (
 )
 from bot.policy import Principal, PrincipalArnError, parse_principal
 from bot.ports import GrantError, PrincipalError
-from bot.targets import IamTarget, IdentityCenterTarget, TargetError, parse_target
+from bot.targets import (
+    ApproverMapping,
+    IamTarget,
+    IdentityCenterTarget,
+    TargetError,
+    parse_target,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -103,6 +109,51 @@ class IamPrincipalDirectory:
             )
         self.check(arn)
         return arn
+
+    def approver_mapping(self, slack_user_id: str) -> ApproverMapping:
+        """The approver's config mapping and, with tag lookup on, every principal tagged
+        for them (confirmed by its own tags, as for requesters; the index may be behind).
+        A config mapping does not stop the tag lookup here: someone tagged on a role
+        can use it whatever their mapping says."""
+        configured = self._mapping.get(slack_user_id)
+        if not self._tag_lookup:
+            return ApproverMapping(configured)
+        try:
+            return ApproverMapping(configured, self._confirmed_tagged(slack_user_id))
+        except PrincipalError as exc:
+            return ApproverMapping(configured, lookup_error=str(exc))
+
+    def _confirmed_tagged(self, slack_user_id: str) -> tuple[str, ...]:
+        """Every principal the index has for this user that still carries the tag; when
+        one no longer does, the index is behind: look again, freshly, once."""
+        assert self.index is not None  # made in __init__ whenever tag lookup is on
+        confirmed: list[str] = []
+        for _ in range(2):
+            try:
+                found = self.index.lookup(slack_user_id)
+            except (ClientError, BotoCoreError) as exc:
+                raise PrincipalError(
+                    f"searching IAM for {SLACK_USER_TAG}={slack_user_id}: {error_code(exc)}"
+                ) from exc
+            confirmed, stale = [], False
+            for arn in found:
+                principal = parse_principal_arn(arn)
+                try:
+                    tags = self._tags(self._iam(principal.account_id), principal)
+                except ClientError as exc:
+                    if error_code(exc) != "NoSuchEntity":
+                        raise PrincipalError(f"reading {arn}: {error_code(exc)}") from exc
+                    tags = {}
+                except BotoCoreError as exc:
+                    raise PrincipalError(f"reading {arn}: {error_code(exc)}") from exc
+                if tags.get(SLACK_USER_TAG) == slack_user_id:
+                    confirmed.append(arn)
+                else:
+                    self.index.forget(arn)
+                    stale = True
+            if not stale:
+                break
+        return tuple(confirmed)
 
     def _by_tag(self, slack_user_id: str) -> str:
         """The principal tagged for this user, checked (one IAM call once the index is

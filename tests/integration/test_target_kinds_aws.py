@@ -15,6 +15,7 @@ Faults are injected with botocore event hooks on the granters' own clients.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -415,8 +416,12 @@ def test_a_vote_from_someone_whose_mapping_reaches_the_requester_is_refused(
 ) -> None:
     # An approver mapped to the requester's group would approve access they hold too.
     data = config_data(targets.sso_instance, targets.store_id)
-    targets.service.config = parse_config(
+    config = parse_config(
         {**data, "principals": {**data["principals"], "U0LEAD02": ADMINS_GROUP}}, "test")
+    targets.service.config = config
+    targets.service.principals = IamPrincipalDirectory(
+        AwsSessions(REGION, max_attempts=1).iam_for_account, config.principals,
+        allow_group_targets=True)
     grace = targets.submit("U0GRACE")
 
     with pytest.raises(SelfApproval, match="reaches the access it grants"):
@@ -424,6 +429,76 @@ def test_a_vote_from_someone_whose_mapping_reaches_the_requester_is_refused(
     assert targets.state(grace) == "pending"
     targets.service.approve(grace, "U0LEAD01")
     assert targets.state(grace) == "active"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_tag_lookup(targets: Targets, aws: AwsSessions, principals: dict[str, Any]
+                    ) -> None:
+    """The service's principal directory as production builds it with
+    principal_tag_lookup on, over `aws` (moto, or an endpoint nobody answers)."""
+    data = config_data(targets.sso_instance, targets.store_id)
+    config = parse_config({**data, "principal_tag_lookup": True,
+                           "principals": {**data["principals"], **principals}}, "test")
+    targets.service.config = config
+    targets.service.principals = IamPrincipalDirectory(
+        aws.iam_for_account, config.principals, tag_lookup=True, allow_group_targets=True)
+
+
+@pytest.mark.parametrize(("requester", "role"), [
+    ("U0DAVE", "dave-admin"),  # the requester's own role
+    ("U0BOB", "ConnectAdmins"),  # a shared role: the tag carries no session of its own
+])
+def test_an_approver_found_only_by_tag_on_the_requesters_role_is_refused(
+    targets: Targets, requester: str, role: str,
+) -> None:
+    # U0LEAD02 has no config mapping; the tag lookup finds the requester's role for them.
+    targets.iam.tag_role(RoleName=role, Tags=[
+        {"Key": "connect-access:slack-user", "Value": "U0LEAD02"}])
+    with_tag_lookup(targets, AwsSessions(REGION, max_attempts=1), {})
+    request_id = targets.submit(requester)
+    before = targets.actions(request_id)
+
+    for vote in (targets.service.approve, targets.service.deny):
+        with pytest.raises(SelfApproval, match=(
+                rf"your own mapping \(.*{role}.*found by its connect-access:slack-user tag\)"
+                r" reaches the access it grants")):
+            vote(request_id, "U0LEAD02")
+    assert targets.state(request_id) == "pending"
+    assert targets.actions(request_id) == before  # no vote recorded
+    # The tag moves away: the directory sees it gone (the index is rechecked), so the
+    # same lead may now decide.
+    targets.iam.untag_role(RoleName=role, TagKeys=["connect-access:slack-user"])
+    targets.service.approve(request_id, "U0LEAD02")
+    assert targets.state(request_id) == "active"
+
+
+def test_an_approver_whose_lookup_fails_is_refused_unless_mapped_elsewhere(
+    targets: Targets,
+) -> None:
+    # U0LEAD01 is mapped explicitly to a role of their own; U0LEAD02 is not mapped.
+    targets.iam.create_role(RoleName="lead-one", AssumeRolePolicyDocument=TRUST)
+    lead_one = {"U0LEAD01": f"arn:aws:iam::{HOME_ACCOUNT}:role/lead-one"}
+    with_tag_lookup(targets, AwsSessions(REGION, max_attempts=1), lead_one)
+    request_id = targets.submit("U0DAVE")
+    # Then IAM stops answering the principal directory (a port nobody listens on); the
+    # granter still reaches moto.
+    unreachable = AwsSessions(REGION, f"http://127.0.0.1:{free_port()}", max_attempts=1,
+                              connect_timeout=1.0, read_timeout=1.0)
+    with_tag_lookup(targets, unreachable, lead_one)
+    before = targets.actions(request_id)
+
+    with pytest.raises(SelfApproval, match=(
+            r"could not confirm that you are not the requester.*EndpointConnectionError")):
+        targets.service.approve(request_id, "U0LEAD02")
+    assert targets.state(request_id) == "pending"
+    assert targets.actions(request_id) == before
+    targets.service.approve(request_id, "U0LEAD01")
+    assert targets.state(request_id) == "active"
 
 
 def test_a_group_target_shows_how_many_users_it_reaches(targets: Targets) -> None:

@@ -14,6 +14,7 @@ from bot.iamref import IamReference
 from bot.policy import validate_document
 from bot.target_policy import compile_for_target
 from bot.targets import (
+    ApproverMapping,
     IamTarget,
     IdentityCenterTarget,
     SharedRoleTarget,
@@ -21,7 +22,7 @@ from bot.targets import (
     is_session_scoped,
     parse_target,
     reaches,
-    self_approval_refusal,
+    self_approval_decision,
     session_condition,
 )
 
@@ -88,13 +89,49 @@ def test_reaches(holder: str, target: str, expected: bool) -> None:
 
 
 def test_self_approval_is_judged_by_slack_id_and_by_principal() -> None:
-    assert self_approval_refusal("U0A", "U0A", ROLE, ROLE) == (
-        "You cannot approve or deny your own request.")
-    refusal = self_approval_refusal("U0A", "U0B", f"{ROLE};session=a1", ROLE)
-    assert refusal is not None and "reaches the access it grants" in refusal
-    assert self_approval_refusal("U0A", "U0B", f"{ROLE};session=a1",
-                                 f"{ROLE};session=b1") is None
-    assert self_approval_refusal("U0A", "U0B", ROLE, None) is None
+    own = self_approval_decision("U0A", "U0A", ROLE, ApproverMapping(ROLE))
+    assert not own.allowed and own.reason == "You cannot approve or deny your own request."
+    same = self_approval_decision("U0A", "U0B", f"{ROLE};session=a1", ApproverMapping(ROLE))
+    assert not same.allowed and not same.unconfirmed
+    assert "reaches the access it grants" in same.reason
+    assert self_approval_decision("U0A", "U0B", f"{ROLE};session=a1",
+                                  ApproverMapping(f"{ROLE};session=b1")).allowed
+    assert self_approval_decision("U0A", "U0B", ROLE, ApproverMapping()).allowed
+
+
+@pytest.mark.parametrize(("requester_ref", "mapping", "refused"), [
+    # found only by tag: the same role, the same user, the role without distinct sessions
+    (ROLE, ApproverMapping(tagged=(ROLE,)), True),
+    (USER, ApproverMapping(tagged=(USER,)), True),
+    (f"{ROLE};session=a1", ApproverMapping(tagged=(ROLE,)), True),
+    # a config mapping elsewhere does not hide a tag on the requester's principal
+    (ROLE, ApproverMapping(USER, tagged=(ROLE,)), True),
+    (ROLE, ApproverMapping(tagged=(USER,)), False),
+    (f"{ROLE};session=a1", ApproverMapping(f"{ROLE};session=b1", tagged=(USER,)), False),
+])
+def test_a_mapping_found_by_tag_counts_like_a_configured_one(
+    requester_ref: str, mapping: ApproverMapping, refused: bool,
+) -> None:
+    decision = self_approval_decision("U0A", "U0B", requester_ref, mapping)
+    assert decision.allowed is not refused
+    if refused:
+        assert "found by its connect-access:slack-user tag" in decision.reason or (
+            mapping.configured is not None and "reaches" in decision.reason)
+
+
+def test_a_failed_lookup_refuses_unless_a_configured_mapping_differs() -> None:
+    failed = "searching IAM for connect-access:slack-user=U0B: EndpointConnectionError"
+    unknown = self_approval_decision("U0A", "U0B", ROLE, ApproverMapping(lookup_error=failed))
+    assert not unknown.allowed and unknown.unconfirmed
+    assert "could not confirm that you are not the requester" in unknown.reason
+    assert "EndpointConnectionError" in unknown.reason
+
+    differs = self_approval_decision("U0A", "U0B", ROLE,
+                                     ApproverMapping(USER, lookup_error=failed))
+    assert differs.allowed and "tag lookup failed" in differs.reason
+    # a configured mapping that reaches the requester is refused outright, lookup or not
+    same = self_approval_decision("U0A", "U0B", ROLE, ApproverMapping(ROLE, lookup_error=failed))
+    assert not same.allowed and not same.unconfirmed
 
 
 def test_the_session_condition_and_its_check() -> None:

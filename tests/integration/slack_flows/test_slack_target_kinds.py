@@ -20,6 +20,7 @@ from slack_flows_harness import (
     REGION,
     Flows,
     operator_config,
+    running_flows,
 )
 
 SHARED_ROLE = f"arn:aws:iam::{ACCOUNT}:role/ConnectAdmins"
@@ -117,3 +118,37 @@ def test_see_permissions_shows_a_shared_roles_session_condition(flows: Flows) ->
     role_id = flows.iam.get_role(RoleName="ConnectAdmins")["Role"]["RoleId"]
     assert f"aws:userid = {role_id}:dave@example.com" in shown
     assert "only sessions named dave@example.com" in shown
+
+
+def test_an_approver_found_by_tag_on_the_requesters_role_cannot_approve_it(
+    tmp_path: Path, database_url: str, aws_env: str,
+) -> None:
+    # Alice is mapped to alice-admin in the config; the same role carries
+    # connect-access:slack-user=<a lead>, so principal_tag_lookup finds it for that lead.
+    lead = "U0LEAD01"
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=aws_env)
+    iam.tag_role(RoleName="alice-admin",
+                 Tags=[{"Key": "connect-access:slack-user", "Value": lead}])
+    config = operator_config()
+    config["principal_tag_lookup"] = True
+    path = tmp_path / "connect-access.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    with running_flows(database_url, aws_env, path) as flows:
+        message = flows.request(ALICE)
+        before = flows.counts()
+        flows.click(lead, message, "approve_request")
+
+        refusal = flows.wait_for_ephemerals(lead, 1)[0]
+        assert "You cannot vote on this request" in refusal
+        assert "alice-admin, found by its connect-access:slack-user tag" in refusal
+        assert all(e.channel == APPROVALS for e in flows.fake.ephemerals(lead))
+        assert flows.counts() == before  # no vote, no audit event, no grant
+        assert flows.view(1).state == "pending"
+        assert "approve_request" in flows.shown(message)
+        assert flows.inline_policies(ALICE) == {}
+
+        flows.click(BOB, message, "approve_request")  # a lead whose role is his own
+        flows.driver.wait_for_dm(ALICE, "is active until")
+        view = flows.view(1)
+        assert view.state == "active" and [v.approver for v in view.votes] == [BOB]
