@@ -24,6 +24,7 @@ from bot.db import SessionFactory
 from bot.lifecycle import FAILED, IRREVOCABLE
 from bot.models import AccessRequest, AuditChainHead, AuditEvent
 from bot.ports import ApproverDirectory, Clock
+from bot.request_ids import MAX_REQUEST_ID, parse_request_id
 
 SUMMARY_LIMIT = 15
 TIMELINE_LIMIT = 12
@@ -100,10 +101,11 @@ def parse_filter(text: str, now: datetime) -> ReviewFilter:
         elif key == "entry":
             values["entry_id"] = value
         elif key == "request":
-            digits = value.lstrip("#")
-            if not digits.isdigit():
-                raise ReviewError(f"`{word}`: a request id is a number, like `request:12`.")
-            values["request_id"] = int(digits)
+            request_id = parse_request_id(value)
+            if request_id is None:
+                raise ReviewError(f"`{word}`: a request id is a number from 1 to "
+                                  f"{MAX_REQUEST_ID}, like `request:12`.")
+            values["request_id"] = request_id
         elif key in ("since", "until"):
             values[key] = _time(key, value)
         elif key == "last":

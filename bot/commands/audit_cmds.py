@@ -20,6 +20,7 @@ from bot.commands.db_cmds import open_database, settings_or_exit
 from bot.config import ConfigError, OperatorConfig, load_config
 from bot.evidence import RequestStory, StoryNotFound, request_story
 from bot.ports import SystemClock
+from bot.request_ids import MAX_REQUEST_ID
 from bot.runtime import DEFAULT_REGION
 from bot.settings import Settings
 from bot.signing import write_new_key
@@ -179,7 +180,8 @@ def register(app: typer.Typer) -> None:
 
     @audit_app.command("show")
     def audit_show(
-        request_id: int = typer.Argument(..., help="The request id (#12 -> 12)."),
+        request_id: int = typer.Argument(..., help="The request id (#12 -> 12).",
+                                         min=1, max=MAX_REQUEST_ID),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """The whole story of one request: who asked and why, the votes, the policy

@@ -83,3 +83,14 @@ def test_audit_show_of_an_unknown_request(database_url: str) -> None:
     result = CliRunner().invoke(build_cli(), ["audit", "show", "999"],
                                 env={"DATABASE_URL": database_url})
     assert result.exit_code == 1 and "There is no request #999." in result.output
+
+
+def test_audit_show_of_an_id_no_request_can_have(database_url: str) -> None:
+    """Past access_requests.id's range the database driver itself fails (SQLite:
+    OverflowError; PostgreSQL: integer out of range): refused as bad input first."""
+    for text in ("99999999999999999999999", "2147483648", "0"):
+        result = CliRunner().invoke(build_cli(), ["audit", "show", text],
+                                    env={"DATABASE_URL": database_url})
+        assert result.exit_code == 2, (text, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "request_id" in result.output

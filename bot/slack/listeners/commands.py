@@ -16,6 +16,7 @@ from typing import Any
 
 from slack_bolt import Ack
 
+from bot.request_ids import is_request_number
 from bot.slack import blocks
 from bot.slack.escape import escape, slack_date
 from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id
@@ -71,6 +72,9 @@ def answer_from_catalog(deps: SlackDeps, text: str) -> Answer:
         raise ServiceError(
             f"Which request? e.g. `{deps.command} {verb} 12` (see `{deps.command} status`)."
         )
+    if verb in REQUEST_VERBS and is_request_number(rest.split(" ", 1)[0]):
+        # A number no request can have (needs_backend sent every other one on).
+        raise ServiceError(f"There is no request #{rest.split(' ', 1)[0].lstrip('#')}.")
     resolved = services.resolve(text.strip())
     if resolved.status == "match":
         description = services.describe_entry(resolved.matches[0].id)

@@ -12,6 +12,7 @@ from slack_bolt.context.respond import Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot import request_ids
 from bot.ports import ApproverDirectory, Clock
 from bot.slack import blocks
 from bot.slack.approvers import ApproverLookupError
@@ -119,5 +120,4 @@ def lazy(handler: LazyHandler, deps: SlackDeps) -> Callable[..., None]:
 
 
 def parse_request_id(text: str) -> int | None:
-    text = text.strip().lstrip("#")
-    return int(text) if text.isdigit() else None
+    return request_ids.parse_request_id(text)

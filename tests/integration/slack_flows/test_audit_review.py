@@ -116,6 +116,9 @@ def test_bad_filters_get_a_clear_message(audited: Flows) -> None:
     assert "is not a date or time" in json.dumps(answer.body)
     answer = audited.command(AUDITOR, "audit colour:blue")
     assert "`colour` is not a filter" in json.dumps(answer.body)
+    for word in ("request:99999999999999999999999", "request:\u00b2"):
+        answer = audited.command(AUDITOR, f"audit {word}")
+        assert "a request id is a number from 1 to 2147483647" in json.dumps(answer.body)
 
 
 def test_auditor_app_home_shows_chain_status_and_last_anchor(audited: Flows) -> None:

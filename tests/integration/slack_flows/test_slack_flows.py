@@ -160,6 +160,20 @@ def test_unknown_query_says_so(flows: Flows) -> None:
     assert flows.counts()["access_requests"] == 0
 
 
+def test_request_ids_no_request_can_have_are_refused_plainly(flows: Flows) -> None:
+    """Past PostgreSQL's int4 (and SQLite's int64) the database cannot even be asked, and
+    `²` passes str.isdigit but not int(): each is told there is no such request."""
+    flows.request(ALICE)
+    for text, says in (("revoke 99999999999999999999999", "There is no request #9999999"),
+                       ("cancel 3000000000", "There is no request #3000000000"),
+                       ("extend #2147483648 1h", "There is no request #2147483648"),
+                       ("revoke \u00b2", "No match")):
+        post = flows.command(ALICE, text)
+        assert says in json.dumps(post.body), (text, post.body)
+        assert "something went wrong" not in json.dumps(post.body)
+    assert flows.view(1).state == "pending"
+
+
 def test_wrong_clicks_are_refused_without_any_change(flows: Flows) -> None:
     message = flows.request(ALICE, CRITICAL_ENTRY)
     flows.click(CAROL, message, "approve_request")
