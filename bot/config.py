@@ -7,6 +7,7 @@ Tier defaults come from catalog/routing.yaml; the operator file overrides them k
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -629,8 +630,12 @@ def _iam_limits(reader: _Reader, raw: Mapping[str, Any]) -> IamLimits:
         value = raw.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= minimum:
-            raise reader.fail(f"iam.{key}", f"must be a number above {minimum:g}, got {value!r}")
+        # YAML's .nan and .inf are floats too: NaN compares false with everything, so the
+        # limiter would let every request through, as an infinite rate or burst does.
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value <= minimum):
+            raise reader.fail(f"iam.{key}",
+                              f"must be a finite number above {minimum:g}, got {value!r}")
         return float(value)
 
     burst = positive("burst")

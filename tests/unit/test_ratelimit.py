@@ -70,8 +70,13 @@ def test_the_iam_section_parses() -> None:
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"requests_per_second": 0}, "iam.requests_per_second: must be a number above 0"),
-    ({"requests_per_second": "fast"}, "iam.requests_per_second: must be a number"),
+    ({"requests_per_second": 0}, "iam.requests_per_second: must be a finite number above 0"),
+    ({"requests_per_second": "fast"}, "iam.requests_per_second: must be a finite number"),
+    # YAML .nan/.inf: a NaN rate would let every request through, as would infinity.
+    ({"requests_per_second": float("nan")}, "iam.requests_per_second: must be a finite"),
+    ({"requests_per_second": float("inf")}, "iam.requests_per_second: must be a finite"),
+    ({"burst": float("nan")}, "iam.burst: must be a finite number"),
+    ({"burst": float("inf")}, "iam.burst: must be a finite number"),
     ({"burst": 0.5}, "iam.burst: must be at least 1"),
     ({"retry_mode": "legacy"}, "iam.retry_mode: must be standard or adaptive"),
     ({"max_attempts": 0}, "iam.max_attempts: must be a whole number 1-20"),
