@@ -226,8 +226,14 @@ def register(app: typer.Typer) -> None:
         entry: str | None = typer.Option(None, "--entry", help="Catalog entry id."),
     ) -> None:
         """Stream audit events to stdout, oldest first."""
-        filters = {"since": _parse_time("--since", since), "until": _parse_time("--until", until),
-                   "requester": requester, "entry_id": entry}
+        start, end = _parse_time("--since", since), _parse_time("--until", until)
+        if start is not None and end is not None and start >= end:
+            # As the auditors' `since:`/`until:` filter says: an empty window is a typo,
+            # not an export with nothing in it.
+            typer.echo(f"error: --since ({start.isoformat()}) must be before --until "
+                       f"({end.isoformat()})", err=True)
+            raise typer.Exit(2)
+        filters = {"since": start, "until": end, "requester": requester, "entry_id": entry}
         engine, sessions = open_database()
         out = sys.stdout
         try:
