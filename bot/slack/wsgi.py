@@ -29,6 +29,7 @@ from bot.audit_runtime import build_anchoring
 from bot.aws.errors import AwsConfigError
 from bot.catalog import Catalog, CatalogError
 from bot.config import ConfigError, OperatorConfig, Route
+from bot.durations import format_duration
 from bot.logs import configure_logging_from_environment, describe_database
 from bot.ports import Clock
 from bot.runtime import Runtime, web_runtime
@@ -107,6 +108,14 @@ def check_routing(config: OperatorConfig, catalog: Catalog, source: str) -> None
 
 
 def _check_route(route: Route, path: str, source: str) -> None:
+    if route.total_limit < route.max_duration:
+        # An override's max_duration beyond its tier's max_total_duration: a request could
+        # be granted for longer than the tier lets one last with all its extensions.
+        raise ConfigError(source, f"{path}.max_duration",
+                          f"{format_duration(route.max_duration)} is longer than the "
+                          f"{format_duration(route.total_limit)} a {route.tier}-tier request "
+                          "may last in total (max_total_duration); lower it or raise "
+                          "max_total_duration")
     if route.auto_approve:
         return
     if not route.channel:

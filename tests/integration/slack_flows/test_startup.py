@@ -96,6 +96,12 @@ BROKEN_CONFIGS = {
     "routing.overrides[0].approvers: no approvers are set":
         lambda c: c["routing"].update(overrides=[{"match": {"page": "Federations"},
                                                   "approvers": []}]),
+    # An override's max_duration past its tier's max_total_duration: a first grant could
+    # last longer than the tier lets a request last with all its extensions.
+    "routing.overrides[0].max_duration: 3h is longer than the 2h a critical-tier request":
+        lambda c: (c["routing"]["tiers"]["critical"].update(max_total_duration="2h"),
+                   c["routing"].update(overrides=[{"match": {"page": "Federations"},
+                                                   "max_duration": "3h"}])),
     "instances: no Amazon Connect instance is configured":
         lambda c: c.pop("instances"),
     "instances[0].arn: must be an Amazon Connect instance ARN":
