@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -54,9 +53,12 @@ class Account:
             if tags:
                 self.user_of[self.slack_id("S", i)] = name
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(make_role, range(ROLES)))
-            list(pool.map(make_user, range(USERS)))
+        # One at a time: moto's create_role walks its role dict while another thread
+        # inserts into it ("dictionary changed size during iteration", a 500).
+        for i in range(ROLES):
+            make_role(i)
+        for i in range(USERS):
+            make_user(i)
 
     def slack_id(self, kind: str, i: int) -> str:
         return f"U{kind}{self.tag.upper()}{i:04d}"

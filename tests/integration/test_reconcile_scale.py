@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,8 +43,9 @@ class Principals:
             self.iam.put_role_policy(RoleName=name, PolicyName=f"connect-access-o{name[-8:]}",
                                      PolicyDocument=document)
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(make, self.names))
+        # One at a time: moto's create_role is not safe against concurrent creates.
+        for name in self.names:
+            make(name)
         self.arns = [f"arn:aws:iam::{ACCOUNT}:role/{name}" for name in self.names]
 
     def policies(self, name: str) -> list[str]:
