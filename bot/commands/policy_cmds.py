@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 
-from bot.catalog import DEFAULT_CATALOG_FILE, CatalogError, load_catalog
+from bot.catalog import DEFAULT_CATALOG_FILE, Catalog, CatalogError, load_catalog
 from bot.config import ConfigError, load_config
 from bot.durations import (
     DEFAULT_ROUTING_FILE,
@@ -18,8 +18,10 @@ from bot.durations import (
     parse_duration,
 )
 from bot.iamref import IamReference
-from bot.policy import PolicyError, compile_policy
+from bot.policy import CompiledPolicy, PolicyError, compile_policy
 from bot.resolve import QueryError, Resolver
+from bot.target_policy import compile_for_target
+from bot.targets import TargetError, shared_role_target
 
 
 def _fail(message: str) -> typer.Exit:
@@ -41,6 +43,28 @@ def _parse_start(text: str | None) -> datetime:
     return moment
 
 
+def _shared_role_preview(catalog: Catalog, entry_id: str, role_arn: str,
+                         session_name: str | None, role_unique_id: str | None, *,
+                         grant_id: str, start: datetime, duration: timedelta,
+                         max_duration: timedelta | None, instance_arn: str | None,
+                         existing_inline_chars: int) -> CompiledPolicy:
+    """The policy a shared-role grant attaches: the role's, narrowed to one session by
+    `aws:userid`. The role's unique id is given, not looked up (no AWS here)."""
+    if session_name is None:
+        raise _fail("--role-unique-id previews a shared role; give --session-name too")
+    if role_unique_id is None:
+        raise _fail(
+            "--session-name previews a shared role, whose policy names the role's unique id; "
+            "give --role-unique-id AROA... (aws iam get-role --role-name NAME "
+            "--query Role.RoleId), since this command does not call AWS")
+    target = shared_role_target(role_arn, session_name)
+    return compile_for_target(
+        catalog, entry_id, target.ref, grant_id=grant_id, start=start, duration=duration,
+        max_duration=max_duration, iam=IamReference(), instance_arn=instance_arn,
+        existing_inline_chars=existing_inline_chars,
+        role_unique_id=lambda _arn: role_unique_id)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("policy")
     def policy(
@@ -48,6 +72,16 @@ def register(app: typer.Typer) -> None:
             ..., help="Entry id or what you need, e.g. Edit chat transcripts"
         ),
         principal: str = typer.Option(..., "--principal", help="IAM role, user or group ARN."),
+        session_name: str | None = typer.Option(
+            None, "--session-name",
+            help="Preview a shared role's grant: the person's role session name "
+            "(needs --role-unique-id).",
+        ),
+        role_unique_id: str | None = typer.Option(
+            None, "--role-unique-id",
+            help="The shared role's unique id (AROA...), as `aws iam get-role` returns it; "
+            "this command does not call AWS.",
+        ),
         instance: str | None = typer.Option(None, "--instance", help="Connect instance ARN."),
         duration: str = typer.Option("1h", "--duration", help="How long, e.g. 30m, 4h, 1d."),
         existing_inline_chars: int = typer.Option(
@@ -99,19 +133,26 @@ def register(app: typer.Typer) -> None:
                     instance = config.instance(instance).arn
             else:
                 max_duration = load_default_tier_maxima(routing_file)[entry.tier]
-            compiled = compile_policy(
-                catalog,
-                entry.id,
-                principal,
-                grant_id=grant_id or uuid.uuid4().hex[:12],
-                start=_parse_start(start),
-                duration=parse_duration(duration),
-                max_duration=max_duration,
-                iam=IamReference(),
-                instance_arn=instance,
-                existing_inline_chars=existing_inline_chars,
-            )
-        except (PolicyError, DurationError, ConfigError) as exc:
+            if session_name is None and role_unique_id is None:
+                compiled = compile_policy(
+                    catalog,
+                    entry.id,
+                    principal,
+                    grant_id=grant_id or uuid.uuid4().hex[:12],
+                    start=_parse_start(start),
+                    duration=parse_duration(duration),
+                    max_duration=max_duration,
+                    iam=IamReference(),
+                    instance_arn=instance,
+                    existing_inline_chars=existing_inline_chars,
+                )
+            else:
+                compiled = _shared_role_preview(
+                    catalog, entry.id, principal, session_name, role_unique_id,
+                    grant_id=grant_id or uuid.uuid4().hex[:12], start=_parse_start(start),
+                    duration=parse_duration(duration), max_duration=max_duration,
+                    instance_arn=instance, existing_inline_chars=existing_inline_chars)
+        except (PolicyError, DurationError, ConfigError, TargetError) as exc:
             raise _fail(str(exc)) from None
         if as_json:
             typer.echo(json.dumps(compiled.to_json(), indent=2))

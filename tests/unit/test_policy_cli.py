@@ -77,3 +77,46 @@ def test_operator_config_sets_the_maximum_and_instance_aliases(tmp_path: Path) -
     assert payload["instance"] == INSTANCE
     unknown = runner.invoke(build_cli(), [*args, "--instance", "dev", "--config", str(config)])
     assert unknown.exit_code == 2 and "no instance 'dev' (known: prod)" in unknown.output
+
+
+def test_policy_previews_a_shared_roles_grant_narrowed_to_one_session() -> None:
+    role_id = "AROA3XFRBF23EXAMPLE1"
+    result = runner.invoke(build_cli(), [
+        "policy", "home/list-instance", "--principal", ROLE, "--session-name", "bob@example.com",
+        "--role-unique-id", role_id, "--instance", INSTANCE, "--json", *FIXED])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["principal"] == f"{ROLE};session=bob@example.com"
+    statements = payload["document"]["Statement"]
+    assert statements and all(
+        s["Condition"]["StringLike"] == {"aws:userid": f"{role_id}:bob@example.com"}
+        and s["Condition"]["DateLessThan"]["aws:CurrentTime"] == "2026-11-27T10:00:00Z"
+        for s in statements)
+    assert payload["size"] == len("".join(json.dumps(payload["document"], separators=(",", ":")).split()))
+    assert any("only sessions named bob@example.com" in note for note in payload["notes"])
+
+    text = runner.invoke(build_cli(), [
+        "policy", "home/list-instance", "--principal", ROLE, "--session-name", "bob@example.com",
+        "--role-unique-id", role_id, *FIXED])
+    assert text.exit_code == 0, text.output
+    assert f"principal: {ROLE};session=bob@example.com" in text.stdout
+    assert f'"aws:userid": "{role_id}:bob@example.com"' in text.stdout
+
+
+def test_policy_shared_role_mistakes_are_messages() -> None:
+    base = ["policy", "home/list-instance", "--json", *FIXED]
+    cases = [
+        (["--principal", ROLE, "--session-name", "bob"], "give --role-unique-id AROA"),
+        (["--principal", ROLE, "--role-unique-id", "AROA3XFRBF23EXAMPLE1"], "give --session-name"),
+        (["--principal", "arn:aws:iam::111122223333:user/bob", "--session-name", "bob",
+          "--role-unique-id", "AROA3XFRBF23EXAMPLE1"], "a session name only narrows a role"),
+        (["--principal", ROLE, "--session-name", "no spaces", "--role-unique-id",
+          "AROA3XFRBF23EXAMPLE1"], "is not a role session name"),
+        (["--principal", ROLE, "--session-name", "bob", "--role-unique-id", "AIDA123"],
+         "is not a role's unique id"),
+    ]
+    for args, fault in cases:
+        result = runner.invoke(build_cli(), [*base, *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert fault in result.output, (args, result.output)
+        assert "Traceback" not in result.output
