@@ -42,11 +42,11 @@ from moto.server import ThreadedMotoServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_scheduler import ACCOUNT, CREDENTIALS, DEFAULT_URL, REGION, TRUST
+from doubles import RecordingNotifier
 from throttling_iam import ThrottlingIamProxy
 
 from bot.db import upgrade
 from bot.durations import parse_duration
-from bot.fakes import RecordingNotifier
 from bot.runtime import build_runtime
 from bot.settings import load_settings
 

@@ -37,6 +37,7 @@ from moto.server import ThreadedMotoServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_scheduler import ACCOUNT, CREDENTIALS, REGION, TRUST
+from doubles import InMemoryReconcileStore
 from throttling_iam import ThrottlingIamProxy
 
 from bot.aws.granter import IamGranter
@@ -44,7 +45,6 @@ from bot.aws.principal_index import SLACK_USER_TAG
 from bot.aws.principals import IamPrincipalDirectory
 from bot.aws.reconcile import (
     ExpectedGrant,
-    InMemoryReconcileStore,
     ReconcileProgress,
     reconcile,
 )

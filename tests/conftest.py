@@ -16,7 +16,7 @@ PostgreSQL comes from TEST_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test). When it is unreachable the PostgreSQL
 variants are skipped with the reason shown — except when CI is set, where they fail.
 
-Lifecycle fixtures (in-memory ports from bot.fakes, a routing config for tests):
+Lifecycle fixtures (in-memory ports from tests/doubles.py, a routing config for tests):
 `clock` (FakeClock), `granter` (InMemoryGranter), `notifier` (RecordingNotifier),
 `approver_directory`, `operator_config_data` (raw dict), `operator_config`, `catalog`, `request_service` (a RequestService on
 `session_factory` with a simple test plan builder). Test people: requesters U0ALICE and
@@ -37,19 +37,19 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine
-
-from bot.catalog import Catalog, load_catalog
-from bot.config import OperatorConfig, parse_config
-from bot.db import SessionFactory, make_engine, make_session_factory, upgrade
-from bot.dbcheck import migration_head
-from bot.fakes import (
+from doubles import (
     FakeClock,
     InMemoryGranter,
     RecordingNotifier,
     StaticApproverDirectory,
     StaticPrincipalDirectory,
 )
+from sqlalchemy import Engine
+
+from bot.catalog import Catalog, load_catalog
+from bot.config import OperatorConfig, parse_config
+from bot.db import SessionFactory, make_engine, make_session_factory, upgrade
+from bot.dbcheck import migration_head
 from bot.lifecycle import GrantContext, RequestService
 from bot.models import GENESIS_HASH
 from bot.ports import GrantPlan, PolicyDocument

@@ -122,31 +122,6 @@ class ReconcileStore(Protocol):
         ...
 
 
-@dataclass
-class InMemoryReconcileStore:
-    """ReconcileStore over plain lists, for tests and the demo."""
-
-    grants: list[ExpectedGrant] = field(default_factory=list)
-    principals: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def expected_grants(self) -> Sequence[ExpectedGrant]:
-        return [g for g in self.grants if g.grant_id not in self.failed]
-
-    def principals_ever_granted(self) -> Sequence[str]:
-        return list(self.principals)
-
-    def record_finding(self, finding: Finding) -> None:
-        self.findings.append(finding)
-
-    def mark_failed(self, grant_id: str, reason: str) -> None:
-        self.failed[grant_id] = reason
-
-    def is_live(self, grant_id: str) -> bool:
-        return any(g.grant_id == grant_id and grant_id not in self.failed for g in self.grants)
-
-
 @dataclass(frozen=True)
 class _Present:
     principal_arn: str

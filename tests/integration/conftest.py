@@ -14,6 +14,12 @@ from pathlib import Path
 
 import pytest
 from aws_testkit import REGION, TRUST, SleepRecorder
+from doubles import (
+    FakeClock,
+    RecordingNotifier,
+    StaticApproverDirectory,
+    StaticPrincipalDirectory,
+)
 from grant_flow_kit import ATTEMPTS, LEADS, Flow, operator_config_data
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -24,12 +30,6 @@ from bot.aws.sessions import AwsSessions
 from bot.catalog import Catalog
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import (
-    FakeClock,
-    RecordingNotifier,
-    StaticApproverDirectory,
-    StaticPrincipalDirectory,
-)
 from bot.iamref import IamReference
 from bot.lifecycle import RequestService
 from bot.policy import plan_builder

@@ -9,12 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 from aws_testkit import HOME_ACCOUNT, REGION, SleepRecorder
+from doubles import FakeClock, RecordingNotifier
 from sqlalchemy import select
 
 from bot.audit import verify_chain
 from bot.aws.granter import IamGranter
 from bot.db import SessionFactory
-from bot.fakes import FakeClock, RecordingNotifier
 from bot.lifecycle import RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 

@@ -9,13 +9,13 @@ import json
 from datetime import timedelta
 
 import pytest
+from doubles import FakeClock
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
 from bot.audit import append_event, event_hash, export_lines, verify_chain
 from bot.cli import build_cli
 from bot.db import SessionFactory
-from bot.fakes import FakeClock
 from bot.lifecycle import RequestService
 from bot.models import GENESIS_HASH, AuditEvent
 

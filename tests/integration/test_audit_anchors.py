@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from doubles import FakeClock
 from sqlalchemy import Engine, delete, insert, select, text, update
 from typer.testing import CliRunner
 
@@ -24,7 +25,6 @@ from bot.aws.anchors import KmsSigner, S3AnchorStore
 from bot.cli import build_cli
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import FakeClock
 from bot.lifecycle import RequestService
 from bot.models import GENESIS_HASH, AuditChainHead, AuditEvent, Base
 from bot.signing import Ed25519Signer, write_new_key

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from doubles import FakeClock, InMemoryGranter, RecordingNotifier
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from bot.cli import build_cli
 from bot.db import SessionFactory
 from bot.evidence import NotificationRecorder, document_hash
-from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier
 from bot.lifecycle import RequestService
 from bot.models import AuditEvent, PolicyEvidence
 

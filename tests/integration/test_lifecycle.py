@@ -8,12 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from doubles import FakeClock, InMemoryGranter, RecordingNotifier
 from sqlalchemy import func, select
 
 from bot.audit import verify_chain
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier
 from bot.lifecycle import (
     AlreadyActive,
     DuplicateVote,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from doubles import FakeClock
 from typer.testing import CliRunner
 
 from bot.cli import build_cli
-from bot.fakes import FakeClock
 from bot.lifecycle import RequestService
 
 WRITE = "telephony/enable-disable-telephony-options"

@@ -11,12 +11,12 @@ from functools import partial
 from typing import Any
 
 import pytest
+from doubles import FakeClock, InMemoryGranter
 from sqlalchemy import func, select
 
 from bot.audit import verify_chain
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import FakeClock, InMemoryGranter
 from bot.lifecycle import AlreadyActive, DuplicateVote, InvalidTransition, RequestService
 from bot.models import AuditEvent, Grant, Vote
 

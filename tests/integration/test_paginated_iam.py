@@ -16,12 +16,13 @@ from typing import Any
 import boto3
 import pytest
 from aws_testkit import HOME_ACCOUNT, REGION, TRUST, connect_document
+from doubles import InMemoryReconcileStore
 from throttling_iam import MOTO_PAGED, PROXY_PAGED, ThrottlingIamProxy
 
 from bot.aws.granter import MANAGED_PATH, IamGranter
 from bot.aws.principal_index import SLACK_USER_TAG, PrincipalIndex
 from bot.aws.principals import IamPrincipalDirectory, tagged_principals
-from bot.aws.reconcile import Finding, InMemoryReconcileStore, reconcile
+from bot.aws.reconcile import Finding, reconcile
 from bot.aws.sessions import AwsSessions
 
 pytestmark = pytest.mark.slow

@@ -12,12 +12,12 @@ from typing import Any
 import boto3
 import pytest
 from aws_testkit import REGION, TRUST, connect_document, make_plan
+from doubles import InMemoryReconcileStore
 from throttling_iam import ThrottlingIamProxy
 
 from bot.aws.granter import IamGranter
 from bot.aws.reconcile import (
     ExpectedGrant,
-    InMemoryReconcileStore,
     ReconcileProgress,
     format_summary,
     reconcile,

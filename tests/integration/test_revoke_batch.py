@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alerts_kit import RecordingAlerter
+from doubles import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
 from expiry_kit import entries, make_active
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
@@ -23,7 +24,6 @@ from bot.audit import NewEvent, append_events, verify_chain
 from bot.catalog import Catalog
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.expiry import LifecycleExpiryWork
-from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
 from bot.lifecycle import IRREVOCABLE, REVOKING, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import PolicyKind

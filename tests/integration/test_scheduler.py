@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from doubles import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
 from expiry_kit import entries, make_active
 from sqlalchemy import select
 
 from bot.catalog import Catalog
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.expiry import LifecycleExpiryWork
-from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier, StaticPrincipalDirectory
 from bot.leader import LeadershipError, PostgresLeadership, SqliteLeadership, leadership_for
 from bot.lifecycle import GrantContext, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant

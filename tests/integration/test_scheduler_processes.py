@@ -31,10 +31,10 @@ from urllib.parse import parse_qs
 import pytest
 import sqlalchemy as sa
 import yaml
+from doubles import FakeClock
 from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
-from bot.fakes import FakeClock
 from bot.lifecycle import GrantContext
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import GrantPlan, PolicyDocument

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+from doubles import FakeClock
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from bot.cli import build_cli
 from bot.db import SessionFactory
-from bot.fakes import FakeClock
 from bot.heartbeat import HeartbeatWriter, scheduler_status
 from bot.lifecycle import RequestService
 from bot.models import SchedulerHeartbeat

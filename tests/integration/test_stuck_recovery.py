@@ -15,13 +15,13 @@ from datetime import timedelta
 
 import pytest
 from alerts_kit import RecordingAlerter
+from doubles import FakeClock, InMemoryGranter, RecordingNotifier
 from expiry_kit import LEAD, entries
 from sqlalchemy import update
 
 from bot.catalog import Catalog
 from bot.db import SessionFactory
 from bot.expiry import LifecycleExpiryWork
-from bot.fakes import FakeClock, InMemoryGranter, RecordingNotifier
 from bot.lifecycle import GrantContext, RequestService
 from bot.models import AccessRequest
 from bot.ports import AttachedPolicy, GrantPlan

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from aws_testkit import HOME_ACCOUNT, REGION, TRUST, SleepRecorder, _FakeHttp
+from doubles import FakeClock, RecordingNotifier, StaticApproverDirectory
 from grant_flow_kit import INSTANCE_ARN, LEADS, READ_ENTRY
 from sqlalchemy import select
 
@@ -34,7 +35,6 @@ from bot.aws.target_granter import TargetGranter
 from bot.catalog import Catalog
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import FakeClock, RecordingNotifier, StaticApproverDirectory
 from bot.iamref import IamReference
 from bot.lifecycle import InvalidRequest, NotAllowed, RequestService, SelfApproval
 from bot.models import AccessRequest, AuditEvent, Grant

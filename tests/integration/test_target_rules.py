@@ -8,14 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
-from bot.config import parse_config
-from bot.fakes import (
+from doubles import (
     InMemoryGranter,
     RecordingNotifier,
     StaticApproverDirectory,
     StaticPrincipalDirectory,
 )
+
+from bot.config import parse_config
 from bot.lifecycle import InvalidRequest, RequestService, SelfApproval
 
 READ = "home/list-instance"

