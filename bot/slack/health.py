@@ -72,7 +72,13 @@ class HealthRoutes:
                  ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path not in (HEALTH_PATH, READY_PATH):
-            return self.app(environ, start_response)
+            answer = self.app(environ, start_response)
+            if environ.get("REQUEST_METHOD") == "HEAD":
+                # Bolt answers HEAD like GET (a 404 page); a HEAD response has no body, and
+                # gunicorn logs a warning for every one that brings one.
+                _close(answer)
+                return []
+            return answer
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _respond(start_response, "405 Method Not Allowed",
                             {"error": "use GET"}, environ, [("Allow", "GET, HEAD")])
@@ -98,3 +104,9 @@ def _respond(start_response: StartResponse, status: str, body: dict[str, Any],
                             ("Content-Length", str(len(payload))),
                             ("Cache-Control", "no-store"), *(extra_headers or [])])
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [payload]
+
+
+def _close(body: Iterable[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if callable(close):
+        close()

@@ -185,6 +185,13 @@ def test_the_procfile_web_command_serves_probes_and_logs_json(
     with serving(command, port=port, env=env, log_path=log_path):
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        # HEAD anywhere else is Bolt's 404, without the body gunicorn would warn about
+        # (a log line per request anyone could send).
+        for path in ("/slack/events", "/nope", "/"):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="HEAD")
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(request, timeout=10)
+            assert missing.value.code == 404 and missing.value.read() == b""
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert lines
     for line in lines:
@@ -196,6 +203,7 @@ def test_the_procfile_web_command_serves_probes_and_logs_json(
     assert f"http://0.0.0.0:{port}/slack/events" in started[0]["message"]
     messages = " ".join(line["message"] for line in lines)
     assert "will be unused" not in messages and "Booting worker" not in messages
+    assert "no-body response" not in messages
     assert "Traceback" not in log_path.read_text()
 
 
