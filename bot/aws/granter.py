@@ -23,6 +23,7 @@ from urllib.parse import unquote
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.aws.errors import error_code, is_consistency_conflict, to_grant_error
+from bot.aws.iam_calls import IAM_CALLS, page
 from bot.aws.principals import IamPrincipal, parse_principal_arn
 
 # The one definition of a policy's canonical form and hash (re-exported for bot.aws users).
@@ -151,8 +152,7 @@ class IamGranter:
         iam = self._client(principal)
         pages = self._pages(
             f"list inline policies of {principal.arn}",
-            getattr(iam, f"list_{principal.kind}_policies"),
-            **_named(principal),
+            lambda marker: IAM_CALLS[principal.kind].list_inline(iam, principal.name, marker),
         )
         return [name for page in pages for name in page["PolicyNames"]]
 
@@ -165,9 +165,9 @@ class IamGranter:
         iam = self._client(principal)
         pages = self._pages(
             f"list managed policies of {principal.arn}",
-            getattr(iam, f"list_attached_{principal.kind}_policies"),
-            **_named(principal),
-            PathPrefix=self._managed_path,
+            lambda marker: IAM_CALLS[principal.kind].list_attached(
+                iam, principal.name, self._managed_path, marker
+            ),
         )
         return [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]
 
@@ -177,9 +177,9 @@ class IamGranter:
         iam = self._client(self._principal(principal_arn))
         pages = self._pages(
             "list the bot's managed policies",
-            iam.list_policies,
-            Scope="Local",
-            PathPrefix=self._managed_path,
+            lambda marker: iam.list_policies(
+                Scope="Local", PathPrefix=self._managed_path, **page(marker)
+            ),
         )
         return [
             p["PolicyName"]
@@ -201,9 +201,11 @@ class IamGranter:
         iam = self._client(self._principal(principal_arn))
         yield from self._pages(
             "read the account's authorization details",
-            iam.get_account_authorization_details,
-            Filter=["Role", "User", "Group", "LocalManagedPolicy"],
-            MaxItems=1000,
+            lambda marker: iam.get_account_authorization_details(
+                Filter=["Role", "User", "Group", "LocalManagedPolicy"],
+                MaxItems=1000,
+                **page(marker),
+            ),
         )
 
     @property
@@ -221,13 +223,13 @@ class IamGranter:
         want = document_hash(policy.document)
         current = self._get_inline(iam, principal, policy.name)
         if current is None or document_hash(current) != want:
-            put = getattr(iam, f"put_{principal.kind}_policy")
             self._call(
                 f"put inline policy {policy.name} on {principal.arn}",
-                put,
-                **_named(principal),
-                PolicyName=policy.name,
-                PolicyDocument=json.dumps(policy.document),
+                IAM_CALLS[principal.kind].put_inline,
+                iam,
+                principal.name,
+                policy.name,
+                json.dumps(policy.document),
             )
             if current is None:
                 created.append(policy.name)
@@ -240,24 +242,24 @@ class IamGranter:
     def _get_inline(
         self, iam: IAMClient, principal: IamPrincipal, name: str
     ) -> Mapping[str, Any] | None:
-        get = getattr(iam, f"get_{principal.kind}_policy")
         response = self._call(
             f"read inline policy {name} of {principal.arn}",
-            get,
+            IAM_CALLS[principal.kind].get_inline,
+            iam,
+            principal.name,
+            name,
             missing_ok=True,
-            **_named(principal),
-            PolicyName=name,
         )
         return None if response is None else decode_document(response["PolicyDocument"])
 
     def _revoke_inline(self, iam: IAMClient, principal: IamPrincipal, name: str) -> None:
-        delete = getattr(iam, f"delete_{principal.kind}_policy")
         self._call(
             f"delete inline policy {name} from {principal.arn}",
-            delete,
+            IAM_CALLS[principal.kind].delete_inline,
+            iam,
+            principal.name,
+            name,
             missing_ok=True,
-            **_named(principal),
-            PolicyName=name,
         )
 
     # -- managed ----------------------------------------------------------------------
@@ -300,12 +302,12 @@ class IamGranter:
         # A policy that already existed may already be attached: then there is nothing to
         # do (a repeated attach changes nothing, not even CloudTrail).
         if current is None or arn not in self.attached_managed_arns(principal.arn):
-            attach = getattr(iam, f"attach_{principal.kind}_policy")
             self._call(
                 f"attach {arn} to {principal.arn}",
-                attach,
-                **_named(principal),
-                PolicyArn=arn,
+                IAM_CALLS[principal.kind].attach_managed,
+                iam,
+                principal.name,
+                arn,
             )
         got = self._read_back(f"managed policy {arn}", lambda: self._get_managed_document(iam, arn))
         return self._verified(policy, arn, got, want, principal)
@@ -349,13 +351,13 @@ class IamGranter:
 
     def _revoke_managed(self, iam: IAMClient, principal: IamPrincipal, name: str) -> None:
         arn = managed_policy_arn(principal, name, self._managed_path)
-        detach = getattr(iam, f"detach_{principal.kind}_policy")
         self._call(
             f"detach {arn} from {principal.arn}",
-            detach,
+            IAM_CALLS[principal.kind].detach_managed,
+            iam,
+            principal.name,
+            arn,
             missing_ok=True,
-            **_named(principal),
-            PolicyArn=arn,
         )
         versions = self._call(
             f"list versions of {arn}", iam.list_policy_versions, missing_ok=True, PolicyArn=arn
@@ -419,15 +421,18 @@ class IamGranter:
                 self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _pages(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-        """Every page of a paginated IAM list call, each page fetched through `_call` (so
-        botocore retries each on its own)."""
+    def _pages(
+        self, action: str, fetch: Callable[[str | None], Mapping[str, Any]]
+    ) -> Iterator[Any]:
+        """Every page of a paginated IAM list call (`fetch` takes the page marker, None for
+        the first), each page fetched through `_call` (so botocore retries each on its own)."""
+        marker: str | None = None
         while True:
-            page = self._call(action, fn, **kwargs)
-            yield page
-            if not page.get("IsTruncated"):
+            got = self._call(action, fetch, marker)
+            yield got
+            if not got.get("IsTruncated"):
                 return
-            kwargs["Marker"] = page["Marker"]
+            marker = got["Marker"]
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
@@ -480,11 +485,6 @@ class IamGranter:
             except GrantError as exc:
                 # Reconcile removes it later: the grant is not active, so it is an orphan.
                 log.error("could not roll back %s on %s: %s", name, principal.arn, exc)
-
-
-def _named(principal: IamPrincipal) -> dict[str, Any]:
-    """The RoleName=/UserName=/GroupName= argument for the principal's IAM calls."""
-    return {principal.name_param: principal.name}
 
 
 def _check_kind(kind: str) -> None:
