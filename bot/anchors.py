@@ -112,6 +112,18 @@ def _int(value: Any) -> int:
     return value
 
 
+class CheckpointVerifier(Protocol):
+    """Checks checkpoints signed by one key: the signing key, or a retired one
+    (`audit.previous_keys`) whose checkpoints must still verify after a rotation."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def verify(self, payload: bytes, signature: bytes) -> bool:
+        """True only for a signature this key made over exactly `payload`."""
+        ...
+
+
 class CheckpointSigner(Protocol):
     """Signs checkpoints with a key the database does not hold."""
 
@@ -209,8 +221,9 @@ class CheckpointWriter:
     """Decides when a checkpoint is due and writes it to every store.
 
     Due when at least `every_events` events arrived since the last checkpoint, or any
-    arrived and `interval` has passed since it. The first store is the primary (the one
-    `verify` reads): its failure leaves the checkpoint due, so the next tick retries it.
+    arrived and `interval` has passed since it. The first store is the primary (S3 when
+    configured, else the audit channel; the writer reads the last checkpoint from it): its
+    failure leaves the checkpoint due, so the next tick retries it.
     Each store is tried `attempts` times with a short backoff before it counts as failed;
     the first failure of a run is alerted, and so is the recovery.
     """
@@ -350,8 +363,9 @@ class CheckpointWriter:
             ref = self.alerter.alert(Alert(
                 kind="audit_checkpoint_failed",
                 summary="An audit checkpoint could not be written: " + "; ".join(failures),
-                next_step=("Check the signing key and the anchor bucket named above (the "
-                           "bot's IAM policy, Object Lock); it is retried on every scheduler "
+                next_step=("Check the signing key and the anchor store named above (the "
+                           "bot's IAM policy, Object Lock, the bot in the audit channel); it "
+                           "is retried on every scheduler "
                            "tick and requests are not affected meanwhile."),
                 details={"signing_key": self.signer.key_id,
                          "stores": ", ".join(store.name for store in self.stores)}))

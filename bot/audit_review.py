@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.anchors import AnchorError, AnchorReader, CheckpointSigner
+from bot.anchors import AnchorError, AnchorReader, CheckpointSigner, CheckpointVerifier
 from bot.audit import ExportFormat, append_event, export_lines
 from bot.db import SessionFactory
 from bot.lifecycle import FAILED, IRREVOCABLE
@@ -240,12 +240,14 @@ class ChainStatus:
 
 
 def chain_status(session: Session, signer: CheckpointSigner | None,
-                 reader: AnchorReader | None) -> ChainStatus:
+                 reader: AnchorReader | None,
+                 retired: Sequence[CheckpointVerifier] = ()) -> ChainStatus:
     head = session.get(AuditChainHead, 1)
     events = 0 if head is None else head.seq
     if signer is None or reader is None:
         return ChainStatus(True, False, "not anchored: only careless edits can be detected; "
-                           "set audit.kms_key_id or signing_key_file and anchor_bucket", events)
+                           "set audit.kms_key_id or signing_key_file and anchor_bucket and/or "
+                           "anchor_channel", events)
     try:
         latest = reader.latest()
     except AnchorError as exc:
@@ -257,9 +259,10 @@ def chain_status(session: Session, signer: CheckpointSigner | None,
     def status(ok: bool, message: str) -> ChainStatus:
         return ChainStatus(ok, True, message, events, c.seq, c.at)
 
-    if c.key_id != signer.key_id or not signer.verify(c.payload(), latest.signature):
+    key = next((k for k in (signer, *retired) if k.key_id == c.key_id), None)
+    if key is None or not key.verify(c.payload(), latest.signature):
         return status(False, f"the last checkpoint (event {c.seq}) does not verify with the "
-                      "configured key")
+                      "configured key or a retired one")
     stored = session.execute(select(AuditEvent.hash).where(AuditEvent.seq == c.seq)
                              ).scalar_one_or_none()
     if stored is None or events < c.seq:

@@ -3,8 +3,12 @@
 In order, stopping at the first inconsistency (reported with what was expected and what
 was found):
 
-1. every anchor read back from the store is a checkpoint signed by the configured key
-   (a forged or corrupted one is a fault, not skipped);
+1. every anchor read back from the stores (S3 and/or the audit Slack channel) is a
+   checkpoint signed by the configured key or by a retired one (`audit.previous_keys`,
+   reported as such); a forged or corrupted one, or one signed by any other key, is a fault,
+   not skipped. Two stores holding different heads for one seq is a fault; a checkpoint
+   one store holds and the other lacks is reported (a warning: a post that failed at the
+   time, or a deleted channel message) and the union is used;
 2. the chain, streamed in seq order: no gap, each event links to the previous one and
    hashes to its stored hash, and at each checkpoint's seq the head equals the signed head
    (a chain edited and recomputed with the project's own hashing fails here);
@@ -21,14 +25,20 @@ with write access to the database would pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.anchors import CHAIN_HEAD_ID, CheckpointSigner, SignedCheckpoint, StoredAnchor
+from bot.anchors import (
+    CHAIN_HEAD_ID,
+    CheckpointSigner,
+    CheckpointVerifier,
+    SignedCheckpoint,
+    StoredAnchor,
+)
 from bot.audit import event_hash
 from bot.evidence import document_hash
 from bot.models import (
@@ -45,8 +55,8 @@ GRANT_REVOKED = "revoked"  # the grant state (bot.lifecycle.REVOKED) whose event
 
 NO_ANCHORS_NOTE = (
     "no anchors are configured (audit.kms_key_id or audit.signing_key_file, and "
-    "audit.anchor_bucket): this only detects careless edits; whoever can write to the "
-    "database can rewrite, cut or empty the log and still pass")
+    "audit.anchor_bucket and/or audit.anchor_channel): this only detects careless edits; "
+    "whoever can write to the database can rewrite, cut or empty the log and still pass")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,23 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class StoreGap:
+    """A verified checkpoint one anchor store holds and another lacks."""
+
+    seq: int
+    present_in: str
+    missing_from: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "present_in": self.present_in,
+                "missing_from": self.missing_from}
+
+    def line(self) -> str:
+        return (f"warning: checkpoint at event {self.seq} is in {self.present_in} but "
+                f"missing from {self.missing_from}")
+
+
+@dataclass(frozen=True)
 class AuditReport:
     ok: bool
     events: int  # events that verified (before the fault, if any)
@@ -73,6 +100,9 @@ class AuditReport:
     anchor_store: str | None = None
     fault: Fault | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Checkpoints that verified with a retired key (audit.previous_keys): key id -> count.
+    retired_keys: dict[str, int] = field(default_factory=dict)
+    store_gaps: tuple[StoreGap, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +113,8 @@ class AuditReport:
             "anchor_store": self.anchor_store,
             "fault": None if self.fault is None else self.fault.to_dict(),
             "notes": list(self.notes),
+            "retired_keys": dict(self.retired_keys),
+            "store_gaps": [gap.to_dict() for gap in self.store_gaps],
         }
 
     def lines(self) -> list[str]:
@@ -102,6 +134,9 @@ class AuditReport:
             elif self.anchored:
                 anchored = f" (no checkpoint in {self.anchor_store} yet)"
             out = [f"audit chain intact: {self.events} events verified{anchored}"]
+        out += [f"note: {count} checkpoint(s) signed by the retired key {key} "
+                "(audit.previous_keys)" for key, count in sorted(self.retired_keys.items())]
+        out += [gap.line() for gap in self.store_gaps]
         return out + [f"note: {note}" for note in self.notes]
 
 
@@ -118,51 +153,88 @@ class _Failed(Exception):
         self.fault = fault
 
 
-def check_anchors(anchors: Sequence[StoredAnchor], signer: CheckpointSigner
-                  ) -> dict[int, SignedCheckpoint]:
-    """Checkpoints by seq, each proven signed by `signer`; raises _Failed otherwise."""
+def check_anchors(anchors: Sequence[StoredAnchor], signer: CheckpointSigner,
+                  retired: Sequence[CheckpointVerifier] = (),
+                  retired_used: dict[str, int] | None = None) -> dict[int, SignedCheckpoint]:
+    """Checkpoints by seq, each proven signed by `signer` or a retired key (counted into
+    `retired_used`); raises _Failed otherwise."""
+    verifiers: dict[str, CheckpointVerifier] = {key.key_id: key for key in retired}
+    verifiers[signer.key_id] = signer
     verified: dict[int, SignedCheckpoint] = {}
+    locations: dict[int, str] = {}
     for anchor in anchors:
         if anchor.signed is None:
             raise _Failed(Fault("unreadable_checkpoint",
                                 f"the anchor {anchor.location} is not a readable checkpoint",
                                 "a signed checkpoint", anchor.error or "unreadable"))
         c = anchor.signed.checkpoint
-        if c.key_id != signer.key_id:
-            raise _Failed(Fault("foreign_checkpoint",
-                                f"checkpoint {anchor.location} was not signed by the configured "
-                                "key", signer.key_id, c.key_id, c.seq))
-        if not signer.verify(c.payload(), anchor.signed.signature):
+        key = verifiers.get(c.key_id)
+        if key is None:
+            known = ", ".join(verifiers)
+            raise _Failed(Fault("forged_checkpoint",
+                                f"checkpoint {anchor.location} claims a key that is neither the "
+                                "signing key nor one of audit.previous_keys: forged (or add the "
+                                "retired key to audit.previous_keys)", known, c.key_id, c.seq))
+        if not key.verify(c.payload(), anchor.signed.signature):
             raise _Failed(Fault("forged_checkpoint",
                                 f"checkpoint {anchor.location} has a signature that does not "
-                                f"verify with {signer.key_id}: forged or corrupted",
+                                f"verify with {key.key_id}: forged or corrupted",
                                 "a valid signature", f"{anchor.signed.algorithm} signature "
                                 "that fails", c.seq))
         if c.event_count != c.seq:
             raise _Failed(Fault("forged_checkpoint",
                                 f"checkpoint {anchor.location} counts {c.event_count} events at "
                                 f"seq {c.seq}", str(c.seq), str(c.event_count), c.seq))
+        seen = verified.get(c.seq)
+        if seen is not None and seen.checkpoint.head_hash != c.head_hash:
+            raise _Failed(Fault("checkpoint_conflict",
+                                f"two signed checkpoints at event {c.seq} name different heads "
+                                f"({locations[c.seq]} and {anchor.location}): the chain was "
+                                "rewritten between them", _short(seen.checkpoint.head_hash),
+                                _short(c.head_hash), c.seq))
+        if key is not signer and retired_used is not None and seen is None:
+            retired_used[key.key_id] = retired_used.get(key.key_id, 0) + 1
         verified[c.seq] = anchor.signed
+        locations[c.seq] = anchor.location
     return verified
+
+
+def store_gaps(listings: Sequence[tuple[str, Sequence[StoredAnchor]]]) -> tuple[StoreGap, ...]:
+    """With more than one store: each checkpoint (by seq) one holds and another lacks."""
+    if len(listings) < 2:
+        return ()
+    seqs = {name: {a.signed.checkpoint.seq for a in anchors if a.signed is not None}
+            for name, anchors in listings}
+    gaps: list[StoreGap] = []
+    for name, held in seqs.items():
+        for other, other_held in seqs.items():
+            gaps.extend(StoreGap(seq, name, other) for seq in sorted(held - other_held)
+                        if other != name)
+    return tuple(sorted(gaps, key=lambda gap: (gap.seq, gap.present_in)))
 
 
 def verify_audit(session: Session, *, signer: CheckpointSigner | None = None,
                  anchors: Sequence[StoredAnchor] | None = None,
-                 anchor_store: str | None = None) -> AuditReport:
-    """Check everything listed in the module docstring. `anchors` None: not configured."""
+                 anchor_store: str | None = None,
+                 retired_keys: Sequence[CheckpointVerifier] = (),
+                 gaps: tuple[StoreGap, ...] = ()) -> AuditReport:
+    """Check everything listed in the module docstring. `anchors` None: not configured;
+    else every store's anchors together (`gaps`: what one store lacks, see store_gaps)."""
     anchored = anchors is not None and signer is not None
     notes: list[str] = [] if anchored else [NO_ANCHORS_NOTE]
     checkpoints: dict[int, SignedCheckpoint] = {}
+    retired_used: dict[str, int] = {}
     progress = _Progress()
     try:
         if anchored:
             assert anchors is not None and signer is not None
-            checkpoints = check_anchors(anchors, signer)
+            checkpoints = check_anchors(anchors, signer, retired_keys, retired_used)
         _walk(session, checkpoints, notes, progress)
     except _Failed as failed:
-        return _report(False, progress.events, anchored, checkpoints, anchor_store,
-                       failed.fault, notes)
-    return _report(True, progress.events, anchored, checkpoints, anchor_store, None, notes)
+        return replace(_report(False, progress.events, anchored, checkpoints, anchor_store,
+                               failed.fault, notes), retired_keys=retired_used, store_gaps=gaps)
+    return replace(_report(True, progress.events, anchored, checkpoints, anchor_store, None,
+                           notes), retired_keys=retired_used, store_gaps=gaps)
 
 
 @dataclass

@@ -169,10 +169,14 @@ class AuditConfig:
     checkpoint_interval: timedelta = timedelta(minutes=5)
     checkpoint_events: int = 1000
     anchor_retention: timedelta = timedelta(days=365)
+    # Retired signing keys whose checkpoints still verify: KMS key ARNs (str) and files
+    # holding a retired Ed25519 key's public key in PEM (Path).
+    previous_keys: tuple[str | Path, ...] = ()
 
     @property
     def anchored(self) -> bool:
-        return self.signer_configured and self.anchor_bucket is not None
+        return self.signer_configured and (self.anchor_bucket is not None
+                                           or self.anchor_channel is not None)
 
     @property
     def signer_configured(self) -> bool:
@@ -664,7 +668,39 @@ _KMS_KEY = re.compile(r"(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=
 # S3 bucket naming rules: 3-63 characters, lower case, digits, dots and hyphens.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _AUDIT_KEYS = ("kms_key_id", "signing_key_file", "anchor_bucket", "anchor_channel",
-               "checkpoint_interval", "checkpoint_events", "anchor_retention")
+               "checkpoint_interval", "checkpoint_events", "anchor_retention",
+               "previous_keys")
+# A retired KMS key is named by its key ARN: that is what checkpoints record (an alias
+# would follow the alias to the current key).
+_KMS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[\w-]+")
+
+
+def _previous_keys(reader: _Reader, raw: Any) -> tuple[str | Path, ...]:
+    """`audit.previous_keys`: each a KMS key ARN or a readable Ed25519 public-key PEM."""
+    from bot.anchors import AnchorError
+    from bot.signing import Ed25519Verifier
+
+    if not isinstance(raw, list):
+        raise reader.fail("audit.previous_keys", "must be a list of KMS key ARNs and/or "
+                                                 "Ed25519 public-key PEM files")
+    keys: list[str | Path] = []
+    for index, item in enumerate(raw):
+        where = f"audit.previous_keys[{index}]"
+        if not isinstance(item, str) or not item.strip():
+            raise reader.fail(where, f"must be a KMS key ARN or a PEM file path, got {item!r}")
+        if item.startswith("arn:"):
+            if not _KMS_KEY_ARN.fullmatch(item):
+                raise reader.fail(where, f"{item!r} is not a KMS key ARN "
+                                         "(arn:aws:kms:REGION:ACCOUNT:key/KEY-ID; not an alias)")
+            keys.append(item)
+            continue
+        path = Path(item)
+        try:
+            Ed25519Verifier.from_file(path)
+        except AnchorError as exc:
+            raise reader.fail(where, str(exc)) from None
+        keys.append(path)
+    return tuple(keys)
 
 
 def _audit_config(reader: _Reader, raw: Mapping[str, Any]) -> AuditConfig:
@@ -700,11 +736,17 @@ def _audit_config(reader: _Reader, raw: Mapping[str, Any]) -> AuditConfig:
             raise reader.fail("audit.checkpoint_events",
                               f"must be a whole number >= 1, got {events!r}")
         changes["checkpoint_events"] = events
+    if "previous_keys" in raw:
+        changes["previous_keys"] = _previous_keys(reader, raw["previous_keys"])
     if changes:
         config = replace(config, **changes)
-    if config.signer_configured and config.anchor_bucket is None:
-        raise reader.fail("audit", "a signing key is set but no anchor_bucket: checkpoints "
-                                   "need an S3 bucket with Object Lock to be written to")
+    if config.signer_configured and config.anchor_bucket is None and channel is None:
+        raise reader.fail("audit", "a signing key is set but no anchor_bucket or "
+                                   "anchor_channel: checkpoints need an S3 bucket with Object "
+                                   "Lock (stronger) and/or an audit Slack channel")
+    if config.previous_keys and not config.signer_configured:
+        raise reader.fail("audit.previous_keys", "retired keys need a current signing key: "
+                                                 "set kms_key_id or signing_key_file")
     if not config.signer_configured and (bucket is not None or channel is not None):
         raise reader.fail("audit", "anchor_bucket/anchor_channel need a signing key: set "
                                    "kms_key_id or signing_key_file")

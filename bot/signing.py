@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -18,14 +18,55 @@ from bot.anchors import AnchorError
 ALGORITHM = "ED25519"
 
 
+def ed25519_key_id(public: Ed25519PublicKey) -> str:
+    """Names the key without revealing anything: a fingerprint of the public key."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+class Ed25519Verifier:
+    """bot.anchors.CheckpointVerifier for a retired Ed25519 key (`audit.previous_keys`):
+    only its public key is kept, so checkpoints it signed still verify."""
+
+    def __init__(self, public_key: Ed25519PublicKey) -> None:
+        self._public = public_key
+        self._key_id = ed25519_key_id(public_key)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Ed25519Verifier:
+        """AnchorError naming the file unless it holds an Ed25519 public key in PEM."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise AnchorError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise AnchorError(
+                f"{path} is not a PEM public key ({exc}); keep only the public half of a "
+                "retired key: `openssl pkey -in old.pem -pubout -out old.pub.pem`") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise AnchorError(f"{path} holds a {type(key).__name__.removeprefix('_')}, "
+                              "not an Ed25519 public key")
+        return cls(key)
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def verify(self, payload: bytes, signature: bytes) -> bool:
+        try:
+            self._public.verify(signature, payload)
+        except InvalidSignature:
+            return False
+        return True
+
+
 class Ed25519Signer:
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private = private_key
         self._public: Ed25519PublicKey = private_key.public_key()
-        raw = self._public.public_bytes(serialization.Encoding.Raw,
-                                        serialization.PublicFormat.Raw)
-        # Names the key without revealing anything: a fingerprint of the public key.
-        self._key_id = "ed25519:" + hashlib.sha256(raw).hexdigest()[:32]
+        self._key_id = ed25519_key_id(self._public)
 
     @classmethod
     def from_file(cls, path: Path) -> Ed25519Signer:

@@ -103,20 +103,69 @@ class KmsSigner:
 
     def verify(self, payload: bytes, signature: bytes) -> bool:
         self.check()
-        try:
-            if isinstance(self._public, ec.EllipticCurvePublicKey):
-                self._public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-            elif isinstance(self._public, rsa.RSAPublicKey):
-                scheme: padding.AsymmetricPadding = (
-                    padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
-                                salt_length=padding.PSS.DIGEST_LENGTH)
-                    if self.algorithm.startswith("RSASSA_PSS") else padding.PKCS1v15())
-                self._public.verify(signature, payload, scheme, hashes.SHA256())
-            else:
-                return False
-        except InvalidSignature:
+        return _verify(self._public, self.algorithm, payload, signature)
+
+
+def _verify(public: Any, algorithm: str, payload: bytes, signature: bytes) -> bool:
+    """Locally, with the KMS key's public key: what kms:Verify would answer."""
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            scheme: padding.AsymmetricPadding = (
+                padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                            salt_length=padding.PSS.DIGEST_LENGTH)
+                if algorithm.startswith("RSASSA_PSS") else padding.PKCS1v15())
+            public.verify(signature, payload, scheme, hashes.SHA256())
+        else:
             return False
-        return True
+    except InvalidSignature:
+        return False
+    return True
+
+
+class KmsVerifier:
+    """bot.anchors.CheckpointVerifier for a retired KMS key (`audit.previous_keys`): its
+    public key (kms:GetPublicKey, read once) verifies the checkpoints it signed. The key
+    need not be allowed to sign any more, but it must still exist and be readable: AWS
+    refuses GetPublicKey for a disabled key or one pending deletion."""
+
+    def __init__(self, kms: Any, key_arn: str) -> None:
+        self._kms = kms
+        self._key_arn = key_arn
+        self._algorithm: str | None = None
+        self._public: Any = None
+
+    def check(self) -> None:
+        """AnchorError naming the key unless its public key can be read."""
+        if self._public is not None:
+            return
+        setting = f"audit.previous_keys {self._key_arn}"
+        try:
+            response = self._kms.get_public_key(KeyId=self._key_arn)
+        except (ClientError, BotoCoreError) as exc:
+            raise _fault(f"{setting}: kms:GetPublicKey", exc) from None
+        if response.get("KeyUsage") != "SIGN_VERIFY":
+            raise AnchorError(f"{setting}: key usage is {response.get('KeyUsage')}, not "
+                              "SIGN_VERIFY: it never signed checkpoints")
+        offered = response.get("SigningAlgorithms") or []
+        # The same choice KmsSigner made while the key was the signing key.
+        algorithm = next((a for a in SUPPORTED_ALGORITHMS if a in offered), None)
+        if algorithm is None:
+            raise AnchorError(f"{setting}: offers {', '.join(offered) or 'no signing algorithm'}"
+                              f"; checkpoints are signed with one of "
+                              f"{', '.join(SUPPORTED_ALGORITHMS)}")
+        self._public = serialization.load_der_public_key(response["PublicKey"])
+        self._algorithm = algorithm
+
+    @property
+    def key_id(self) -> str:
+        return self._key_arn
+
+    def verify(self, payload: bytes, signature: bytes) -> bool:
+        self.check()
+        assert self._algorithm is not None
+        return _verify(self._public, self._algorithm, payload, signature)
 
 
 class S3AnchorStore:

@@ -7,7 +7,8 @@ settings (the environment) · catalog (loads, every action known to IAM) · conf
 accepts SLACK_BOT_TOKEN in `auth.test`, the token has the scopes the bot needs) · aws, one
 item per account the instances live in (credentials work: `sts:GetCallerIdentity`, through
 `assume_role_arn` where set, in the right account; IAM answers) · audit anchors, when
-`audit:` is configured (the key can sign, the bucket has Object Lock, the last checkpoint).
+`audit:` is configured (the key can sign, the bucket has Object Lock, the channel's history
+is readable, the retired keys, the last checkpoint).
 
 Exit status 0 when every item passes, 1 otherwise. Nothing is changed anywhere.
 """
@@ -225,8 +226,13 @@ def _audit_item(settings: Settings, config: Any) -> Item:
     last = ("no checkpoint yet" if latest is None else
             f"last checkpoint: event {latest.checkpoint.seq} at "
             f"{latest.checkpoint.at.isoformat(timespec='seconds')}")
-    return Item("audit anchors", True, f"signs with {anchoring.signer.key_id}; "
-                                       f"{anchoring.reader.name} has Object Lock; {last}")
+    stores = "; ".join(
+        f"{r.name} has Object Lock" if r.name.startswith("s3://") else f"{r.name} readable"
+        for r in anchoring.readers or (anchoring.reader,))
+    retired = (f"; {len(anchoring.retired)} retired key(s) readable" if anchoring.retired
+               else "")
+    return Item("audit anchors", True, f"signs with {anchoring.signer.key_id}{retired}; "
+                                       f"{stores}; {last}")
 
 
 def run_checks() -> list[Item]:

@@ -3,7 +3,9 @@
 It answers the methods the bot uses the way Slack does (same envelope, same error codes
 for the cases we care about), records every call, keeps the channel messages as they now
 read (after chat.update), the ephemeral messages, the views and what apps posted to
-response_urls. It can be told to answer 429 with Retry-After for a method.
+response_urls. It can be told to answer 429 with Retry-After for a method. It serves
+conversations.history (paged, top-level messages, needing channels:history) and lets a
+test post as a person (`post_as`) or delete a message as a workspace admin would.
 
 It also speaks Socket Mode: `apps.connections.open` (with the app-level token) returns a
 `ws://` URL on the same port, where `socket_mode` (bot.sandbox.fake_socket_mode) serves
@@ -61,6 +63,7 @@ class Message:
     blocks: list[dict[str, Any]]
     thread_ts: str | None = None
     edits: int = 0
+    user: str | None = None  # who posted it; None: the bot
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,25 @@ class FakeSlack:
     def set_usergroup(self, group_id: str, users: Iterable[str]) -> None:
         with self._lock:
             self._usergroups[group_id] = list(users)
+
+    def post_as(self, user: str, channel: str, text: str,
+                blocks: Sequence[Mapping[str, Any]] = ()) -> str:
+        """A person (not the bot) posts in `channel`, as if from the Slack client; its ts."""
+        message = Message(channel=channel, ts=self._next_ts(), text=text,
+                          blocks=[dict(b) for b in blocks], user=user)
+        with self._lock:
+            self._state.messages.append(message)
+            self._lock.notify_all()
+        return message.ts
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        """A workspace admin deletes a message (Slack lets admins delete any message)."""
+        with self._lock:
+            before = len(self._state.messages)
+            self._state.messages = [m for m in self._state.messages
+                                    if not (m.channel == channel and m.ts == ts)]
+            if len(self._state.messages) == before:
+                raise KeyError(f"no message {ts} in {channel}")
 
     def rate_limit(self, method: str, times: int = 1, retry_after: int = 0) -> None:
         """Answer the next `times` calls of `method` with 429 and Retry-After."""
@@ -454,6 +476,27 @@ class FakeSlack:
             raise SlackError("user_not_found" if not users else "not_implemented")
         return {"channel": {"id": self.dm_channel(users), "is_im": True}}
 
+    def _m_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages (and none of the thread replies), newest first, paged by
+        `cursor` as Slack does; needs channels:history (groups:history for G... ids)."""
+        channel = self._channel(params)
+        needed = "groups:history" if channel.startswith("G") else "channels:history"
+        if channel[0] in "CG" and needed not in self.bot_scopes:
+            raise SlackError("missing_scope")
+        try:
+            limit = min(max(int(params.get("limit") or 100), 1), 999)
+            offset = int(str(params.get("cursor") or "0").removeprefix("offset:"))
+        except ValueError:
+            raise SlackError("invalid_cursor") from None
+        with self._lock:
+            shown = [m for m in self._state.messages if m.channel == channel
+                     and (m.thread_ts is None or m.thread_ts == m.ts)]
+        shown.sort(key=lambda m: tuple(int(part) for part in m.ts.split(".")), reverse=True)
+        page = shown[offset:offset + limit]
+        more = offset + limit < len(shown)
+        return {"messages": [_message_json(m) for m in page], "has_more": more,
+                "response_metadata": {"next_cursor": f"offset:{offset + limit}" if more else ""}}
+
     def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
         self._require(params, "trigger_id", "view")
         view = _as_view(params["view"])
@@ -638,6 +681,9 @@ def _user_of_trigger(params: Mapping[str, Any]) -> str:
 
 
 def _message_json(message: Message) -> dict[str, Any]:
+    if message.user is not None:  # a person's message carries no bot_id
+        return {"type": "message", "ts": message.ts, "text": message.text,
+                "blocks": message.blocks, "user": message.user}
     return {
         "type": "message",
         "ts": message.ts,

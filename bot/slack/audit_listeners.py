@@ -16,7 +16,7 @@ from typing import Any
 
 from slack_bolt import Ack
 
-from bot.anchors import AnchorReader, CheckpointSigner
+from bot.anchors import AnchorReader, CheckpointSigner, CheckpointVerifier
 from bot.audit_review import (
     EXPORTED,
     FILTER_HELP,
@@ -55,6 +55,7 @@ class AuditReviewDeps:
     directory: ApproverDirectory
     signer: CheckpointSigner | None = None
     reader: AnchorReader | None = None
+    retired: tuple[CheckpointVerifier, ...] = ()  # audit.previous_keys
 
 
 def is_audit_command(command: dict[str, Any]) -> bool:
@@ -131,7 +132,7 @@ def auditor_home_blocks(deps: SlackDeps, user: str, room: int) -> list[Any]:
     if audit is None or not is_auditor(audit.directory, audit.auditors, user):
         return []
     with audit.sessions() as session:
-        status = chain_status(session, audit.signer, audit.reader)
+        status = chain_status(session, audit.signer, audit.reader, audit.retired)
         home = auditor_home(session, status, audit.clock.now())
     record_review(audit.sessions, audit.clock, user, VIEWED,
                   {"surface": "app_home", "chain_ok": status.ok})

@@ -9,4 +9,6 @@ REQUIRED_BOT_SCOPES = (
     "im:write",         # conversations.open for DMs
     "usergroups:read",  # expand approver user groups
     "files:write",      # audit exports uploaded to auditors
+    "channels:history",  # audit verify reads checkpoints back from audit.anchor_channel
+    "groups:history",   # ... when that channel is private
 )

@@ -210,7 +210,8 @@ def _audit_review(runtime: Runtime, settings: Settings,
     return AuditReviewDeps(
         sessions=runtime.sessions, clock=runtime.clock, auditors=runtime.config.auditors,
         directory=directory, signer=None if anchoring is None else anchoring.signer,
-        reader=None if anchoring is None else anchoring.reader)
+        reader=None if anchoring is None else anchoring.reader,
+        retired=() if anchoring is None else anchoring.retired)
 
 
 def load_slack_web(*, socket_mode: bool = False, lazy_workers: int = DEFAULT_LAZY_WORKERS
