@@ -59,7 +59,7 @@ def test_a_good_deployment_passes_every_item(deployment: Path, fake: FakeSlack) 
     by_name = items(report)
     assert list(by_name) == ["settings", "catalog", "config", "database", "slack",
                              f"aws {ACCOUNT} (prod)"]
-    assert "scopes commands, chat:write, im:write, usergroups:read, files:write granted" in \
+    assert "scopes commands, chat:write, im:write, usergroups:read, files:write, channels:history, groups:history granted" in \
         by_name["slack"]["detail"]
     assert fake.calls("auth.test")
     assert f"arn:aws:sts::{ACCOUNT}:" in by_name[f"aws {ACCOUNT} (prod)"]["detail"]
