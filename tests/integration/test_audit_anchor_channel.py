@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles import FakeClock
 from sqlalchemy import Engine, text
 from test_audit_anchors import (
     BUCKET,
@@ -30,7 +31,6 @@ from bot.anchors import Checkpoint, CheckpointWriter, SignedCheckpoint
 from bot.cli import build_cli
 from bot.config import parse_config
 from bot.db import SessionFactory
-from bot.fakes import FakeClock
 from bot.lifecycle import RequestService
 from bot.sandbox.fake_slack import FakeSlack
 from bot.signing import Ed25519Signer, write_new_key

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from cryptography.hazmat.primitives import serialization
+from doubles import FakeClock
 from sqlalchemy import Engine, text
 from test_audit_anchors import (
     BUCKET,
@@ -29,7 +30,6 @@ from bot.anchors import Checkpoint, SignedCheckpoint
 from bot.aws.anchors import S3AnchorStore
 from bot.cli import build_cli
 from bot.config import parse_config
-from bot.fakes import FakeClock
 from bot.lifecycle import RequestService
 from bot.signing import Ed25519Signer, write_new_key
 
