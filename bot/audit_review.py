@@ -25,6 +25,7 @@ from bot.lifecycle import FAILED, IRREVOCABLE
 from bot.models import AccessRequest, AuditChainHead, AuditEvent
 from bot.ports import ApproverDirectory, Clock
 from bot.request_ids import MAX_REQUEST_ID, parse_request_id
+from bot.times import TimeInputError, parse_utc
 
 SUMMARY_LIMIT = 15
 TIMELINE_LIMIT = 12
@@ -74,11 +75,10 @@ _USER = re.compile(r"[UW][A-Z0-9]{2,}")
 
 def _time(key: str, value: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ReviewError(f"`{key}:{value}` is not a date or time; write it like "
+        return parse_utc(value)
+    except TimeInputError as exc:
+        raise ReviewError(f"`{key}:{value}` is not a date or time ({exc}); write it like "
                           "2026-11-01 or 2026-11-01T12:00 (UTC).") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def parse_filter(text: str, now: datetime) -> ReviewFilter:

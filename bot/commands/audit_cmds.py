@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from bot.request_ids import MAX_REQUEST_ID
 from bot.runtime import DEFAULT_REGION
 from bot.settings import Settings
 from bot.signing import write_new_key
+from bot.times import TimeInputError, parse_utc
 
 
 class Format(StrEnum):
@@ -35,13 +36,12 @@ def _parse_time(option: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+        # A time without zone is read as UTC, like every time the bot records.
+        return parse_utc(value)
+    except TimeInputError as exc:
         typer.echo(f"error: {option}: expected an ISO date or time like 2026-11-01 or "
-                   f"2026-11-01T12:00:00Z, got {value!r}", err=True)
+                   f"2026-11-01T12:00:00Z, got {value!r} ({exc})", err=True)
         raise typer.Exit(2) from None
-    # A time without zone is read as UTC, like every time the bot records.
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _config_or_exit(settings: Settings) -> OperatorConfig:

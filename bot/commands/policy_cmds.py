@@ -22,6 +22,7 @@ from bot.policy import CompiledPolicy, PolicyError, compile_policy
 from bot.resolve import QueryError, Resolver
 from bot.target_policy import compile_for_target
 from bot.targets import TargetError, shared_role_target
+from bot.times import TimeInputError, parse_utc
 
 
 def _fail(message: str) -> typer.Exit:
@@ -33,14 +34,13 @@ def _parse_start(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise _fail(
-            f"--start {text!r} is not an ISO 8601 time such as 2026-11-27T09:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        raise _fail(f"--start {text!r} needs a time zone, e.g. a trailing Z for UTC")
-    return moment
+        return parse_utc(text, require_zone=True)
+    except TimeInputError as exc:
+        if str(exc) == "no time zone":
+            raise _fail(f"--start {text!r} needs a time zone, e.g. a trailing Z for UTC"
+                        ) from None
+        raise _fail(f"--start {text!r} is not an ISO 8601 time such as "
+                    f"2026-11-27T09:00:00Z ({exc})") from None
 
 
 def _shared_role_preview(catalog: Catalog, entry_id: str, role_arn: str,

@@ -179,6 +179,10 @@ def test_export_rejects_bad_dates_and_formats(database_url: str) -> None:
     assert code == 2 and "--since: expected an ISO date" in output
     code, output = run_cli(database_url, "audit", "export", "--format", "xml")
     assert code == 2 and "xml" in output
+    # Read by fromisoformat, but converting it to UTC overflowed (a traceback).
+    code, output = run_cli(database_url, "audit", "export", "--format", "csv",
+                           "--since", "0001-01-01T00:00:00+05:00")
+    assert code == 2 and "--since: expected an ISO date" in output and "outside" in output
     # A window that ends before it starts is a typo, not an empty export.
     code, output = run_cli(database_url, "audit", "export", "--format", "csv",
                            "--since", "2026-02-01", "--until", "2026-01-01")

@@ -51,6 +51,12 @@ def test_policy_errors_are_messages_not_tracebacks() -> None:
         (["view", "--principal", ROLE], "matches several entries"),
         (["zzzz qqqq", "--principal", ROLE], "matches no entry"),
         (["home/list-instance", "--principal", ROLE, "--start", "yesterday"], "ISO 8601"),
+        # fromisoformat reads these, but start + duration (or the conversion to UTC)
+        # overflowed with a traceback.
+        (["home/list-instance", "--principal", ROLE, "--start", "9999-12-31T23:00:00Z"],
+         "outside 1970-8999"),
+        (["home/list-instance", "--principal", ROLE, "--start", "0001-01-01T00:00:00+05:00"],
+         "outside 1970-8999"),
     ]
     for args, fault in cases:
         result = runner.invoke(build_cli(), ["policy", *args, "--json"])

@@ -116,6 +116,8 @@ def test_bad_filters_get_a_clear_message(audited: Flows) -> None:
     assert "is not a date or time" in json.dumps(answer.body)
     answer = audited.command(AUDITOR, "audit colour:blue")
     assert "`colour` is not a filter" in json.dumps(answer.body)
+    answer = audited.command(AUDITOR, "audit until:0001-01-01T00:00:00+05:00")
+    assert "is not a date or time (outside 1970-8999)" in json.dumps(answer.body)
     for word in ("request:99999999999999999999999", "request:\u00b2"):
         answer = audited.command(AUDITOR, f"audit {word}")
         assert "a request id is a number from 1 to 2147483647" in json.dumps(answer.body)
