@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 from bot.anchors import AnchorError, AnchorReader, CheckpointSigner, CheckpointVerifier
 from bot.audit import ExportFormat, append_event, export_lines
 from bot.db import SessionFactory
-from bot.lifecycle import FAILED, IRREVOCABLE
 from bot.models import AccessRequest, AuditChainHead, AuditEvent
 from bot.ports import ApproverDirectory, Clock
 from bot.request_ids import MAX_REQUEST_ID, parse_request_id
+from bot.states import FAILED, IRREVOCABLE
 from bot.times import TimeInputError, parse_utc
 
 SUMMARY_LIMIT = 15

@@ -49,9 +49,10 @@ from bot.models import (
     Grant,
     PolicyEvidence,
 )
+from bot.states import REVOKED
 
 _STREAM_BATCH = 5000
-GRANT_REVOKED = "revoked"  # the grant state (bot.lifecycle.REVOKED) whose event must exist
+GRANT_REVOKED = REVOKED  # the grant state whose event must exist
 
 NO_ANCHORS_NOTE = (
     "no anchors are configured (audit.kms_key_id or audit.signing_key_file, and "

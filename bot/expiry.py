@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from bot.db import SessionFactory
-from bot.lifecycle import ACTIVE, IRREVOCABLE, REVOKED, REVOKING, RequestService
+from bot.lifecycle import RequestService
 from bot.models import Grant
+from bot.states import ACTIVE, IRREVOCABLE, REVOKED, REVOKING
 
 if TYPE_CHECKING:
     from bot.scheduler import DrainObserver

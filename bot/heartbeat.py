@@ -19,14 +19,12 @@ from sqlalchemy import delete, func, select
 
 from bot import __version__
 from bot.db import SessionFactory
-from bot.lifecycle import ACTIVE, IRREVOCABLE, REVOKING
 from bot.models import Grant, SchedulerHeartbeat
 from bot.ports import Clock
+from bot.states import LIVE_STATES
 
 log = logging.getLogger(__name__)
 
-# States in which a grant's policy is (or may still be) attached.
-HOLDING_STATES = (ACTIVE, REVOKING, IRREVOCABLE)
 LONGEST_BEAT = timedelta(seconds=10)
 # A beat this much later than its interval (x3) means the process is gone or stuck.
 STALE_GRACE = timedelta(seconds=5)
@@ -129,7 +127,7 @@ def scheduler_status(sessions: SessionFactory, now: datetime,
         rows = list(session.scalars(query))
         overdue_count, oldest_expiry = session.execute(
             select(func.count(Grant.id), func.min(Grant.expires_at)).where(
-                Grant.state.in_(HOLDING_STATES), Grant.expires_at <= now)).one()
+                Grant.state.in_(LIVE_STATES), Grant.expires_at <= now)).one()
     schedulers = []
     for row in rows:
         age = (now - row.beat_at).total_seconds()

@@ -54,6 +54,23 @@ from bot.ports import (
     PrincipalDirectory,
     PrincipalError,
 )
+from bot.states import (
+    ACTIVE,
+    APPROVED,
+    CANCELLED,
+    DENIED,
+    FAILED,
+    GRANTING,
+    IRREVOCABLE,
+    LIVE_STATES,
+    OPEN_STATES,
+    PENDING,
+    REVOKED,
+    REVOKING,
+    TIMED_OUT,
+    TRANSITIONS,
+    RequestState,
+)
 from bot.targets import (
     ApproverMapping,
     IamTarget,
@@ -67,24 +84,6 @@ from bot.targets import (
 
 log = logging.getLogger(__name__)
 
-PENDING, APPROVED, DENIED, CANCELLED, TIMED_OUT = (
-    "pending", "approved", "denied", "cancelled", "timed_out")
-GRANTING, ACTIVE, FAILED, REVOKING, REVOKED, IRREVOCABLE = (
-    "granting", "active", "failed", "revoking", "revoked", "irrevocable")
-
-TRANSITIONS: Mapping[str, frozenset[str]] = {
-    PENDING: frozenset({APPROVED, DENIED, CANCELLED, TIMED_OUT}),
-    # approved -> failed: the policy could not even be built, so nothing was attached.
-    APPROVED: frozenset({GRANTING, FAILED}),
-    GRANTING: frozenset({ACTIVE, FAILED}),
-    ACTIVE: frozenset({REVOKING}),
-    REVOKING: frozenset({REVOKED, IRREVOCABLE}),
-    IRREVOCABLE: frozenset({REVOKED}),
-}
-FINAL_STATES = frozenset({DENIED, CANCELLED, TIMED_OUT, FAILED, REVOKED})
-# Requests that hold (or are about to hold) access: a second one for the same entry and
-# principal is refused.
-OPEN_STATES = (PENDING, APPROVED, GRANTING, ACTIVE, REVOKING, IRREVOCABLE)
 
 SYSTEM = "system"
 AUTO_APPROVER = "system:auto-approve"
@@ -163,8 +162,6 @@ class RevocationOutcome:
 
 # A notification to send once the transaction that decided it has committed.
 _PendingNotice = tuple[NotificationEvent, dict[str, Any]]
-# Grant states the revocation sweep acts on (when due).
-REVOCABLE_STATES = (ACTIVE, REVOKING, IRREVOCABLE)
 
 
 @dataclass(frozen=True)
@@ -284,13 +281,13 @@ class RequestService:
             raise NotFound(f"There is no request #{request_id}.")
         return request
 
-    def _move(self, session: Session, request: AccessRequest, to_state: str, *, actor: str,
-              action: str, details: Mapping[str, Any] | None = None) -> None:
+    def _move(self, session: Session, request: AccessRequest, to_state: RequestState, *,
+              actor: str, action: str, details: Mapping[str, Any] | None = None) -> None:
         """Change state (checked against TRANSITIONS), stamp it and audit it."""
         append_events(session, [self._moved(request, to_state, actor=actor, action=action,
                                             details=details)])
 
-    def _moved(self, request: AccessRequest, to_state: str, *, actor: str, action: str,
+    def _moved(self, request: AccessRequest, to_state: RequestState, *, actor: str, action: str,
                details: Mapping[str, Any] | None = None) -> NewEvent:
         """_move without the append: the caller appends the returned event (batches append
         many under one chain-head lock)."""
@@ -325,7 +322,7 @@ class RequestService:
                 "approval_channel": request.approval_channel, "approval_ts": request.approval_ts}
         self.notifier.notify(Notification(event=event, request_id=request.id,
                                           detail={**base, **detail}))
-        if event == IRREVOCABLE:
+        if event == "irrevocable":
             self._send_alert(request, Alert(
                 kind="irrevocable",
                 summary=(f"Access #{request.id} ({request.entry_id}) could not be removed "
@@ -342,7 +339,7 @@ class RequestService:
                 principal_arn=request.principal_arn,
                 policy_names=tuple(detail.get("policy_names") or ()),
             ))
-        elif (event == REVOKED and detail.get("after_irrevocable") and request.alert_ts
+        elif (event == "revoked" and detail.get("after_irrevocable") and request.alert_ts
               and request.alert_channel):
             self._send_alert(request, Alert(
                 kind="irrevocable_resolved",
@@ -1276,7 +1273,7 @@ class RequestService:
         return outcomes
 
     def revoke_due_batch(self, now: datetime | None = None, *, limit: int = 200,
-                         states: Collection[str] = REVOCABLE_STATES,
+                         states: Collection[str] = LIVE_STATES,
                          executor: Executor | None = None) -> list[RevocationOutcome]:
         """Revoke up to `limit` due grants (the selection of due_for_revocation, narrowed to
         `states`) in three steps, each grant with the same result as revoke_due:

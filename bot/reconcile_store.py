@@ -40,19 +40,10 @@ from sqlalchemy.orm import Session
 from bot.audit import append_event
 from bot.aws.granter import document_hash
 from bot.aws.reconcile import ExpectedGrant, Finding
-from bot.lifecycle import (
-    ACTIVE,
-    FAILED,
-    GRANTING,
-    REVOKED,
-    REVOKING,
-    TRANSITIONS,
-    GrantContext,
-    LifecycleError,
-    RequestService,
-)
+from bot.lifecycle import GrantContext, LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
 from bot.ports import Notification, PolicyDocument, PolicyKind
+from bot.states import ACTIVE, FAILED, GRANTING, REVOKED, REVOKING, TRANSITIONS, RequestState
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +127,7 @@ class DbReconcileStore:
             kind=cast(PolicyKind, grant.kind),
             policies=tuple(PolicyDocument(name, {}) for name in grant.policy_names),
             expires_at=grant.expires_at,
-            state="granting",
+            state=GRANTING,
             state_since=request.granting_at or grant.created_at,
             instance_arn=request.instance_arn,
         )
@@ -177,12 +168,12 @@ class DbReconcileStore:
             )
             return ExpectedGrant(
                 grant_id=grant.id, principal_arn=grant.principal_arn, kind=kind,
-                policies=policies, expires_at=grant.expires_at, state="granting",
+                policies=policies, expires_at=grant.expires_at, state=GRANTING,
                 state_since=_HOLD, instance_arn=request.instance_arn,
             )
         return ExpectedGrant(
             grant_id=grant.id, principal_arn=grant.principal_arn, kind=kind,
-            policies=policies, expires_at=grant.expires_at, state="active",
+            policies=policies, expires_at=grant.expires_at, state=ACTIVE,
             state_since=grant.attached_at, instance_arn=request.instance_arn,
         )
 
@@ -260,7 +251,7 @@ class DbReconcileStore:
         }))
 
     @staticmethod
-    def _move(session: Session, request: AccessRequest, to_state: str, action: str,
+    def _move(session: Session, request: AccessRequest, to_state: RequestState, action: str,
               now: datetime, details: Mapping[str, Any]) -> None:
         if to_state not in TRANSITIONS.get(request.state, frozenset()):
             raise ReconcileStoreError(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from bot.aws.granter import document_hash
 from bot.aws.identity_center import IdentityCenterGranter, PermissionSetInfo
 from bot.ports import GrantError, PolicyKind
+from bot.states import GRANTING
 from bot.targets import IdentityCenterTarget, parse_target
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def reconcile_permission_sets(
     for grant in expected:
         name = grant.policy_names[0]
         ps = present.get(name)
-        if grant.state == "granting":
+        if grant.state == GRANTING:
             if grant.state_since and now - grant.state_since < granting_grace:
                 continue  # an attach may be running right now
             if ps is not None:

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 from bot.aws.granter import POLICY_PREFIX, IamGranter, decode_document, document_hash
 from bot.aws.principals import parse_principal_arn
 from bot.ports import GrantError, GrantPlan, Notification, Notifier, PolicyKind, PrincipalError
+from bot.states import RequestState
 from bot.targets import TargetError, parse_target
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ReconcileProgress:
 
 
 ProgressCallback = Callable[[ReconcileProgress], None]
-GrantState = Literal["active", "granting"]
+GrantState = Literal[RequestState.ACTIVE, RequestState.GRANTING]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ExpectedGrant(GrantPlan):
     """A grant the database holds as live: the plan it put on the principal (so restoring
     it is attaching it again), and the state it is in."""
 
-    state: GrantState = "active"
+    state: GrantState = RequestState.ACTIVE
     state_since: datetime | None = None  # when it entered `state`; used for `granting`
 
     @property
@@ -161,7 +162,8 @@ def reconcile(
     in_flight = {
         g.grant_id
         for g in expected
-        if g.state == "granting" and g.state_since and now - g.state_since < granting_grace
+        if g.state == RequestState.GRANTING and g.state_since
+        and now - g.state_since < granting_grace
     }
     by_policy: dict[tuple[str, PolicyKind, str], ExpectedGrant] = {
         (_holder(g.principal_arn) or "", g.kind, name): g
@@ -202,7 +204,7 @@ def reconcile(
     for grant in expected:
         if grant.grant_id in in_flight or _holder(grant.principal_arn) in snapshot.unchecked:
             continue
-        if grant.state == "granting":
+        if grant.state == RequestState.GRANTING:
             act_all = _resolve_stranded(granter, store, grant, present, dry_run)
             for finding in act_all:
                 act(finding)

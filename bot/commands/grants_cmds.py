@@ -11,15 +11,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.commands.db_cmds import open_database
 from bot.models import AccessRequest, Grant
-
-HOLDING_STATES = ("granting", "active", "revoking", "irrevocable")
+from bot.states import ATTACHED_STATES
 
 
 def _lag(grant: Grant, now: datetime) -> str:
     """Revocation lag: how long after expiry it came off, or how overdue it is now."""
     if grant.revocation_lag_seconds is not None:
         return f"{grant.revocation_lag_seconds:.0f}s"
-    if grant.state in HOLDING_STATES and grant.expires_at <= now:
+    if grant.state in ATTACHED_STATES and grant.expires_at <= now:
         return f"overdue {(now - grant.expires_at).total_seconds():.0f}s"
     return "-"
 
@@ -40,7 +39,7 @@ def register(app: typer.Typer) -> None:
                  .join(AccessRequest, AccessRequest.id == Grant.request_id)
                  .order_by(Grant.created_at.desc()))
         if active:
-            query = query.where(Grant.state.in_(HOLDING_STATES))
+            query = query.where(Grant.state.in_(ATTACHED_STATES))
         engine, sessions = open_database()
         try:
             with sessions() as session:

@@ -30,8 +30,7 @@ from bot.reconcile_job import ScheduledReconcile
 from bot.runtime import Runtime, scheduler_runtime
 from bot.scheduler import ExpiryScheduler
 from bot.slack.wsgi import check_routing
-
-HOLDING_STATES = ("active", "revoking", "irrevocable")
+from bot.states import LIVE_STATES
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -173,7 +172,7 @@ def register(app: typer.Typer) -> None:
                     if revoked_at is not None
                 )
                 overdue = len(session.execute(
-                    select(Grant.id).where(Grant.state.in_(HOLDING_STATES),
+                    select(Grant.id).where(Grant.state.in_(LIVE_STATES),
                                            Grant.expires_at <= now)).all())
         except SQLAlchemyError as exc:
             typer.echo(f"error: could not read grants: {exc}", err=True)

@@ -55,13 +55,7 @@ from bot.aws.granter import iam_policy_size
 from bot.aws.principals import MANAGED_TAG, SLACK_USER_TAG
 from bot.catalog import DEFAULT_CATALOG_FILE
 from bot.db import upgrade
-from bot.lifecycle import (
-    ACTIVE,
-    FAILED,
-    PENDING,
-    REVOKED,
-    RequestService,
-)
+from bot.lifecycle import RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.policy import INLINE_QUOTAS, MANAGED_POLICY_QUOTA
 from bot.runtime import Runtime, web_runtime
@@ -79,6 +73,7 @@ from bot.slack import blocks
 from bot.slack.app import build_wsgi_app
 from bot.slack.db_services import DbSlackServices
 from bot.slack.render import render_message, render_view
+from bot.states import ACTIVE, FAILED, PENDING, REVOKED
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,19 @@ from bot.slack.services import (
     Resolved,
     format_duration,
 )
+from bot.states import (
+    ACTIVE,
+    APPROVED,
+    CANCELLED,
+    DENIED,
+    FAILED,
+    GRANTING,
+    IRREVOCABLE,
+    PENDING,
+    REVOKED,
+    REVOKING,
+    TIMED_OUT,
+)
 from bot.targets import AccessRoute
 
 Block = dict[str, Any]
@@ -62,18 +75,18 @@ DENY_REASON_MIN = 3
 DENY_REASON_MAX = 500
 STANDARD_DURATIONS = tuple(timedelta(minutes=m) for m in (15, 30, 60, 120, 240, 480, 720, 1440))
 
-STATE_LABELS = {
-    "pending": ":hourglass_flowing_sand: Waiting for approval",
-    "approved": ":white_check_mark: Approved, granting access",
-    "granting": ":gear: Granting access",
-    "active": ":large_green_circle: Granted",
-    "revoking": ":gear: Removing access",
-    "revoked": ":white_circle: Revoked",
-    "denied": ":no_entry: Denied",
-    "cancelled": ":heavy_multiplication_x: Cancelled",
-    "timed_out": ":zzz: Timed out without enough approvals",
-    "failed": ":x: Granting failed, nothing was attached",
-    "irrevocable": ":rotating_light: Could not remove access yet, retrying",
+STATE_LABELS: dict[str, str] = {
+    PENDING: ":hourglass_flowing_sand: Waiting for approval",
+    APPROVED: ":white_check_mark: Approved, granting access",
+    GRANTING: ":gear: Granting access",
+    ACTIVE: ":large_green_circle: Granted",
+    REVOKING: ":gear: Removing access",
+    REVOKED: ":white_circle: Revoked",
+    DENIED: ":no_entry: Denied",
+    CANCELLED: ":heavy_multiplication_x: Cancelled",
+    TIMED_OUT: ":zzz: Timed out without enough approvals",
+    FAILED: ":x: Granting failed, nothing was attached",
+    IRREVOCABLE: ":rotating_light: Could not remove access yet, retrying",
 }
 
 # Slack's limits on text fields.
@@ -271,7 +284,7 @@ def listing_blocks(listing: EntryListing, command: str) -> list[Block]:
 def request_line(view: RequestView, now: datetime) -> str:
     state = STATE_LABELS.get(view.state, view.state)
     extra = ""
-    if view.state == "active":
+    if view.state == ACTIVE:
         extra = f" — {time_left(view.expires_at, now)}"
     elif view.note:
         extra = f" — {escape(view.note)}"
@@ -440,7 +453,7 @@ def progress_view(title: str, text: str) -> View:
 
 def submitted_view(view: RequestView) -> View:
     where = f" in {channel_link(view.channel)}" if view.channel else ""
-    if view.state == "active":
+    if view.state == ACTIVE:
         text = (
             f":white_check_mark: Request *#{view.id}* was approved automatically; "
             "access is being granted. I'll send you a DM."
@@ -474,16 +487,16 @@ def _vote_lines(view: RequestView) -> list[str]:
 
 def _outcome_line(view: RequestView, now: datetime) -> str:
     label = STATE_LABELS.get(view.state, view.state)
-    if view.state == "active" and view.expires_at is not None:
+    if view.state == ACTIVE and view.expires_at is not None:
         extension = (
             f" · extension of {format_duration(view.extension)} waiting for approval"
             if view.extension
             else ""
         )
         return f"*{label}* until {slack_date(view.expires_at)}{extension}"
-    if view.state == "revoked" and view.note == "expired":
+    if view.state == REVOKED and view.note == "expired":
         return "*:white_circle: Expired* — access was removed at the end of its time"
-    if view.note and view.state not in ("pending", "denied"):
+    if view.note and view.state not in (PENDING, DENIED):
         return f"*{label}* — {escape(view.note)}"
     return f"*{label}*"
 
@@ -668,7 +681,7 @@ def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[
         f"Your request *#{view.id}* for *{escape(view.entry.name)}* "
         f"on `{escape(view.instance_alias)}`"
     )
-    if event == "granted" or (event == "extended" and view.state == "active"):
+    if event == "granted" or (event == "extended" and view.state == ACTIVE):
         until = slack_date(view.expires_at) if view.expires_at else "its end"
         text = f"{subject} is active until {until} ({time_left(view.expires_at, now)})."
         blocks = [section(f":large_green_circle: {text}")]

@@ -17,7 +17,7 @@ from sqlalchemy import or_
 from bot.catalog import Catalog
 from bot.config import Route
 from bot.iamref import IamReference
-from bot.lifecycle import ACTIVE, PENDING, LifecycleError, RequestService
+from bot.lifecycle import LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
 from bot.ports import PrincipalError
 from bot.resolve import Resolver
@@ -40,6 +40,7 @@ from bot.slack.services import (
     preview_instance,
     resolve_text,
 )
+from bot.states import ACTIVE, LIVE_STATES, PENDING, WAITING_STATES
 from bot.target_policy import RoleIdLookup
 
 T = TypeVar("T")
@@ -154,8 +155,8 @@ class DbSlackServices:
 
     def home(self, user: str) -> HomeSummary:
         mine = self._requests(AccessRequest.requester == user)
-        active = tuple(v for v in mine if v.state in (ACTIVE, "revoking", "irrevocable"))
-        pending = tuple(v for v in mine if v.state in (PENDING, "approved", "granting"))
+        active = tuple(v for v in mine if v.state in LIVE_STATES)
+        pending = tuple(v for v in mine if v.state in WAITING_STATES)
         open_for_votes = self._requests(
             or_(
                 AccessRequest.state == PENDING,

@@ -25,7 +25,6 @@ from bot.ports import (
 )
 from bot.resolve import Resolver
 from bot.slack.services import (
-    LIVE_STATES,
     ApprovalRoute,
     EntryDescription,
     EntryListing,
@@ -47,6 +46,7 @@ from bot.slack.services import (
     resolve_text,
     route_for,
 )
+from bot.states import ACTIVE, CANCELLED, DENIED, FAILED, LIVE_STATES, PENDING, REVOKED
 
 REASON_MIN = 10
 REASON_MAX = 1000
@@ -122,7 +122,7 @@ class MemoryServices:
                 instance_alias=instance_alias,
                 duration=duration,
                 reason=reason.strip(),
-                state="pending",
+                state=PENDING,
                 approvers=route.approvers,
                 approvals_needed=route.approvals,
                 votes=(),
@@ -160,7 +160,7 @@ class MemoryServices:
             view = replace(view, votes=(*view.votes, record))
             events.append("vote")
             if not approve:
-                view = replace(view, state="denied", note=comment.strip() or None)
+                view = replace(view, state=DENIED, note=comment.strip() or None)
                 events.append("denied")
             elif view.approvals >= view.approvals_needed:
                 if view.extension is not None:
@@ -175,26 +175,26 @@ class MemoryServices:
 
     def _grant(self, view: RequestView) -> tuple[RequestView, NotificationEvent]:
         if self.fail_grants_with:
-            return replace(view, state="failed", note=self.fail_grants_with), "failed"
+            return replace(view, state=FAILED, note=self.fail_grants_with), "failed"
         now = self.clock.now()
-        return replace(view, state="active", expires_at=now + view.duration), "granted"
+        return replace(view, state=ACTIVE, expires_at=now + view.duration), "granted"
 
     def _apply_extension(self, view: RequestView) -> RequestView:
         assert view.extension is not None and view.expires_at is not None
         return replace(
-            view, state="active", expires_at=view.expires_at + view.extension, extension=None
+            view, state=ACTIVE, expires_at=view.expires_at + view.extension, extension=None
         )
 
     def cancel(self, request_id: int, user: str) -> RequestView:
         with self._lock:
             view = self._owned(request_id, user)
-            if view.state != "pending":
+            if view.state != PENDING:
                 raise ServiceError(
                     f"Request #{request_id} is {view.state.replace('_', ' ')}; only pending "
                     "requests can be cancelled (use `revoke` to end active access)."
                 )
             self._requests[request_id] = replace(
-                view, state="cancelled", note="cancelled by requester"
+                view, state=CANCELLED, note="cancelled by requester"
             )
         self._emit(request_id, ["cancelled"])
         return self.request_view(request_id)
@@ -202,12 +202,12 @@ class MemoryServices:
     def revoke(self, request_id: int, user: str) -> RequestView:
         with self._lock:
             view = self._owned(request_id, user)
-            if view.state != "active":
+            if view.state != ACTIVE:
                 raise ServiceError(
                     f"Request #{request_id} is {view.state.replace('_', ' ')}, not active; "
                     "there is no access to end."
                 )
-            self._requests[request_id] = replace(view, state="revoked", note="ended by requester")
+            self._requests[request_id] = replace(view, state=REVOKED, note="ended by requester")
         self._emit(request_id, ["revoked"])
         return self.request_view(request_id)
 
@@ -215,7 +215,7 @@ class MemoryServices:
         route = self._route(self.request_view(request_id).entry.id)
         with self._lock:
             view = self._owned(request_id, user)
-            if view.state != "active" or view.expires_at is None:
+            if view.state != ACTIVE or view.expires_at is None:
                 raise ServiceError(
                     f"Request #{request_id} is not active; only active access can be extended."
                 )
@@ -248,7 +248,7 @@ class MemoryServices:
         with self._lock:
             view = self._get(request_id)
             if view.state in LIVE_STATES:
-                self._requests[request_id] = replace(view, state="revoked", note="expired")
+                self._requests[request_id] = replace(view, state=REVOKED, note="expired")
         self._emit(request_id, ["revoked"])
         return self.request_view(request_id)
 
@@ -274,8 +274,8 @@ class MemoryServices:
         mine = [v for v in everything if v.requester == user]
         return HomeSummary(
             now=self.clock.now(),
-            active=tuple(v for v in mine if v.state == "active"),
-            pending=tuple(v for v in mine if v.state == "pending"),
+            active=tuple(v for v in mine if v.state == ACTIVE),
+            pending=tuple(v for v in mine if v.state == PENDING),
             awaiting_my_approval=awaiting,
         )
 

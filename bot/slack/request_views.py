@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Protocol, cast
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
@@ -21,13 +21,10 @@ from sqlalchemy.orm import Session, selectinload
 from bot.catalog import Catalog
 from bot.config import ApprovalRouter, IdentityCenter
 from bot.db import SessionFactory
-from bot.lifecycle import DENIED, FAILED, IRREVOCABLE
 from bot.models import AccessRequest, Grant
 from bot.slack.services import (
-    LIVE_STATES,
     HistoryItem,
     RequesterHistory,
-    RequestState,
     RequestView,
     ServiceError,
     VoteRecord,
@@ -35,6 +32,7 @@ from bot.slack.services import (
     catalog_entry,
     persistent_effects_of,
 )
+from bot.states import DENIED, FAILED, IRREVOCABLE, LIVE_STATES, RequestState
 from bot.targets import AccessRoute, TargetError, access_route
 
 # What approvers see of the requester's other requests (the approval message stays short).
@@ -97,7 +95,7 @@ class DbRequestViews:
             id=r.id,
             entry_name=(self.catalog.entries[r.entry_id].name
                         if r.entry_id in self.catalog.entries else r.entry_id),
-            state=cast(RequestState, r.state), created_at=r.created_at,
+            state=RequestState(r.state), created_at=r.created_at,
             expires_at=r.grants[-1].expires_at if r.grants else None)) for r in others]
         return RequesterHistory(
             other_active=tuple(i for _, i in items if i.state in LIVE_STATES)[:HISTORY_ITEMS],
@@ -157,7 +155,7 @@ class DbRequestViews:
             instance_alias=request.instance_alias or "",
             duration=timedelta(seconds=request.duration_seconds),
             reason=request.reason,
-            state=cast(RequestState, request.state),
+            state=RequestState(request.state),
             approvers=route.approvers if route else (),
             approvals_needed=request.required_approvals,
             votes=votes,

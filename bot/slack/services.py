@@ -22,6 +22,7 @@ from bot.iamref import IamReference
 from bot.policy import PolicyError
 from bot.resolve import QueryError, Resolver
 from bot.scoping import InstanceResources
+from bot.states import ACTIVE, PENDING, RequestState
 from bot.target_policy import RoleIdLookup, compile_for_target
 from bot.targets import AccessRoute, TargetError
 from bot.tiers import Tier
@@ -36,21 +37,6 @@ class ServiceError(Exception):
         self.message = message
 
 
-RequestState = Literal[
-    "pending",
-    "approved",
-    "granting",
-    "active",
-    "revoking",
-    "revoked",
-    "denied",
-    "cancelled",
-    "timed_out",
-    "failed",
-    "irrevocable",
-]
-OPEN_STATES: frozenset[str] = frozenset({"pending", "approved", "granting"})
-LIVE_STATES: frozenset[str] = frozenset({"active", "revoking", "irrevocable"})
 
 
 @dataclass(frozen=True)
@@ -209,7 +195,7 @@ class RequestView:
     @property
     def open_for_votes(self) -> bool:
         """Pending, or active with an extension waiting for re-approval."""
-        return self.state == "pending" or (self.state == "active" and self.extension is not None)
+        return self.state == PENDING or (self.state == ACTIVE and self.extension is not None)
 
     def has_voted(self, user_id: str) -> bool:
         return any(vote.approver == user_id for vote in self.votes)

@@ -24,9 +24,10 @@ from bot.audit import NewEvent, append_events, verify_chain
 from bot.catalog import Catalog
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.expiry import LifecycleExpiryWork
-from bot.lifecycle import IRREVOCABLE, REVOKING, RequestService
+from bot.lifecycle import RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import PolicyKind
+from bot.states import IRREVOCABLE, REVOKING
 
 REQUESTERS = ("U0ALICE", "U0BOB")
 

@@ -10,6 +10,7 @@ from bot.slack import blocks
 from bot.slack.escape import escape, mention
 from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id, tell_user
 from bot.slack.services import RequestView, ServiceError
+from bot.states import ACTIVE
 
 
 def ack_action(ack: Ack) -> None:
@@ -115,7 +116,7 @@ def run_open_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
     view = deps.services.request_view(_request_id(incoming))
     if view.requester != incoming.user_id:
         raise ServiceError(f"Request #{view.id} is not yours; only its requester can extend it.")
-    if view.state != "active":
+    if view.state != ACTIVE:
         raise ServiceError(
             f"Request #{view.id} is {view.state.replace('_', ' ')}; "
             "only active access can be extended."
