@@ -1,9 +1,9 @@
 """What the Slack layer needs from the core, as one Protocol over plain data.
 
 The Slack listeners and the notifier only see `SlackServices`; the database-backed
-implementation (lifecycle + models) and the in-memory one used in tests
-(bot/slack/memory_services.py) both provide it. Domain refusals surface as `ServiceError`,
-whose message is shown to the person as written (escaped).
+implementation (bot/slack/db_services.py, lifecycle + models) provides it, in production and
+in the tests alike. Domain refusals surface as `ServiceError`, whose message is shown to the
+person as written (escaped).
 
 The catalog helpers at the bottom (`resolve_text`, `describe`, `list_catalog`) are pure and
 shared by every implementation, so both answer `/connect-access <text>` the same way.

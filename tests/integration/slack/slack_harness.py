@@ -1,55 +1,99 @@
 """Harness for the Slack tests: the Slack app served over real HTTP on 127.0.0.1, driven by
-signed requests, talking to the fake Slack Web API, with the in-memory services (same
-guards as the lifecycle). A module of its own (not conftest) so its name never clashes
-with another test directory's conftest."""
+signed requests, talking to the fake Slack Web API. Behind it is the web process's own
+composition (bot.slack.wsgi.build_slack_web: DbSlackServices over the real RequestService)
+on a migrated SQLite database, with IAM served by moto, so these tests check the rules that
+ship. It reuses tests/integration/slack_flows_harness.py (the end-to-end harness) for the
+running process. A module of its own (not conftest) so its name never clashes with another
+test directory's conftest."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-
-from bot.catalog import Catalog, load_catalog
-from bot.sandbox.fake_slack import FakeSlack, Message, ResponsePost
-from bot.sandbox.slack_client import AppServer, HttpResult, SlackClient, SlackDriver
-from bot.slack.app import build_wsgi_app
-from bot.slack.approvers import SlackApproverDirectory
-from bot.slack.memory_services import MemoryServices
-from bot.slack.notifier import SlackNotifier
-from bot.slack.services import ApprovalRoute, InstanceChoice
-from bot.slack.webapi import build_web_client
-
-SIGNING_SECRET = "test-signing-secret"
-ALICE, BOB, CAROL, DAVE, ERIN, CISO = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE", "U0ERIN", "U0CISO"
-APPROVALS, SECURITY = "C0APPROVALS", "C0SECURITY"
-WRITE_ENTRY = "Update Amazon Polly option"  # write tier: 1 approval from S0LEADS
-CRITICAL_ENTRY = "Edit chat transcripts"  # critical tier: 2 of S0SECURITY + U0CISO
-
-TIERS = {
-    "read": ApprovalRoute(APPROVALS, ("S0LEADS",), 1, timedelta(hours=8)),
-    "write": ApprovalRoute(APPROVALS, ("S0LEADS",), 1, timedelta(hours=4)),
-    "critical": ApprovalRoute(SECURITY, ("S0SECURITY", CISO), 2, timedelta(hours=1)),
-}
-INSTANCES = (
-    InstanceChoice("prod", "arn:aws:connect:us-east-1:111122223333:instance/prod"),
-    InstanceChoice("staging", "arn:aws:connect:us-east-1:111122223333:instance/staging"),
+import yaml
+from slack_flows_harness import (
+    ACCOUNT,
+    ALICE,
+    APPROVALS,
+    BOB,
+    CAROL,
+    CISO,
+    CRITICAL_ENTRY,
+    DAVE,
+    ERIN,
+    REGION,
+    SECURITY,
+    SIGNING_SECRET,
+    WRITE_ENTRY,
+    Flows,
+    operator_config,
+    running_flows,
 )
 
+from bot.sandbox.fake_slack import FakeSlack, Message, ResponsePost
+from bot.sandbox.slack_client import HttpResult, SlackClient, SlackDriver
+from bot.slack.db_services import DbSlackServices
 
-@pytest.fixture(scope="session")
-def catalog() -> Catalog:
-    return load_catalog()
+__all__ = [
+    "ALICE",
+    "APPROVALS",
+    "BOB",
+    "CAROL",
+    "CISO",
+    "CRITICAL_ENTRY",
+    "DAVE",
+    "ERIN",
+    "SECURITY",
+    "SIGNING_SECRET",
+    "WRITE_ENTRY",
+    "SlackEnvFactory",
+    "slack_config",
+]
+
+# Requesters beyond the end-to-end harness's ALICE and BOB, with roles in IAM.
+EXTRA_ROLES = {CAROL: "carol-admin", DAVE: "dave-admin", ERIN: "erin-admin"}
+
+
+def slack_config() -> dict[str, Any]:
+    """The operator config the Slack tests run on (tests may change a copy)."""
+    config = operator_config()
+    config["instances"].append({"alias": "staging", "arn": f"arn:aws:connect:{REGION}:{ACCOUNT}:"
+                                "instance/66666666-7777-8888-9999-000000000000"})
+    config["principals"].update({
+        user: f"arn:aws:iam::{ACCOUNT}:role/{role}"
+        for user, role in EXTRA_ROLES.items()
+    })
+    return config
 
 
 @dataclass
 class SlackEnv:
-    fake: FakeSlack
-    client: SlackClient
-    services: MemoryServices
-    driver: SlackDriver
+    flows: Flows
+
+    @property
+    def fake(self) -> FakeSlack:
+        return self.flows.fake
+
+    @property
+    def client(self) -> SlackClient:
+        return self.flows.client
+
+    @property
+    def driver(self) -> SlackDriver:
+        return self.flows.driver
+
+    @property
+    def services(self) -> DbSlackServices:
+        return self.flows.web.services
 
     def command(self, user: str, text: str) -> ResponsePost:
         return self.driver.command(user, text)
@@ -82,24 +126,47 @@ class SlackEnv:
     def wait_for_ephemeral(self, user: str, containing: str) -> str:
         return self.driver.wait_for_ephemeral(user, containing)
 
+    # -- the scheduler's side, run by the real lifecycle ------------------------------------
+
+    def expire(self, after: timedelta = timedelta(days=1)) -> list[str]:
+        """The scheduler's expiry sweep, run as if `after` had passed."""
+        return self.flows.sweep(after)
+
+    def remind(self, before_expiry: timedelta = timedelta(seconds=30)) -> list[str]:
+        """The scheduler's before-expiry reminder, run `before_expiry` ahead of the expiry of
+        a one-hour grant (the harness's default request)."""
+        now = datetime.now(UTC) + timedelta(hours=1) - before_expiry
+        return self.flows.web.runtime.service.expiring_soon(now)
+
+
+SlackEnvFactory = Callable[[dict[str, Any]], AbstractContextManager[SlackEnv]]
+
+
+@pytest.fixture
+def make_slack_env(tmp_path: Path, _sqlite_template: Path, aws_env: str) -> SlackEnvFactory:
+    """Start the app on a given operator config (for tests that need other routing)."""
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=aws_env)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+        "Action": "sts:AssumeRole"}]})
+    for role in EXTRA_ROLES.values():
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
+    counter = iter(range(1_000))
+
+    @contextmanager
+    def start(config: dict[str, Any]) -> Iterator[SlackEnv]:
+        n = next(counter)
+        database = tmp_path / f"slack-{n}.db"
+        shutil.copyfile(_sqlite_template, database)
+        config_path = tmp_path / f"connect-access-{n}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        with running_flows(f"sqlite:///{database}", aws_env, config_path) as flows:
+            yield SlackEnv(flows)
+
+    return start
+
 
 @pytest.fixture()
-def slack_env(catalog: Catalog) -> Iterator[SlackEnv]:
-    groups = {"S0LEADS": [BOB, CAROL], "S0SECURITY": [CAROL, ERIN]}
-    with FakeSlack(usergroups=groups) as fake:
-        web = build_web_client(fake.bot_token, fake.api_url)
-        directory = SlackApproverDirectory(web, ttl_seconds=30)
-        services = MemoryServices(
-            catalog=catalog, tiers=TIERS, instances=INSTANCES, approver_directory=directory
-        )
-        services.notifier = SlackNotifier(web, services, services)
-        wsgi = build_wsgi_app(
-            signing_secret=SIGNING_SECRET,
-            bot_token=fake.bot_token,
-            api_url=fake.api_url,
-            services=services,
-            approvers=directory,
-        )
-        with AppServer(wsgi) as server:
-            client = SlackClient(server.url, SIGNING_SECRET, response_url_factory=fake.response_url)
-            yield SlackEnv(fake, client, services, SlackDriver(fake, client))
+def slack_env(make_slack_env: SlackEnvFactory) -> Iterator[SlackEnv]:
+    with make_slack_env(slack_config()) as env:
+        yield env

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import pytest
 from slack_harness import (
@@ -17,8 +16,9 @@ from slack_harness import (
     DAVE,
     ERIN,
     SECURITY,
-    TIERS,
     SlackEnv,
+    SlackEnvFactory,
+    slack_config,
 )
 
 from bot.ports import Notification
@@ -157,26 +157,30 @@ def test_expiry_updates_the_message_and_tells_the_requester(slack_env: SlackEnv)
     message = slack_env.request()
     slack_env.click_message(BOB, message, "approve_request")
     slack_env.wait_for_dm(ALICE, "is active until")
-    slack_env.services.expire(1)
+    assert slack_env.expire() == ["revoked"]
     slack_env.wait_for_dm(ALICE, "expired")
     assert "Expired" in json.dumps(slack_env.fake.message(message.channel, message.ts).blocks)
 
 
 def test_failed_grant_is_shown_on_the_message_and_in_a_dm(slack_env: SlackEnv) -> None:
-    slack_env.services.fail_grants_with = "AccessDenied: the bot may not write to this role"
     message = slack_env.request()
+    # The requester's role is deleted between the request and the vote: IAM refuses the
+    # attach, as it would in production.
+    slack_env.flows.iam.delete_role(RoleName="alice-admin")
     slack_env.click_message(BOB, message, "approve_request")
     dm = slack_env.wait_for_dm(ALICE, "could not be granted")
-    assert "AccessDenied" in json.dumps(dm.blocks)
-    shown = json.dumps(slack_env.fake.message(message.channel, message.ts).blocks)
-    assert "Granting failed" in shown and "AccessDenied" in shown
+    assert "nothing was attached" in json.dumps(dm.blocks)
+    shown = json.dumps(slack_env.wait_for_edit(message, 1).blocks)
+    # What ships: the IAM error is not shown in Slack; the request is failed.
+    assert "Granting failed, nothing was attached" in shown
+    assert slack_env.services.request_view(1).state == "failed"
 
 
 def test_before_expiry_dm_offers_extend_which_goes_back_to_approvers(slack_env: SlackEnv) -> None:
     message = slack_env.request()
     slack_env.click_message(BOB, message, "approve_request")
     slack_env.wait_for_dm(ALICE, "is active until")
-    slack_env.services.remind(1)
+    assert slack_env.remind()  # one grant reminded
     reminder = slack_env.wait_for_dm(ALICE, "Extend it, or end it now")
     find_button(reminder.blocks, "end_grant", "1")
     slack_env.click_message(ALICE, reminder, "extend_grant")
@@ -207,7 +211,7 @@ def test_extend_from_the_command(slack_env: SlackEnv) -> None:
     post = slack_env.command(ALICE, "extend 1 30m")
     assert "sent to the approvers" in json.dumps(post.body["blocks"])
     refused = slack_env.command(BOB, "extend 1 30m")
-    assert "is not yours" in json.dumps(refused.body["blocks"])
+    assert "Only the person who holds the access" in json.dumps(refused.body["blocks"])
 
 
 def test_rate_limited_post_is_retried_after_retry_after(slack_env: SlackEnv) -> None:
@@ -230,8 +234,14 @@ def test_no_extra_vote_messages_after_refusal(slack_env: SlackEnv) -> None:
         )
 
 
-def test_auto_approved_read_tier_grants_without_votes(slack_env: SlackEnv) -> None:
-    slack_env.services.tiers = {**TIERS, "read": replace(TIERS["read"], auto_approve=True)}
+def test_auto_approved_read_tier_grants_without_votes(make_slack_env: SlackEnvFactory) -> None:
+    config = slack_config()
+    config["routing"]["tiers"]["read"]["auto_approve"] = True
+    with make_slack_env(config) as slack_env:
+        check_auto_approved(slack_env)
+
+
+def check_auto_approved(slack_env: SlackEnv) -> None:
     message = slack_env.request(ALICE, "View chat transcripts")
     slack_env.wait_for_dm(ALICE, "is active until")
     view = slack_env.services.request_view(1)
@@ -252,8 +262,14 @@ def test_user_groups_are_looked_up_once_and_cached(slack_env: SlackEnv) -> None:
     assert [c.params["usergroup"] for c in lookups] == ["S0SECURITY"]
 
 
-def test_an_unreadable_approver_group_is_explained(slack_env: SlackEnv) -> None:
-    slack_env.services.tiers = {**TIERS, "write": replace(TIERS["write"], approvers=("S0GONE",))}
+def test_an_unreadable_approver_group_is_explained(make_slack_env: SlackEnvFactory) -> None:
+    config = slack_config()
+    config["routing"]["tiers"]["write"]["approvers"] = ["S0GONE"]
+    with make_slack_env(config) as slack_env:
+        check_unreadable_group(slack_env)
+
+
+def check_unreadable_group(slack_env: SlackEnv) -> None:
     message = slack_env.request()
     slack_env.click_message(BOB, message, "approve_request")
     refusal = slack_env.wait_for_ephemeral(BOB, "Could not read the members of user group S0GONE")
@@ -281,7 +297,7 @@ def test_an_unexpected_failure_tells_the_user_and_logs_the_detail(
 
 def test_a_grant_queued_behind_iams_rate_limit_is_told_to_the_requester(slack_env: SlackEnv) -> None:
     message = slack_env.request()
-    slack_env.services.notifier.notify(Notification(
+    slack_env.flows.web.runtime.notifier.notify(Notification(
         "grant_queued", 1, {"waited_seconds": 12.0, "expected_wait_seconds": 30.0}))
     dm = slack_env.wait_for_dm(ALICE, "queued behind AWS IAM")
     assert "#1" in dm.text

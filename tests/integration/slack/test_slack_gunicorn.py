@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from server_process import free_port, serving
-from slack_harness import ALICE, SIGNING_SECRET
+from slack_harness import ALICE, SIGNING_SECRET, slack_config
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.slack_client import SlackClient
@@ -19,7 +21,12 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture()
-def gunicorn_app(tmp_path: Path) -> Iterator[tuple[FakeSlack, str]]:
+def gunicorn_app(tmp_path: Path, _sqlite_template: Path, aws_env: str
+                 ) -> Iterator[tuple[FakeSlack, str]]:
+    database = tmp_path / "gunicorn.db"
+    shutil.copyfile(_sqlite_template, database)
+    config = tmp_path / "connect-access.yaml"
+    config.write_text(yaml.safe_dump(slack_config()))
     with FakeSlack() as fake:
         port = free_port()
         env = {
@@ -27,6 +34,9 @@ def gunicorn_app(tmp_path: Path) -> Iterator[tuple[FakeSlack, str]]:
             "TEST_SLACK_API_URL": fake.api_url,
             "TEST_SLACK_BOT_TOKEN": fake.bot_token,
             "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "TEST_DATABASE_URL": f"sqlite:///{database}",
+            "TEST_CONNECT_ACCESS_CONFIG": str(config),
+            "TEST_AWS_ENDPOINT_URL": aws_env,
         }
         command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                    "--workers", "1", "--threads", "4", "--chdir", str(HERE),
