@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.policy import iso_utc
+from bot.request_ids import parse_request_id
 from bot.slack.escape import escape, slack_date
 from bot.slack.services import PermissionsView, RequestView
 
@@ -41,7 +42,7 @@ def parse_value(value: str) -> tuple[str, str] | None:
     kind, _, rest = value.partition(":")
     if kind == "entry" and rest:
         return kind, rest
-    if kind == "request" and rest.isdigit():
+    if kind == "request" and parse_request_id(rest) is not None:
         return kind, rest
     return None
 

@@ -59,3 +59,7 @@ def test_chunks_and_values() -> None:
     assert parse_value("entry:home/list-instance") == ("entry", "home/list-instance")
     assert parse_value("request:12") == ("request", "12")
     assert parse_value("request:x") is None and parse_value("nope") is None
+    # Only ids a request can have: no superscript digits int() refuses, nothing past int4.
+    assert parse_value("request:²") is None
+    assert parse_value("request:99999999999999999999") is None
+    assert parse_value("request:0") is None
