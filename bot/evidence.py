@@ -44,6 +44,17 @@ def document_hash(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
 
+def combined_hash(hashes: Sequence[str]) -> str | None:
+    """A grant's `document_hash`: its one document's hash, or sha256 over the hashes of
+    its documents in order when it has several; None when nothing was attached. The one
+    definition: the lifecycle stores it and reconcile rebuilds it to compare."""
+    if not hashes:
+        return None
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class AttachedDocument:
     """One policy as attached, for record_policy_evidence."""

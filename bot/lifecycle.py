@@ -13,7 +13,6 @@ crash in between leaves a row that reconciliation can finish.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -37,7 +36,12 @@ from bot.catalog import Catalog, CatalogEntry
 from bot.config import ConfigError, OperatorConfig, Route
 from bot.db import SessionFactory
 from bot.durations import format_duration
-from bot.evidence import AttachedDocument, evidence_summary, record_policy_evidence
+from bot.evidence import (
+    AttachedDocument,
+    combined_hash,
+    evidence_summary,
+    record_policy_evidence,
+)
 from bot.models import AccessRequest, Grant, Vote
 from bot.ports import (
     ApproverDirectory,
@@ -782,7 +786,7 @@ class RequestService:
                          grant.id, grant.state)
                 return request
             grant.state, grant.attached_at = ACTIVE, self.clock.now()
-            grant.document_hash = _combined_hash([a.document_hash for a in attached])
+            grant.document_hash = combined_hash([a.document_hash for a in attached])
             documents = _attached_documents(plan, attached)
             [event] = append_events(session, [self._moved(
                 request, ACTIVE, actor=SYSTEM, action="granted", details={
@@ -978,7 +982,7 @@ class RequestService:
                 if row.state != GRANTING:
                     return None  # the process that was attaching it finished meanwhile
                 row.state, row.attached_at = ACTIVE, self.clock.now()
-                row.document_hash = _combined_hash([a.document_hash for a in attached])
+                row.document_hash = combined_hash([a.document_hash for a in attached])
                 self._move(session, request, ACTIVE, actor=SYSTEM, action="granted",
                            details={"grant_id": row.id, "recovered": True,
                                     "policy_names": list(names),
@@ -1159,7 +1163,7 @@ class RequestService:
         old_expiry = grant.expires_at
         grant.expires_at = new_expiry
         grant.expiry_reminded_at = None
-        grant.document_hash = _combined_hash([a.document_hash for a in attached])
+        grant.document_hash = combined_hash([a.document_hash for a in attached])
         request.duration_seconds += extension
         request.extension_seconds = None
         request.extension_requested_at = None
@@ -1574,9 +1578,3 @@ def _attached_documents(plan: GrantPlan, attached: Sequence[AttachedPolicy]
                              document=p.document) for p in plan.policies]
 
 
-def _combined_hash(hashes: list[str]) -> str | None:
-    if not hashes:
-        return None
-    if len(hashes) == 1:
-        return hashes[0]
-    return hashlib.sha256("".join(hashes).encode()).hexdigest()

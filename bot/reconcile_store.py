@@ -27,7 +27,6 @@ part of the boto3-free core.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot.audit import append_event
-from bot.aws.granter import document_hash
 from bot.aws.reconcile import ExpectedGrant, Finding
+from bot.evidence import combined_hash, document_hash
 from bot.lifecycle import GrantContext, LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
 from bot.ports import Notification, PolicyDocument, PolicyKind
@@ -69,13 +68,6 @@ class Unverifiable:
     reason: str
 
 
-def _combined_hash(hashes: Sequence[str]) -> str | None:
-    # The lifecycle's rule for grant.document_hash (bot.lifecycle._combined_hash).
-    if not hashes:
-        return None
-    if len(hashes) == 1:
-        return hashes[0]
-    return hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 @dataclass
@@ -149,7 +141,7 @@ class DbReconcileStore:
         except Exception as exc:  # any compiler refusal means: cannot rebuild
             problem = f"the policy cannot be rebuilt any more ({exc})"
         else:
-            rebuilt_hash = _combined_hash([document_hash(p.document) for p in plan.policies])
+            rebuilt_hash = combined_hash([document_hash(p.document) for p in plan.policies])
             if plan.kind != kind or tuple(p.name for p in plan.policies) != names:
                 problem = (f"rebuilding gives {plan.kind} policies "
                            f"{[p.name for p in plan.policies]}, but {kind} {list(names)} "

@@ -9,7 +9,6 @@ revoke, failures as GrantError) and record what was asked of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.aws.reconcile import ExpectedGrant, Finding
+from bot.evidence import document_hash
 from bot.ports import (
     AttachedPolicy,
     GrantError,
@@ -103,11 +103,6 @@ class FakeClock:
             self._now = moment
 
 
-def _document_hash(document: Mapping[str, object]) -> str:
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @dataclass
 class _Failure:
     error: GrantError
@@ -158,7 +153,7 @@ class InMemoryGranter:
             for policy in plan.policies:
                 held[policy.name] = policy.document
             return tuple(
-                AttachedPolicy(name=p.name, arn=None, document_hash=_document_hash(p.document))
+                AttachedPolicy(name=p.name, arn=None, document_hash=document_hash(p.document))
                 for p in plan.policies
             )
 
