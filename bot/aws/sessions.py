@@ -11,7 +11,9 @@ creates a client at import time. It adds three things boto3 does not do on its o
 - the endpoint passed in by the caller (AWS_ENDPOINT_URL, e.g. moto's server), not read
   from the environment at import;
 - per-instance `sts:AssumeRole` with an external id for Connect instances in other
-  accounts, with the temporary credentials cached until shortly before they expire.
+  accounts. The assumed credentials are botocore's `RefreshableCredentials`: the session
+  and its clients are built once per role, and botocore calls sts:AssumeRole again, under
+  its own lock, when a request finds the credentials within `refresh_margin` of expiring.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 
 from bot.aws.errors import AwsConfigError
 from bot.aws.ratelimit import RequestRateLimiter
@@ -76,10 +80,26 @@ def account_of(arn: str) -> str:
 
 
 @dataclass
-class _CachedCredentials:
+class _AssumedRole:
+    """A role's session (its credentials refresh themselves) and the clients built on it."""
+
     session: boto3.Session
-    expires_at: datetime
     clients: dict[str, Any]
+
+
+class _GivenCredentials(CredentialProvider):
+    """Hands a botocore session the credentials it was built for, instead of looking in
+    the environment and config files."""
+
+    METHOD = "sts-assume-role"
+    CANONICAL_NAME = "connect-access-assume-role"
+
+    def __init__(self, credentials: RefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> RefreshableCredentials:
+        return self._credentials
 
 
 class AwsSessions:
@@ -131,8 +151,8 @@ class AwsSessions:
         self._now = now
         self._lock = threading.Lock()
         self._base_clients: dict[str, Any] = {}
-        self._assumed: dict[str, _CachedCredentials] = {}
-        self.assume_role_calls = 0  # visible so tests can see the cache working
+        self._assumed: dict[str, _AssumedRole] = {}
+        self.assume_role_calls = 0  # visible so tests can see credentials being reused
         self._iam_rate = iam_requests_per_second
         self._iam_burst = iam_burst
         self._iam_limiters: dict[str, RequestRateLimiter] = {}
@@ -238,12 +258,44 @@ class AwsSessions:
             self._iam_limiters[key] = limiter
         return limiter
 
-    def _assumed_locked(self, role_arn: str, external_id: str | None) -> _CachedCredentials:
+    def _assumed_locked(self, role_arn: str, external_id: str | None) -> _AssumedRole:
         cached = self._assumed.get(role_arn)
-        if cached is not None and cached.expires_at - self._refresh_margin > self._now():
+        if cached is not None:
             return cached
         sts: STSClient = self._base_clients.get("sts") or self._make_client(self._base, "sts")
         self._base_clients["sts"] = sts
+
+        def assume() -> dict[str, str]:
+            return self._assume_role(sts, role_arn, external_id)
+
+        # The first AssumeRole happens here, so a failure (throttled, denied) reaches the
+        # caller now and nothing is cached; botocore makes the later ones when it refreshes.
+        first = assume()
+        margin = int(self._refresh_margin.total_seconds())
+        credentials = RefreshableCredentials(
+            access_key=first["access_key"],
+            secret_key=first["secret_key"],
+            token=first["token"],
+            expiry_time=datetime.fromisoformat(first["expiry_time"]),
+            refresh_using=assume,
+            method=_GivenCredentials.METHOD,
+            time_fetcher=self._now,
+            advisory_timeout=margin,
+            mandatory_timeout=margin,
+        )
+        core = botocore.session.Session()
+        core.register_component(
+            "credential_provider", CredentialResolver([_GivenCredentials(credentials)])
+        )
+        entry = _AssumedRole(boto3.Session(botocore_session=core, region_name=self.region), {})
+        self._assumed[role_arn] = entry
+        return entry
+
+    def _assume_role(
+        self, sts: STSClient, role_arn: str, external_id: str | None
+    ) -> dict[str, str]:
+        """sts:AssumeRole with the bot's own credentials, in the metadata form
+        RefreshableCredentials refreshes from."""
         kwargs: dict[str, Any] = {
             "RoleArn": role_arn,
             "RoleSessionName": self._session_name,
@@ -254,12 +306,9 @@ class AwsSessions:
         response = sts.assume_role(**kwargs)
         self.assume_role_calls += 1
         credentials = response["Credentials"]
-        session = boto3.Session(
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
-            region_name=self.region,
-        )
-        entry = _CachedCredentials(session, credentials["Expiration"], {})
-        self._assumed[role_arn] = entry
-        return entry
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }

@@ -42,13 +42,20 @@ def test_assume_role_passes_the_external_id_and_caches_until_near_expiry(fake_aw
     )
 
     first = sessions.iam(OTHER_INSTANCE)
+    first.list_roles()
     again = sessions.iam(OTHER_INSTANCE)
+    again.list_roles()
+    assert sessions.assume_role_calls == 1  # the credentials are reused while fresh
     clock[0] += timedelta(minutes=56)  # inside the 5-minute refresh margin of 1 h creds
     refreshed = sessions.iam(OTHER_INSTANCE)
+    assert sessions.assume_role_calls == 1  # botocore refreshes on the next request...
+    refreshed.list_roles()
 
+    # ...so the same client keeps working with new credentials from a second AssumeRole.
     assert again is first
-    assert refreshed is not first
+    assert refreshed is first
     assert sessions.assume_role_calls == 2
+    assert len(sent) == 2
     assert sent[0]["RoleArn"] == OTHER_INSTANCE.assume_role_arn
     assert sent[0]["ExternalId"] == "ext-id-for-other"
     caller = sessions.client("sts", OTHER_INSTANCE).get_caller_identity()
