@@ -111,16 +111,28 @@ class SweepResult:
     recovered: int = 0
 
 
-# APScheduler's job store persists jobs as an importable function plus arguments, so the
-# job must be a module-level function taking ids. It finds the process's work through this
-# slot, set once by ExpiryScheduler.start().
-_current_work: ExpiryWork | None = None
+def revoke_expired_grant(grant_id: str) -> None:
+    """What a grant's stored job names. APScheduler's job store pickles a job as a
+    reference to an importable function plus its arguments, so this is the reference; the
+    job never runs it as it is: ExpiryJobStore hands every due job to its scheduler's work
+    (RevokeExpiredGrant), so a job revokes its own grant with no module-level state."""
+    raise RuntimeError(
+        f"the revoke job of grant {grant_id} was loaded by a store without expiry work; "
+        "only ExpiryScheduler's ExpiryJobStore runs these jobs"
+    )
 
 
-def revoke_grant_job(grant_id: str) -> None:
-    if _current_work is None:
-        raise RuntimeError("revoke job ran outside a started ExpiryScheduler")
-    _current_work.revoke_grant(grant_id, reason="expired")
+@dataclass(frozen=True)
+class RevokeExpiredGrant:
+    """A grant's job as it runs: revoke that grant, if it is still active and due."""
+
+    work: ExpiryWork
+
+    def __call__(self, grant_id: str) -> None:
+        self.work.revoke_grant(grant_id, reason="expired")
+
+
+REVOKE_JOB_REF = f"{__name__}:{revoke_expired_grant.__qualname__}"
 
 
 JOB_PREFIX = "revoke-"
@@ -131,20 +143,28 @@ def job_id_for(grant_id: str) -> str:
 
 
 class ExpiryJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # APScheduler is untyped
-    """APScheduler's SQLAlchemy job store (same table, same pickled jobs) with two changes
-    for mass expiries: due jobs come `due_per_wakeup` at a time, and jobs can be deleted in
-    bulk (behind APScheduler's back: see _JobScheduler)."""
+    """APScheduler's SQLAlchemy job store (same table, same pickled jobs) with three
+    changes: a due revoke job is handed `work` to revoke its grant with (the stored job
+    holds only the reference revoke_expired_grant and the grant id); for mass expiries, due
+    jobs come `due_per_wakeup` at a time, and jobs can be deleted in bulk (behind
+    APScheduler's back: see _JobScheduler)."""
 
-    def __init__(self, *, engine: Engine, tablename: str = JOB_TABLE,
+    def __init__(self, *, engine: Engine, work: ExpiryWork, tablename: str = JOB_TABLE,
                  due_per_wakeup: int = DUE_JOBS_PER_WAKEUP) -> None:
         super().__init__(engine=engine, tablename=tablename)
         self.due_per_wakeup = due_per_wakeup
+        self._revoke = RevokeExpiredGrant(work)
 
     def get_due_jobs(self, now: datetime) -> list[Any]:
         jobs = self.jobs_t.c
         due = (select(jobs.id).where(jobs.next_run_time <= datetime_to_utc_timestamp(now))
                .order_by(jobs.next_run_time, jobs.id).limit(self.due_per_wakeup))
         result: list[Any] = self._get_jobs(jobs.id.in_(due))
+        for job in result:
+            # Only what runs changes: the job keeps its stored reference (func_ref), so
+            # APScheduler pickles it as before if it stores it again.
+            if job.func_ref == REVOKE_JOB_REF:
+                job.func = self._revoke
         return result
 
     def remove_jobs(self, job_ids: Collection[str]) -> int:
@@ -299,7 +319,7 @@ class ExpiryScheduler:
             if run_at is not None and abs(run_at - expires_at.timestamp()) < 1:
                 continue
             scheduler.add_job(
-                revoke_grant_job,
+                revoke_expired_grant,
                 trigger="date",
                 run_date=expires_at,
                 args=[grant_id],
@@ -318,9 +338,9 @@ class ExpiryScheduler:
 
     def start(self) -> None:
         """Catch up first (revoke everything overdue), then schedule the rest."""
-        global _current_work
-        _current_work = self.work
-        store = ExpiryJobStore(engine=self.engine, due_per_wakeup=self.due_jobs_per_wakeup)
+        store = ExpiryJobStore(
+            engine=self.engine, work=self.work, due_per_wakeup=self.due_jobs_per_wakeup
+        )
         store.ensure_table()
         # From here on every drain, the catch-up included, deletes the jobs of the grants it
         # handles: after downtime, thousands of due jobs would otherwise run one by one.
@@ -360,7 +380,6 @@ class ExpiryScheduler:
                 return
 
     def stop(self) -> None:
-        global _current_work
         self._reconcile_stop.set()
         if self._reconcile_thread is not None:
             # A run in flight finishes (its repairs are each one IAM call and one commit).
@@ -373,7 +392,6 @@ class ExpiryScheduler:
             self._scheduler = None
         self.work.observe_drains(None)
         self._store = None
-        _current_work = None
 
     def run_forever(self, stop: threading.Event) -> None:
         """Wait to lead, then lead until `stop` is set or leadership is lost."""

@@ -29,7 +29,14 @@ from bot.lifecycle import GrantContext, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
 from bot.ports import Notification
 from bot.runtime import build_runtime
-from bot.scheduler import JOB_TABLE, ExpiryScheduler, job_id_for, revoke_grant_job
+from bot.scheduler import (
+    JOB_TABLE,
+    ExpiryJobStore,
+    ExpiryScheduler,
+    RevokeExpiredGrant,
+    job_id_for,
+    revoke_expired_grant,
+)
 from bot.settings import Settings
 
 
@@ -266,7 +273,7 @@ def test_a_drain_removes_the_jobs_of_the_grants_it_revoked(
         # A job whose grant a drain already revoked (it fired before the drain deleted
         # it) does nothing: no IAM call, no audit event, here or in another process.
         revokes, events = len(granter.revoke_calls), audit_event_count(session_factory)
-        revoke_grant_job(due[0])
+        RevokeExpiredGrant(work)(due[0])  # the job as ExpiryJobStore hands it out
         assert LifecycleExpiryWork(request_service, session_factory).revoke_grant(
             due[1], reason="expired") is False
         assert len(granter.revoke_calls) == revokes
@@ -441,3 +448,34 @@ def test_the_leader_reconciles_when_it_starts_and_then_every_interval_until_stop
     stopped_with = len(runs)
     time.sleep(0.6)
     assert len(runs) == stopped_with  # stop() ends the loop
+
+
+def test_a_due_job_comes_from_the_store_bound_to_the_work_and_revokes_only_its_grant(
+        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    clock.set(datetime.now(UTC))
+    first, second = entries(catalog, 2)
+    mine = make_active(request_service, first, minutes=30)
+    other = make_active(request_service, second, minutes=90)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    with running_scheduler(engine, work, clock):  # stores both jobs, due in real minutes
+        assert set(stored_jobs(engine)) == {job_id_for(mine), job_id_for(other)}
+    # A second store over the same table, as a restarted leader builds it.
+    store = ExpiryJobStore(engine=engine, work=work)
+    store.start(None, "default")
+    due = store.get_due_jobs(datetime.now(UTC) + timedelta(minutes=31))
+    assert [j.id for j in due] == [job_id_for(mine)]
+    job = due[0]
+    assert job.func_ref == "bot.scheduler:revoke_expired_grant"  # what stays pickled
+    assert job.args == (mine,)
+    clock.advance(timedelta(minutes=31))
+    revokes = len(granter.revoke_calls)
+
+    job.func(*job.args, **job.kwargs)  # as APScheduler's executor runs it
+
+    assert len(granter.revoke_calls) == revokes + 1
+    assert grant_row(session_factory, mine).state == "revoked"
+    assert grant_row(session_factory, other).state == "active"  # not due: untouched
+    with pytest.raises(RuntimeError, match="without expiry work"):
+        revoke_expired_grant(other)  # the bare reference does nothing on its own
+    assert grant_row(session_factory, other).state == "active"
