@@ -11,7 +11,7 @@ shared by every implementation, so both answer `/connect-access <text>` the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -444,13 +444,3 @@ def list_catalog(catalog: Catalog, page: str | None) -> EntryListing:
         raise ServiceError(f"`{page.strip()}` {what}; pick one of: {names}.")
     entries = tuple(brief(e) for e in catalog if e.page == chosen[0])
     return EntryListing(chosen[0], pages, entries)
-
-
-def route_for(
-    entry: CatalogEntry,
-    tiers: Mapping[str, ApprovalRoute],
-    overrides: Mapping[str, ApprovalRoute] | None = None,
-) -> ApprovalRoute:
-    """The route of an entry: an override by entry id or page, else its tier's."""
-    overrides = overrides or {}
-    return overrides.get(entry.id) or overrides.get(entry.page) or tiers[entry.tier]
