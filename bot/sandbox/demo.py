@@ -735,12 +735,23 @@ class Conversation:
     def bob_approves(self) -> str:
         assert self.approval is not None and self.request_id is not None
         request_id = self.request_id
+        refusals_before = len(self.fake.ephemerals(BOB))
         self.driver.click_message(BOB, self.approval, blocks.APPROVE)
-        state = _wait_until(
-            lambda: (s := self.sandbox.request(request_id).state) in (ACTIVE, FAILED) and s,
-            SLACK_WAIT_SECONDS, f"request #{request_id} to be granted")
+
+        def settled() -> str | None:
+            state = self.sandbox.request(request_id).state
+            if state in (ACTIVE, FAILED):
+                return state
+            # A refused vote (e.g. bob's identity could not be checked against IAM) is told
+            # to bob alone and leaves the request pending: report it instead of waiting.
+            return "refused" if len(self.fake.ephemerals(BOB)) > refusals_before else None
+
+        state = _wait_until(settled, SLACK_WAIT_SECONDS, f"request #{request_id} to be granted")
         if state == FAILED:
             raise DemoError(f"the grant failed: {self.sandbox.grant_failure(request_id)}")
+        if state == "refused":
+            refusal = self.fake.ephemerals(BOB)[-1].text
+            raise DemoError(f"bob's vote was refused: {refusal}")
         dm = self.driver.wait_for_dm(ALICE, "is active until")
         message = self.fake.message(self.approval.channel, self.approval.ts)
         rendered = _shown(message)
