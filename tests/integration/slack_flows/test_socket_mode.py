@@ -31,6 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
+from socket_mode_client import SocketModeSlackClient
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.fake_socket_mode import (
@@ -45,7 +46,6 @@ from bot.sandbox.fake_socket_mode import (
     encode_frame,
 )
 from bot.sandbox.slack_client import SlackDriver
-from bot.sandbox.socket_mode_client import SocketModeSlackClient
 from bot.slack import blocks
 
 GROUPS = {"S0LEADS": ["U0BOB", "U0CAROL"], "S0SECURITY": ["U0CAROL", "U0ERIN"]}

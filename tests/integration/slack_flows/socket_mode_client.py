@@ -1,4 +1,5 @@
-"""The sandbox's SlackClient over Socket Mode: the same commands, clicks, submissions and
+"""A SlackClient over Socket Mode, for the tests (the demo drives the app over HTTP only, so
+this lives under tests/, not bot/sandbox/): the same commands, clicks, submissions and
 events, delivered as envelopes on the FakeSlack's WebSocket instead of signed HTTP posts.
 
 `send` turns what SlackClient would have posted into the envelope Slack sends for it
