@@ -43,13 +43,10 @@ from throttling_iam import ThrottlingIamProxy
 from bot.aws.granter import IamGranter
 from bot.aws.principal_index import SLACK_USER_TAG
 from bot.aws.principals import IamPrincipalDirectory
-from bot.aws.reconcile import (
-    ExpectedGrant,
-    ReconcileProgress,
-    reconcile,
-)
+from bot.aws.reconcile import reconcile
 from bot.aws.sessions import AwsSessions
 from bot.ports import GrantPlan, PolicyDocument
+from bot.reconcile_model import ExpectedGrant, ReconcileProgress
 
 TAGGED_EVERY = 5  # one principal in five belongs to a Slack user found by tag
 

@@ -26,9 +26,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.alerts import Alert
 from bot.aws.granter import IamGranter
 from bot.aws.principals import tagged_principals
-from bot.aws.reconcile import Finding, ProgressCallback, grant_id_of, reconcile
+from bot.aws.reconcile import grant_id_of, reconcile
 from bot.models import AccessRequest, Grant
 from bot.ports import GrantError
+from bot.reconcile_model import Finding, ProgressCallback
 from bot.reconcile_store import DbReconcileStore, Unverifiable
 from bot.runtime import Runtime
 

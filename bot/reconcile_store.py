@@ -37,11 +37,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from bot.audit import append_event
-from bot.aws.reconcile import ExpectedGrant, Finding
 from bot.evidence import combined_hash, document_hash
 from bot.lifecycle import GrantContext, LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
 from bot.ports import Notification, PolicyDocument, PolicyKind
+from bot.reconcile_model import ExpectedGrant, Finding
 from bot.states import ACTIVE, FAILED, GRANTING, REVOKED, REVOKING, TRANSITIONS, RequestState
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from bot.aws.reconcile import ExpectedGrant, Finding
 from bot.evidence import document_hash
 from bot.ports import (
     AttachedPolicy,
@@ -25,6 +24,7 @@ from bot.ports import (
     PolicyKind,
     PrincipalError,
 )
+from bot.reconcile_model import ExpectedGrant, Finding
 from bot.targets import ApproverMapping
 
 

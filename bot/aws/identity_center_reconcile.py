@@ -24,7 +24,7 @@ from bot.states import GRANTING
 from bot.targets import IdentityCenterTarget, parse_target
 
 if TYPE_CHECKING:
-    from bot.aws.reconcile import ExpectedGrant, Finding, FindingKind, ReconcileStore
+    from bot.reconcile_model import ExpectedGrant, Finding, FindingKind, ReconcileStore
 
 KIND: PolicyKind = "permission_set"
 
@@ -42,7 +42,8 @@ def reconcile_permission_sets(
     """Compare and repair; every finding goes to `act` (which records and notifies).
     All reads happen first: when Identity Center cannot be read, one `unchecked` finding
     says so and nothing of it is changed (like an IAM principal that cannot be read)."""
-    from bot.aws.reconcile import Finding, grant_id_of
+    from bot.aws.reconcile import grant_id_of
+    from bot.reconcile_model import Finding
 
     try:
         present = {ps.name: ps for ps in granter.managed_permission_sets()}

@@ -24,7 +24,7 @@ import typer
 from bot.commands.db_cmds import require_database_or_exit, settings_or_exit
 
 if TYPE_CHECKING:
-    from bot.aws.reconcile import ReconcileProgress
+    from bot.reconcile_model import ReconcileProgress
 
 
 def register(app: typer.Typer) -> None:

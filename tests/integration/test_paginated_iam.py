@@ -22,8 +22,9 @@ from throttling_iam import MOTO_PAGED, PROXY_PAGED, ThrottlingIamProxy
 from bot.aws.granter import MANAGED_PATH, IamGranter
 from bot.aws.principal_index import SLACK_USER_TAG, PrincipalIndex
 from bot.aws.principals import IamPrincipalDirectory, tagged_principals
-from bot.aws.reconcile import Finding, reconcile
+from bot.aws.reconcile import reconcile
 from bot.aws.sessions import AwsSessions
+from bot.reconcile_model import Finding
 
 pytestmark = pytest.mark.slow
 DOCUMENT = json.dumps(connect_document())
@@ -135,7 +136,12 @@ def test_each_list_call_walks_several_pages_to_exactly_what_moto_holds(
         pages = list(paged.get_paginator(operation).paginate(**params))
         walked = [item for page in pages for item in items(operation, page, key)]
         assert walked == everything, operation  # nothing lost, nothing twice, in order
-        assert len(pages) == -(-len(everything) // 2) >= 2, operation
+        # moto's own pagers (ListRoles among them) answer one empty page after a last page
+        # that is exactly full, so how many pages there are depends on the parity of what
+        # the shared moto server holds: count the pages that carry items.
+        filled = [p for p in pages if items(operation, p, key)]
+        assert len(filled) == -(-len(everything) // 2) >= 2, operation
+        assert len(pages) - len(filled) <= 1 and pages[: len(filled)] == filled, operation
         assert all(len(items(operation, p, key)) <= 2 for p in pages), operation
         records = proxy.records(action_of(operation))
         assert len(records) == len(pages), operation

@@ -30,11 +30,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from bot.aws.granter import document_hash
-from bot.aws.reconcile import Finding, format_summary, reconcile
+from bot.aws.reconcile import format_summary, reconcile
 from bot.cli import build_cli
 from bot.lifecycle import GrantContext
 from bot.models import AuditEvent, Grant
 from bot.ports import GrantPlan, PolicyDocument
+from bot.reconcile_model import Finding
 from bot.reconcile_store import RECONCILE_ACTOR, DbReconcileStore
 
 SECOND_READ_ENTRY = "telephony/view-telephony-options"

@@ -16,13 +16,9 @@ from doubles import InMemoryReconcileStore
 from throttling_iam import ThrottlingIamProxy
 
 from bot.aws.granter import IamGranter
-from bot.aws.reconcile import (
-    ExpectedGrant,
-    ReconcileProgress,
-    format_summary,
-    reconcile,
-)
+from bot.aws.reconcile import format_summary, reconcile
 from bot.aws.sessions import AwsSessions
+from bot.reconcile_model import ExpectedGrant, ReconcileProgress
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "123456789012"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.aws.reconcile import ReconcileProgress
 from bot.commands.reconcile_cmds import _progress_printer
+from bot.reconcile_model import ReconcileProgress
 
 
 def test_progress_lines_go_to_stderr_at_most_once_a_period_and_always_at_the_end(

@@ -19,12 +19,9 @@ from doubles import InMemoryReconcileStore, RecordingNotifier
 
 from bot.aws.granter import IamGranter
 from bot.aws.principals import tagged_principals
-from bot.aws.reconcile import (
-    ExpectedGrant,
-    format_summary,
-    reconcile,
-)
+from bot.aws.reconcile import format_summary, reconcile
 from bot.ports import GrantPlan, PolicyKind
+from bot.reconcile_model import ExpectedGrant
 
 NOW = datetime.now(UTC)
 
