@@ -253,9 +253,22 @@ class CheckpointWriter:
         if not self._last_known:
             primary = self.stores[0]
             latest = primary.latest() if isinstance(primary, AnchorReader) else None
+            if (latest is not None and not self._signed_here(latest)
+                    and isinstance(primary, AnchorReader)):
+                # Only a checkpoint this key signed may steer the writer: anyone who can
+                # post in the audit channel could otherwise claim a higher sequence and
+                # stop checkpoints ("the chain went backwards"). `audit verify` names the
+                # forgery; the writer keeps anchoring from the last genuine checkpoint.
+                genuine = [a.signed for a in primary.list()
+                           if a.signed is not None and self._signed_here(a.signed)]
+                latest = max(genuine, key=lambda s: s.checkpoint.seq, default=None)
             self._last = None if latest is None else latest.checkpoint
             self._last_known = True
         return self._last
+
+    def _signed_here(self, signed: SignedCheckpoint) -> bool:
+        return (signed.checkpoint.key_id == self.signer.key_id
+                and self.signer.verify(signed.checkpoint.payload(), signed.signature))
 
     def due(self, head: ChainHead, now: datetime) -> str | None:
         """None when a checkpoint is due, else why not."""

@@ -185,6 +185,29 @@ def test_a_checkpoint_forged_into_the_channel_is_a_fault(
     assert ts in report["fault"]["message"] and "U0MALLORY" in report["fault"]["message"]
 
 
+def test_a_forged_checkpoint_in_the_channel_does_not_stop_the_writer(
+        anchored: ChannelAnchored, history: int, request_service: RequestService,
+        engine: Engine, tmp_path: Path, clock: FakeClock) -> None:
+    # Mallory posts a well-formed checkpoint far ahead of the chain, signed by her key.
+    with engine.connect() as connection:
+        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
+    mallory = write_new_key(tmp_path / "mallory.pem")
+    forged = Checkpoint(seq=seq + 1000, head_hash=head, event_count=seq + 1000,
+                        at=clock.now(), key_id=anchored.signer.key_id)
+    body = SignedCheckpoint(forged, "ED25519", mallory.sign(forged.payload())).to_json()
+    anchored.slack.post_as("U0MALLORY", CHANNEL, f"Audit checkpoint: event {seq + 1000}",
+                           [{"type": "section", "text": {"type": "mrkdwn",
+                                                         "text": f"```{body}```"}}])
+    before = len(anchored.checkpoint_messages())
+    pending(request_service, requester="U0ALICE")  # new events to anchor
+
+    outcome = anchored.writer.write_now()  # refused "the chain went backwards" before
+
+    assert outcome.written is not None and not outcome.failures, outcome
+    assert outcome.written.checkpoint.seq > seq  # anchored from the last genuine one
+    assert len(anchored.checkpoint_messages()) == before + 1
+
+
 def test_a_checkpoint_message_without_a_readable_checkpoint_is_a_fault(
         anchored: ChannelAnchored, history: int) -> None:
     anchored.slack.post_as("U0MALLORY", CHANNEL, "Audit checkpoint: event 99, trust me")
