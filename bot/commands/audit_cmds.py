@@ -148,7 +148,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @audit_app.command("checkpoint")
-    def audit_checkpoint() -> None:
+    def audit_checkpoint(
+        as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    ) -> None:
         """Sign the chain's head now and write it to the anchor stores."""
         settings = settings_or_exit()
         anchoring = _anchoring_or_exit(settings)
@@ -173,8 +175,15 @@ def register(app: typer.Typer) -> None:
             engine.dispose()
         assert outcome.written is not None
         c = outcome.written.checkpoint
-        typer.echo(f"checkpoint written: event {c.seq}, head {c.head_hash}, signed by "
-                   f"{c.key_id}, stored in {', '.join(s.name for s in anchoring.stores)}")
+        stores = [s.name for s in anchoring.stores]
+        if as_json:
+            typer.echo(json.dumps({"seq": c.seq, "head_hash": c.head_hash,
+                                   "event_count": c.event_count, "at": c.at.isoformat(),
+                                   "key_id": c.key_id, "stores": stores,
+                                   "failures": list(outcome.failures)}, indent=2))
+        else:
+            typer.echo(f"checkpoint written: event {c.seq}, head {c.head_hash}, signed by "
+                       f"{c.key_id}, stored in {', '.join(stores)}")
         for failure in outcome.failures:
             typer.echo(f"warning: {failure}", err=True)
 
@@ -207,6 +216,7 @@ def register(app: typer.Typer) -> None:
     @audit_app.command("keygen")
     def audit_keygen(
         path: Path = typer.Argument(..., help="Where to write the new private key (PEM)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the key id as JSON."),
     ) -> None:
         """Make an Ed25519 signing key for audit.signing_key_file (mode 0600)."""
         try:
@@ -214,6 +224,9 @@ def register(app: typer.Typer) -> None:
         except AnchorError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), "key_id": signer.key_id}))
+            return
         typer.echo(f"wrote {path} (key id {signer.key_id}); keep it away from the database "
                    "host and its administrators")
 

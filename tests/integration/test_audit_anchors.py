@@ -331,6 +331,22 @@ def test_editing_a_stored_policy_document_is_caught(anchored: Anchored, history:
 
 # -- writing checkpoints -----------------------------------------------------------------
 
+def test_checkpoint_and_keygen_report_as_json(anchored: Anchored, tmp_path: Path,
+                                              request_service: RequestService) -> None:
+    pending(request_service)
+    code, output = anchored.cli("audit", "checkpoint", "--json")
+    assert code == 0, output
+    written = json.loads(output)
+    assert written["seq"] == written["event_count"] == 1
+    assert written["key_id"] == anchored.signer.key_id and written["failures"] == []
+    assert written["stores"] == [f"s3://{BUCKET}/checkpoints/"]
+    code, output = anchored.cli("audit", "keygen", str(tmp_path / "next.pem"), "--json")
+    assert code == 0, output
+    made = json.loads(output)
+    assert made["path"] == str(tmp_path / "next.pem") and (tmp_path / "next.pem").exists()
+    assert made["key_id"] and made["key_id"] != anchored.signer.key_id
+
+
 def test_checkpoint_command_writes_a_locked_object(anchored: Anchored,
                                                    request_service: RequestService) -> None:
     pending(request_service)
