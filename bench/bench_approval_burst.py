@@ -27,21 +27,26 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import boto3
-import sqlalchemy as sa
 import yaml
 from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_scheduler import ACCOUNT, CREDENTIALS, DEFAULT_URL, REGION, TRUST
+from bench_scheduler import (
+    ACCOUNT,
+    CREDENTIALS,
+    DEFAULT_URL,
+    REGION,
+    TRUST,
+    drop_schema,
+    scratch_schema,
+)
 from doubles import RecordingNotifier
 from throttling_iam import ThrottlingIamProxy
 
@@ -62,12 +67,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def run_once(base_url: str, approvals: int, over_s: float, rate: float, workers: int,
              workdir: Path) -> dict[str, Any]:
-    schema = f"bench_burst_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(base_url)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{base_url}{'&' if '?' in base_url else '?'}options=" + quote(
-        f"-csearch_path={schema}")
+    admin, schema, url = scratch_schema(base_url, "bench_burst")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -161,9 +161,7 @@ def run_once(base_url: str, approvals: int, over_s: float, rate: float, workers:
             runtime.close()
         proxy.stop()
         server.stop()
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+        drop_schema(admin, schema)
 
 
 def main() -> None:

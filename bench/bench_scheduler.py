@@ -85,6 +85,11 @@ class DeleteCounter:
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+# The scheduler refuses to start without a valid operator config, which names an instance.
+BENCH_INSTANCES = [{"alias": "bench", "arn": f"arn:aws:connect:{REGION}:{ACCOUNT}:instance/"
+                                             "11111111-2222-3333-4444-555555555555"}]
+BENCH_ROUTING = {"tiers": {tier: {"channel": "C0BENCH", "approvers": ["U0BENCH1", "U0BENCH2"]}
+                           for tier in ("read", "write", "critical")}}
 
 def process_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a live process (Linux /proc; None elsewhere)."""
@@ -190,12 +195,7 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
              batch_size: int | None, sweep_interval: str, workdir: Path,
              profile: Path | None = None, spread: float = 0.0) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    schema = f"bench_sched_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(base_url)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{base_url}{'&' if '?' in base_url else '?'}options=" + quote(
-        f"-csearch_path={schema}")
+    admin, schema, url = scratch_schema(base_url, "bench_sched")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     counter = DeleteCounter(server._server.app)  # type: ignore[union-attr]
@@ -232,7 +232,8 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         setup_s = time.monotonic() - started_setup
 
         config = workdir / f"{schema}.yaml"
-        config.write_text(yaml.safe_dump({"timings": {"sweep_interval": sweep_interval}}))
+        config.write_text(yaml.safe_dump({"instances": BENCH_INSTANCES, "routing": BENCH_ROUTING,
+                                          "timings": {"sweep_interval": sweep_interval}}))
         env = {**os.environ, **CREDENTIALS, "DATABASE_URL": url,
                "CONNECT_ACCESS_CONFIG": str(config), "AWS_ENDPOINT_URL": moto_url}
         env.pop("SLACK_BOT_TOKEN", None)
@@ -331,17 +332,38 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         for profiler in profilers:
             if profiler.poll() is None:
                 profiler.kill()
-        if scheduler is not None and scheduler.poll() is None:
-            scheduler.send_signal(signal.SIGTERM)
-            try:
-                scheduler.wait(60)
-            except subprocess.TimeoutExpired:
-                scheduler.kill()
+        stop_scheduler(scheduler)
         engine.dispose()
         server.stop()
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+        drop_schema(admin, schema)
+
+
+def scratch_schema(base_url: str, prefix: str) -> tuple[sa.Engine, str, str]:
+    """A new PostgreSQL schema for one run: (admin engine, schema, URL whose search_path
+    is the schema, so subprocesses see it too). Drop it with drop_schema."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{base_url}{'&' if '?' in base_url else '?'}options=" + quote(
+        f"-csearch_path={schema}")
+    return admin, schema, url
+
+
+def drop_schema(admin: sa.Engine, schema: str) -> None:
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def stop_scheduler(scheduler: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (a clean stop, as an orchestrator does), SIGKILL after 60 s."""
+    if scheduler is not None and scheduler.poll() is None:
+        scheduler.send_signal(signal.SIGTERM)
+        try:
+            scheduler.wait(60)
+        except subprocess.TimeoutExpired:
+            scheduler.kill()
 
 
 def main() -> None:

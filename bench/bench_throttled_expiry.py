@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import boto3
 import sqlalchemy as sa
@@ -47,14 +45,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_scheduler import (
     ACCOUNT,
+    BENCH_INSTANCES,
+    BENCH_ROUTING,
     CLI,
     CREDENTIALS,
     DEFAULT_URL,
     REGION,
     TRUST,
+    drop_schema,
     insert_grants,
     policy_document,
     process_cpu_s,
+    scratch_schema,
+    stop_scheduler,
 )
 from throttling_iam import ThrottlingIamProxy
 
@@ -68,12 +71,7 @@ GRANTS_PER_ROLE = 100
 def run_once(base_url: str, count: int, rate: float, client_rate: float | None,
              client_burst: float | None, retry_mode: str, proxy_burst: float | None,
              sweep_interval: str, revoke_workers: int, workdir: Path) -> dict[str, Any]:
-    schema = f"bench_thr_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(base_url)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{base_url}{'&' if '?' in base_url else '?'}options=" + quote(
-        f"-csearch_path={schema}")
+    admin, schema, url = scratch_schema(base_url, "bench_thr")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -108,7 +106,8 @@ def run_once(base_url: str, count: int, rate: float, client_rate: float | None,
             if client_burst:
                 iam_config["burst"] = client_burst
         config = workdir / f"{schema}.yaml"
-        config.write_text(yaml.safe_dump({"timings": {"sweep_interval": sweep_interval},
+        config.write_text(yaml.safe_dump({"instances": BENCH_INSTANCES, "routing": BENCH_ROUTING,
+                                          "timings": {"sweep_interval": sweep_interval},
                                           "iam": iam_config}))
         env = {**os.environ, **CREDENTIALS, "DATABASE_URL": url,
                "CONNECT_ACCESS_CONFIG": str(config), "AWS_ENDPOINT_URL": proxy.url}
@@ -177,18 +176,11 @@ def run_once(base_url: str, count: int, rate: float, client_rate: float | None,
             "load_average_1m_after": round(os.getloadavg()[0], 2),
         }
     finally:
-        if scheduler is not None and scheduler.poll() is None:
-            scheduler.send_signal(signal.SIGTERM)
-            try:
-                scheduler.wait(60)
-            except subprocess.TimeoutExpired:
-                scheduler.kill()
+        stop_scheduler(scheduler)
         engine.dispose()
         proxy.stop()
         server.stop()
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+        drop_schema(admin, schema)
 
 
 def main() -> None:
