@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -460,6 +461,17 @@ def _check_total(reader: _Reader, path: str, route: Route | None) -> None:
             f"{format_duration(route.max_total_duration)}")
 
 
+def _is_https_address(value: Any) -> bool:
+    """An address people can follow: https, a host, no spaces (the DM links to it)."""
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+
+
 def _parse_identity_center(reader: _Reader, raw: Any) -> IdentityCenter | None:
     if raw is None:
         return None
@@ -467,10 +479,10 @@ def _parse_identity_center(reader: _Reader, raw: Any) -> IdentityCenter | None:
     reader.unknown_keys("identity_center", item,
                         ("instance_arn", "identity_store_id", "portal_url"))
     portal = item.get("portal_url")
-    if portal is not None and not (isinstance(portal, str) and portal.startswith("https://")):
+    if portal is not None and not _is_https_address(portal):
         raise reader.fail("identity_center.portal_url",
-                          f"must be the https:// address of the AWS access portal, got "
-                          f"{portal!r}")
+                          f"must be the https:// address of the AWS access portal, like "
+                          f"https://d-1234567890.awsapps.com/start, got {portal!r}")
     return IdentityCenter(
         instance_arn=reader.string(
             "identity_center.instance_arn", item.get("instance_arn"), _SSO_INSTANCE_ARN,
@@ -581,6 +593,15 @@ def parse_config(raw: Any, source: str = "") -> OperatorConfig:
     for alias in aliases:
         if aliases.count(alias) > 1:
             raise reader.fail("instances", f"alias {alias!r} is used more than once")
+    # One instance under two aliases would split its grants, limits and reconcile findings
+    # between two names; requests and audit records must name an instance one way.
+    by_arn: dict[str, str] = {}
+    for instance in instances:
+        if instance.arn in by_arn:
+            raise reader.fail("instances", f"instance {instance.arn} is configured twice "
+                                           f"(aliases {by_arn[instance.arn]!r} and "
+                                           f"{instance.alias!r}); keep one entry")
+        by_arn[instance.arn] = instance.alias
     check_instance_limits(reader, aliases)
     identity_center = _parse_identity_center(reader, top.get("identity_center"))
     allow_groups = reader.boolean("allow_group_targets", top.get("allow_group_targets", False))

@@ -98,6 +98,8 @@ timings: {{pending_ttl: 12h, remind_before_expiry: 5m, sweep_interval: 30s, pend
      "instances[0].arn: must be an Amazon Connect instance ARN"),
     ({"instances": [{"alias": "a", "arn": INSTANCE}, {"alias": "a", "arn": INSTANCE}]},
      "instances: alias 'a' is used more than once"),
+    ({"instances": [{"alias": "a", "arn": INSTANCE}, {"alias": "b", "arn": INSTANCE}]},
+     f"instances: instance {INSTANCE} is configured twice (aliases 'a' and 'b')"),
     ({"principals": {"U0A": "alice"}}, "principals.U0A: 'alice' is not an IAM principal ARN"),
     ({"principals": {"alice": "arn:aws:iam::111122223333:role/a"}},
      "principals.alice: must be keyed by a Slack user id"),

@@ -186,6 +186,12 @@ def test_the_three_principal_forms_load() -> None:
     ({}, {"identity_center": {**SSO, "identity_store_id": "store"}},
      "identity_center.identity_store_id: must be an identity store id"),
     ({}, {"identity_center": {**SSO, "portal": "x"}}, "identity_center.portal: unknown key"),
+    ({}, {"identity_center": {**SSO, "portal_url": "https://"}},
+     "identity_center.portal_url: must be the https:// address of the AWS access portal"),
+    ({}, {"identity_center": {**SSO, "portal_url": "http://d-1234567890.awsapps.com/start"}},
+     "identity_center.portal_url: must be the https:// address"),
+    ({}, {"identity_center": {**SSO, "portal_url": "https://portal .example.com"}},
+     "identity_center.portal_url: must be the https:// address"),
     ({}, {"allow_group_targets": "yes"}, "allow_group_targets: must be true or false"),
 ])
 def test_config_refusals_name_the_key(principals: dict[str, Any], top: dict[str, Any],
