@@ -430,7 +430,7 @@ class CompiledPolicy:
             "inline_quota": {
                 "limit": self.inline_quota,
                 "existing": self.existing_inline_chars,
-                "available": self.inline_quota - self.existing_inline_chars,
+                "available": max(0, self.inline_quota - self.existing_inline_chars),
             },
             "policies": [
                 {"name": p.name, "document": p.document, "size": s}
@@ -795,7 +795,9 @@ def compile_policy(
 
     inline_document = document_for(statements)
     inline_size = policy_size(inline_document)
-    available = principal.inline_quota - existing_inline_chars
+    # Never below zero: an over-full principal (or a mistyped figure) must read as
+    # "nothing left", not as a negative number of characters.
+    available = max(0, principal.inline_quota - existing_inline_chars)
     if inline_size <= available:
         policies: tuple[PolicyDocument, ...] = (PolicyDocument(grant_name, inline_document),)
         sizes: tuple[int, ...] = (inline_size,)

@@ -159,6 +159,20 @@ def test_existing_inline_usage_counts_against_the_aggregate(iam: IamReference) -
                                               "available": fresh.size - 1}
 
 
+def test_more_existing_usage_than_the_quota_reads_as_none_left(iam: IamReference) -> None:
+    entry = "data-storage/edit-chat-transcripts"
+    over = compile_for(CATALOG, entry, PRINCIPALS["role"], iam, instance_arn=INSTANCE,
+                       existing_inline_chars=50_000)
+    assert over.kind == "managed"
+    assert over.to_json()["inline_quota"] == {"limit": 10240, "existing": 50_000,
+                                              "available": 0}
+    with pytest.raises(PolicyTooLargeError) as caught:
+        compile_for(CATALOG, entry, PRINCIPALS["role"], iam, instance_arn=INSTANCE,
+                    existing_inline_chars=50_000, existing_managed_policies=10)
+    assert "the 0 left of the role's 10240-character inline quota" in str(caught.value)
+    assert caught.value.available == 0
+
+
 def test_nothing_fits_is_a_clear_error_with_numbers(iam: IamReference) -> None:
     with pytest.raises(PolicyTooLargeError) as caught:
         compile_for(CATALOG, "customer-profiles/edit-customer-profiles", PRINCIPALS["user"], iam,
