@@ -11,7 +11,12 @@ requests itself, before Bolt sees them:
    `v0=` signature -> 401;
 2. a signed body Bolt could not make sense of (not UTF-8, not a JSON object where Bolt
    expects one, a `payload` that is not a JSON object, too large) -> 400;
-3. anything Bolt still raises on while dispatching a signed request -> 400.
+3. anything Bolt still raises on while dispatching a signed request -> 400;
+4. a body that stops short of its Content-Length: 400 when the client closes early, 408
+   when it stalls past `body_timeout` seconds (under gunicorn the client socket gets that
+   read deadline, so a client announcing more bytes than it sends holds a worker thread
+   for seconds, not until it gives up). A client that never finishes its headers is
+   gunicorn's to time out; run the web process behind a buffering load balancer.
 
 Each refusal is one short log line (status, reason, client address), never a traceback.
 Requests elsewhere (other paths, Bolt's 404) pass through unchanged.
@@ -19,11 +24,13 @@ Requests elsewhere (other paths, Bolt's 404) pass through unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +48,8 @@ logger = logging.getLogger(__name__)
 MAX_CLOCK_SKEW_SECONDS = 300
 # Slack's payloads are a few kilobytes; views with many blocks stay well under this.
 MAX_BODY_BYTES = 1024 * 1024
+# Slack sends a whole payload in one go; 10 s for the rest of a body is generous.
+BODY_TIMEOUT_SECONDS = 10.0
 
 
 class Rejected(Exception):
@@ -61,13 +70,17 @@ class GuardedRequestHandler(SlackRequestHandler):
 
     def __init__(self, app: App, *, signing_secret: str, path: str = "/slack/events",
                  now: Callable[[], float] = time.time,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 body_timeout: float = BODY_TIMEOUT_SECONDS) -> None:
         super().__init__(app, path=path)
         if not signing_secret:
             raise ValueError("a signing secret is needed to verify requests")
+        if body_timeout <= 0:
+            raise ValueError("body_timeout must be positive")
         self._secret = signing_secret
         self._now = now
         self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
@@ -119,8 +132,41 @@ class GuardedRequestHandler(SlackRequestHandler):
         stream = environ.get("wsgi.input")
         if stream is None or length == 0:
             return b""
-        body: bytes = stream.read(length)
+        client = environ.get("gunicorn.socket")
+        deadline = client.settimeout if isinstance(client, socket.socket) else None
+        previous = client.gettimeout() if isinstance(client, socket.socket) else None
+        if deadline is not None:
+            deadline(self._body_timeout)
+        try:
+            body: bytes = stream.read(length)
+        except TimeoutError:
+            self._stop_reading(environ)
+            raise Rejected(408, f"body did not arrive within {self._body_timeout:g} s "
+                                f"(Content-Length says {length} bytes)") from None
+        except OSError as exc:
+            self._stop_reading(environ)
+            raise Rejected(400, f"body could not be read ({type(exc).__name__})") from None
+        finally:
+            if deadline is not None:
+                # gunicorn's keep-alive handling sets its own blocking mode afterwards;
+                # leave the socket as it was handed to us.
+                with contextlib.suppress(OSError):
+                    deadline(previous)
+        if len(body) < length:
+            self._stop_reading(environ)
+            raise Rejected(400, f"body is {len(body)} bytes, shorter than its "
+                                f"Content-Length of {length}")
         return body
+
+    @staticmethod
+    def _stop_reading(environ: WSGIEnvironment) -> None:
+        """After a body that stopped short, whatever the client sends next is the rest of
+        that body, not a new request: stop reading the connection (the answer still goes
+        out, and gunicorn then closes it). A WSGI app may not send `Connection: close`."""
+        client = environ.get("gunicorn.socket")
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RD)
 
     def _verify(self, timestamp: str | None, signature: str | None, body: bytes) -> None:
         if not timestamp:
@@ -142,7 +188,8 @@ class GuardedRequestHandler(SlackRequestHandler):
                        environ.get("PATH_INFO"), environ.get("REMOTE_ADDR", "?"), status,
                        reason)
         body = json.dumps({"error": "invalid request" if status == 401 else "bad request"})
-        phrase = {400: "Bad Request", 401: "Unauthorized", 413: "Payload Too Large"}[status]
+        phrase = {400: "Bad Request", 401: "Unauthorized", 408: "Request Timeout",
+                  413: "Payload Too Large"}[status]
         start_response(f"{status} {phrase}", [("Content-Type", "application/json"),
                                               ("Content-Length", str(len(body)))])
         return [body.encode()]
