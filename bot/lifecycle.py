@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import bindparam, func, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +35,18 @@ from bot.audit import NewEvent, append_events
 from bot.catalog import Catalog, CatalogEntry
 from bot.config import ConfigError, OperatorConfig, Route
 from bot.db import SessionFactory
+from bot.decisions import (
+    SYSTEM,
+    Decision,
+    Refusal,
+    RequestFacts,
+    RevokeReason,
+    is_approved,
+    may_cancel,
+    may_extend,
+    may_revoke,
+    may_vote,
+)
 from bot.durations import format_duration
 from bot.evidence import (
     AttachedDocument,
@@ -58,6 +70,7 @@ from bot.ports import (
     PrincipalDirectory,
     PrincipalError,
 )
+from bot.request_rules import reason_problem
 from bot.states import (
     ACTIVE,
     APPROVED,
@@ -89,9 +102,7 @@ from bot.targets import (
 log = logging.getLogger(__name__)
 
 
-SYSTEM = "system"
 AUTO_APPROVER = "system:auto-approve"
-RevokeReason = Literal["done", "approver", "expiry"]
 
 
 class LifecycleError(Exception):
@@ -177,6 +188,29 @@ class _ClaimedRevoke:
     principal_arn: str
     kind: PolicyKind
     policy_names: tuple[str, ...]
+
+
+_REFUSAL_ERRORS: Mapping[Refusal, type[LifecycleError]] = {
+    Refusal.WRONG_STATE: InvalidTransition,
+    Refusal.SELF_APPROVAL: SelfApproval,
+    Refusal.ALREADY_VOTED: DuplicateVote,
+    Refusal.NO_APPROVERS: NotAllowed,
+    Refusal.NOT_APPROVER: NotAllowed,
+    Refusal.NOT_REQUESTER: NotAllowed,
+    Refusal.NOT_SYSTEM: NotAllowed,
+}
+
+
+def _require(decision: Decision) -> None:
+    """Raise the lifecycle error that matches a refused decision."""
+    if not decision.allowed:
+        error = _REFUSAL_ERRORS[decision.refusal] if decision.refusal else LifecycleError
+        raise error(decision.reason)
+
+
+def _facts(request: AccessRequest) -> RequestFacts:
+    return RequestFacts(request.id, request.requester, request.state, request.tier,
+                        extension_pending=request.extension_seconds is not None)
 
 
 def new_grant_id() -> str:
@@ -369,27 +403,27 @@ class RequestService:
             session.execute(update(AccessRequest).where(AccessRequest.id == request.id)
                             .values(alert_channel=ref.channel, alert_ts=ref.ts))
 
-    def _check_approver(self, request: AccessRequest, approver: str,
-                        mapping: ApproverMapping) -> Route:
-        """`mapping`: the approver's own, from the principal directory (looked up before
-        the request's row is locked, since it may call AWS)."""
-        decision = self_approval_decision(request.requester, approver, request.principal_arn,
-                                          mapping)
-        if not decision.allowed and not decision.unconfirmed:
-            raise SelfApproval(decision.reason)
+    def _check_voter(self, session: Session, request: AccessRequest, approver: str,
+                     mapping: ApproverMapping) -> Route:
+        """Raise unless `approver` may vote on the locked `request` now (bot.decisions).
+        `mapping`: the approver's own, from the principal directory (looked up before the
+        request's row is locked, since it may call AWS)."""
+        facts = _facts(request)
+        if not facts.open_for_votes:  # refused as such (raises) before any look-up
+            _require(may_vote(facts, approver, approvers=(), is_approver=False,
+                              has_voted=False))
         route = self._route(request)
-        if not route.approvers:
-            raise NotAllowed(
-                f"No approvers are configured for {request.tier} requests; ask an operator "
-                "to set routing in the bot's config."
-            )
-        if approver not in self.approvers.members(route.approvers):
-            raise NotAllowed(
-                f"You are not an approver for {request.tier}-tier requests like "
-                f"#{request.id}."
-            )
-        if not decision.allowed:
-            raise SelfApproval(decision.reason)
+        has_voted = session.execute(
+            select(Vote.id).where(Vote.request_id == request.id,
+                                  Vote.approval_round == request.approval_round,
+                                  Vote.approver == approver)
+        ).first() is not None
+        _require(may_vote(
+            facts, approver, approvers=route.approvers,
+            is_approver=approver in self.approvers.members(route.approvers),
+            has_voted=has_voted,
+            principal_check=self_approval_decision(request.requester, approver,
+                                                   request.principal_arn, mapping)))
         return route
 
     @staticmethod
@@ -434,10 +468,8 @@ class RequestService:
         entry = self._entry(entry_id)
         route = self.config.router.route_for(entry)
         reason = reason.strip()
-        if not reason:
-            raise InvalidRequest("Please say why you need this access (the reason is empty).")
-        if len(reason) > 2000:
-            raise InvalidRequest("Please keep the reason under 2,000 characters.")
+        if problem := reason_problem(reason):
+            raise InvalidRequest(problem)
         seconds = int(duration.total_seconds())
         if duration < self.min_duration:
             raise InvalidRequest(
@@ -551,11 +583,9 @@ class RequestService:
         with self._transaction() as session:
             request = self._locked(session, request_id)
             extending = request.state == ACTIVE and request.extension_seconds is not None
-            if request.state != PENDING and not extending:
-                raise InvalidTransition(self._nothing_to_decide(request))
-            route = self._check_approver(request, approver, mapping)
+            route = self._check_voter(session, request, approver, mapping)
             approvals = self._vote(session, request, approver, "approve", comment)
-            approved = approvals >= request.required_approvals
+            approved = is_approved(approvals, request.required_approvals).allowed
             if approved and extending:
                 extended_to = self._apply_extension(session, request, approver)
             elif approved:
@@ -580,9 +610,7 @@ class RequestService:
         with self._transaction() as session:
             request = self._locked(session, request_id)
             extending = request.state == ACTIVE and request.extension_seconds is not None
-            if request.state != PENDING and not extending:
-                raise InvalidTransition(self._nothing_to_decide(request))
-            self._check_approver(request, approver, mapping)
+            self._check_voter(session, request, approver, mapping)
             self._vote(session, request, approver, "deny", comment)
             if extending:
                 request.extension_seconds = None
@@ -596,28 +624,18 @@ class RequestService:
         self._notify("denied", request, approver=approver, comment=comment, extension=extending)
         return request
 
-    @staticmethod
-    def _nothing_to_decide(request: AccessRequest) -> str:
-        return (f"Request #{request.id} is already {request.state.replace('_', ' ')}; "
-                "there is nothing to approve or deny.")
-
     def _vote(self, session: Session, request: AccessRequest, approver: str, decision: str,
               comment: str | None) -> int:
         """Add one vote in the current round; return the round's approval count."""
-        already = session.execute(
-            select(Vote.id).where(Vote.request_id == request.id,
-                                  Vote.approval_round == request.approval_round,
-                                  Vote.approver == approver)
-        ).first()
-        if already is not None:
-            raise DuplicateVote(f"You have already voted on request #{request.id}.")
         try:
             with session.begin_nested():
                 session.add(Vote(request_id=request.id, approval_round=request.approval_round,
                                  approver=approver, decision=decision, comment=comment,
                                  at=self.clock.now()))
         except IntegrityError:
-            raise DuplicateVote(f"You have already voted on request #{request.id}.") from None
+            # Two clicks that both passed _check_voter: the unique index decides.
+            raise DuplicateVote(f"You have already voted on request #{request.id}; each "
+                                "approver votes once.") from None
         request.updated_at = self.clock.now()
         self._audit(session, request, approver, "vote",
                     {"decision": decision, "comment": comment, "round": request.approval_round})
@@ -631,14 +649,7 @@ class RequestService:
     def cancel(self, request_id: int, actor: str) -> AccessRequest:
         with self._transaction() as session:
             request = self._locked(session, request_id)
-            if actor != request.requester:
-                raise NotAllowed("Only the person who asked can cancel a request.")
-            if request.state != PENDING:
-                raise InvalidTransition(
-                    f"Request #{request.id} is {request.state.replace('_', ' ')}; only a "
-                    "pending request can be cancelled" + (
-                        " (use “I'm done” to give up active access)."
-                        if request.state == ACTIVE else "."))
+            _require(may_cancel(_facts(request), actor))
             self._move(session, request, CANCELLED, actor=actor, action="cancelled")
         self._notify("cancelled", request)
         return request
@@ -1084,15 +1095,7 @@ class RequestService:
         extended_to: datetime | None = None
         with self._transaction() as session:
             request = self._locked(session, request_id)
-            if actor != request.requester:
-                raise NotAllowed("Only the person who holds the access can ask to extend it.")
-            if request.state != ACTIVE:
-                raise InvalidTransition(
-                    f"Request #{request.id} is {request.state.replace('_', ' ')}; only active "
-                    "access can be extended.")
-            if request.extension_seconds is not None:
-                raise InvalidTransition(
-                    f"An extension of request #{request.id} is already waiting for approval.")
+            _require(may_extend(_facts(request), actor))
             route = self._route(request)
             seconds = int(extra.total_seconds())
             if seconds < 60 or extra > route.max_duration:
@@ -1183,25 +1186,11 @@ class RequestService:
         """Take active access away: by the requester ("I'm done"), an approver, or expiry."""
         with self._transaction() as session:
             request = self._locked(session, request_id)
-            if reason == "done" and actor != request.requester:
-                raise NotAllowed("Only the person who holds the access can say they are done.")
-            if reason == "approver":
-                self._check_revoker(request, actor)
-            if reason == "expiry" and actor != SYSTEM:
-                raise NotAllowed("Only the bot revokes access for expiry.")
-            if request.state != ACTIVE:
-                raise InvalidTransition(
-                    f"Request #{request.id} is {request.state.replace('_', ' ')}; there is no "
-                    "active access to revoke.")
+            is_approver = reason == "approver" and actor in self.approvers.members(
+                self._route(request).approvers)
+            _require(may_revoke(_facts(request), actor, reason, is_approver=is_approver))
             grant = self._start_revoking(session, request, actor, reason)
         return self._attempt_revoke(grant.id)
-
-    def _check_revoker(self, request: AccessRequest, actor: str) -> None:
-        route = self._route(request)
-        if actor not in self.approvers.members(route.approvers):
-            raise NotAllowed(
-                f"Only the requester or an approver for {request.tier}-tier requests can "
-                f"revoke request #{request.id}.")
 
     def _start_revoking(self, session: Session, request: AccessRequest, actor: str,
                         reason: RevokeReason) -> Grant:

@@ -15,6 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot import slacklimits
+from bot.request_rules import (
+    DENY_REASON_MAX,
+    DENY_REASON_MIN,
+    REASON_MAX,
+    REASON_MIN,
+    deny_reason_problem,
+    reason_problem,
+)
 from bot.slack.escape import channel_link, escape, mention, quote, slack_date, truncate
 from bot.slack.permissions import (
     entry_value,
@@ -69,10 +77,6 @@ REASON_BLOCK = "reason"
 DENY_REASON_BLOCK = "deny_reason"
 EXTEND_BLOCK = "extension"
 
-REASON_MIN = 10
-REASON_MAX = 1000
-DENY_REASON_MIN = 3
-DENY_REASON_MAX = 500
 STANDARD_DURATIONS = tuple(timedelta(minutes=m) for m in (15, 30, 60, 120, 240, 480, 720, 1440))
 
 STATE_LABELS: dict[str, str] = {
@@ -428,12 +432,8 @@ def read_request_form(view: Mapping[str, Any]) -> RequestForm | dict[str, str]:
             f"Choose a duration of at most {format_duration(timedelta(seconds=max_seconds))}."
         )
     reason = _state_value(values, REASON_BLOCK).strip()
-    if len(reason) < REASON_MIN:
-        errors[REASON_BLOCK] = (
-            f"Say a little more: at least {REASON_MIN} characters (you wrote {len(reason)})."
-        )
-    elif len(reason) > REASON_MAX:
-        errors[REASON_BLOCK] = f"Keep it under {REASON_MAX} characters (you wrote {len(reason)})."
+    if problem := reason_problem(reason):
+        errors[REASON_BLOCK] = problem
     entry_id = metadata.get("entry_id")
     if not isinstance(entry_id, str) or not entry_id:
         errors[REASON_BLOCK] = "This form is out of date; run the command again."
@@ -605,12 +605,8 @@ def read_deny_form(view: Mapping[str, Any]) -> tuple[int, str] | dict[str, str]:
         request_id = int(json.loads(view.get("private_metadata") or "{}")["request_id"])
     except (ValueError, KeyError, TypeError):
         return {DENY_REASON_BLOCK: "This form is out of date; click Deny again."}
-    if not DENY_REASON_MIN <= len(reason) <= DENY_REASON_MAX:
-        return {
-            DENY_REASON_BLOCK: (
-                f"Give a reason of {DENY_REASON_MIN} to {DENY_REASON_MAX} characters."
-            )
-        }
+    if problem := deny_reason_problem(reason):
+        return {DENY_REASON_BLOCK: problem}
     return request_id, reason
 
 

@@ -105,19 +105,19 @@ def test_rewriting_an_event_with_a_fresh_hash_breaks_the_next_link(
 
 def test_transitions_write_their_events_in_the_same_transaction(
         request_service: RequestService, session_factory: SessionFactory) -> None:
-    request = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="r",
+    request = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="incident INC-3",
                                      duration=timedelta(hours=1))
     with session_factory() as session:
         (event,) = session.query(AuditEvent).all()
     assert (event.actor, event.action, event.request_id) == ("U0ALICE", "submitted", request.id)
-    assert event.details["reason"] == "r" and event.details["entry_hash"] == request.entry_hash
+    assert event.details["reason"] == "incident INC-3" and event.details["entry_hash"] == request.entry_hash
 
 
 def make_history(service: RequestService, clock: FakeClock) -> tuple[int, int]:
     alice = service.submit(requester="U0ALICE", entry_id=WRITE, reason="alice, needs \"quotes\"",
                            duration=timedelta(hours=1)).id
     clock.advance(timedelta(days=1))
-    bob = service.submit(requester="U0BOB", entry_id=READ, reason="bob",
+    bob = service.submit(requester="U0BOB", entry_id=READ, reason="bob: queue audit",
                          duration=timedelta(hours=1)).id
     service.approve(bob, "U0LEAD01")
     return alice, bob

@@ -374,7 +374,7 @@ def test_checkpoints_are_due_every_n_events_or_after_the_interval(
     first = writer.tick().written  # the first event ever: nothing anchored yet
     assert first is not None and first.checkpoint.seq == 1
     assert writer.tick().skipped == "no new events since the last checkpoint"
-    request_service.submit(requester="U0ALICE", entry_id=READ, reason="r",
+    request_service.submit(requester="U0ALICE", entry_id=READ, reason="incident INC-3",
                            duration=timedelta(hours=1))
     assert writer.tick().written is None  # 1 new event: below 5, interval not over
     clock.advance(timedelta(minutes=5))
@@ -383,7 +383,7 @@ def test_checkpoints_are_due_every_n_events_or_after_the_interval(
     for requester in ("U0NOBODY", "U0LEAD01"):
         pending(request_service, requester)
     assert writer.tick().written is None  # 2 new
-    granted = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="r",
+    granted = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="incident INC-3",
                                      duration=timedelta(hours=1))
     request_service.approve(granted.id, "U0LEAD01")
     by_count = writer.tick().written

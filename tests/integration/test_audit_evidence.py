@@ -22,7 +22,7 @@ WRITE = "telephony/enable-disable-telephony-options"
 def test_the_attached_document_is_stored_and_matches_its_event(
         request_service: RequestService, session_factory: SessionFactory,
         granter: InMemoryGranter) -> None:
-    request = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="INC-7",
+    request = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="incident INC-7",
                                      duration=timedelta(hours=1))
     request_service.approve(request.id, "U0LEAD01")
     with session_factory() as session:

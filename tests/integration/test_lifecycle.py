@@ -81,6 +81,9 @@ def test_submit_records_request_and_audits_it(request_service: RequestService,
 @pytest.mark.parametrize(("kwargs", "error", "text"), [
     ({"entry_id": "no/such-entry"}, InvalidRequest, "no catalog entry"),
     ({"reason": "   "}, InvalidRequest, "reason is empty"),
+    # The Slack form's rule (bot.request_rules), judged stripped: 10 to 1000 characters.
+    ({"reason": "  too short "}, InvalidRequest, r"at least 10 characters \(you wrote 9\)"),
+    ({"reason": "x" * 1001}, InvalidRequest, r"at most 1000 characters \(you wrote 1001\)"),
     ({"duration": timedelta(hours=5)}, InvalidRequest, "at most 4h"),
     ({"duration": timedelta(seconds=10)}, InvalidRequest, "at least 1m"),
     ({"instance": "staging"}, InvalidRequest, "no instance 'staging'"),
@@ -90,13 +93,22 @@ def test_submit_refuses_bad_requests(request_service: RequestService,
                                      session_factory: SessionFactory, kwargs: dict[str, object],
                                      error: type[Exception], text: str) -> None:
     arguments: dict[str, object] = {"requester": "U0ALICE", "entry_id": WRITE,
-                                    "reason": "why", "duration": timedelta(hours=1)}
+                                    "reason": "ticket CX-9", "duration": timedelta(hours=1)}
     arguments.update(kwargs)
     with pytest.raises(error, match=text):
         request_service.submit(**arguments)  # type: ignore[arg-type]
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(AccessRequest)) == 0
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == 0
+
+
+@pytest.mark.parametrize("reason", ["ten chars!", "y" * 1000])
+def test_submit_accepts_reasons_at_the_bounds(request_service: RequestService,
+                                              reason: str) -> None:
+    padded = f"  {reason}\n"
+    request = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason=padded,
+                                     duration=timedelta(hours=1))
+    assert request.state == "pending" and request.reason == reason  # stored stripped
 
 
 def test_second_open_request_for_same_entry_and_principal_is_refused(
@@ -222,7 +234,7 @@ def test_auto_approve_read_tier(session_factory: SessionFactory,
                                 operator_config_data: dict[str, Any]) -> None:
     operator_config_data["routing"]["tiers"]["read"]["auto_approve"] = True
     request_service.config = parse_config(operator_config_data)
-    read = request_service.submit(requester="U0ALICE", entry_id=READ, reason="look",
+    read = request_service.submit(requester="U0ALICE", entry_id=READ, reason="look at queues",
                                   duration=timedelta(hours=1))
     assert read.state == "active" and len(granter.attach_calls) == 1
     assert actions(session_factory, read.id)[:2] == ["submitted", "approved"]

@@ -17,12 +17,12 @@ WRITE = "telephony/enable-disable-telephony-options"
 def test_grants_list_shows_state_expiry_and_lag(database_url: str,
                                                 request_service: RequestService,
                                                 clock: FakeClock) -> None:
-    done = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="a",
+    done = request_service.submit(requester="U0ALICE", entry_id=WRITE, reason="incident INC-a",
                                   duration=timedelta(hours=1)).id
     request_service.approve(done, "U0LEAD01")
     clock.advance(timedelta(hours=1, seconds=12))
     request_service.revoke_all_due()
-    live = request_service.submit(requester="U0BOB", entry_id=WRITE, reason="b",
+    live = request_service.submit(requester="U0BOB", entry_id=WRITE, reason="incident INC-b",
                                   duration=timedelta(hours=1)).id
     request_service.approve(live, "U0LEAD01")
 

@@ -134,7 +134,7 @@ def test_two_sweepers_revoke_each_grant_once(request_service: RequestService,
                                              granter: InMemoryGranter, clock: FakeClock,
                                              session_factory: SessionFactory) -> None:
     for requester in ("U0ALICE", "U0BOB", "U0LEAD01"):
-        request_id = request_service.submit(requester=requester, entry_id=WRITE, reason="x",
+        request_id = request_service.submit(requester=requester, entry_id=WRITE, reason="incident INC-5",
                                             duration=timedelta(hours=1)).id
         request_service.approve(request_id, "U0LEAD05")
     clock.advance(timedelta(hours=2))

@@ -115,7 +115,7 @@ def test_pending_requests_time_out_after_their_ttl(
         work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
         clock: FakeClock, notifier: RecordingNotifier) -> None:
     request = request_service.submit(requester="U0BOB", entry_id=entries(catalog, 1)[0],
-                                     reason="ticket", duration=timedelta(hours=1))
+                                     reason="ticket CX-2", duration=timedelta(hours=1))
     clock.advance(timedelta(hours=23, minutes=59))
     assert work.expire_pending(clock.now()) == 0
     clock.advance(timedelta(minutes=1))
@@ -131,7 +131,7 @@ def test_reminders_go_out_once_each(
 ) -> None:
     held, waiting = entries(catalog, 2)
     grant_id = make_active(request_service, held, minutes=30)
-    pending = request_service.submit(requester="U0BOB", entry_id=waiting, reason="ticket",
+    pending = request_service.submit(requester="U0BOB", entry_id=waiting, reason="ticket CX-2",
                                      duration=timedelta(hours=1))
     assert work.send_reminders(clock.now()) == 0
 
@@ -395,7 +395,7 @@ def test_requests_still_pending_are_untouched_by_revocation(
         work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
         clock: FakeClock, session_factory: SessionFactory) -> None:
     request = request_service.submit(requester="U0BOB", entry_id=entries(catalog, 1)[0],
-                                     reason="ticket", duration=timedelta(hours=1))
+                                     reason="ticket CX-2", duration=timedelta(hours=1))
     clock.advance(timedelta(hours=2))
     assert work.revoke_overdue(clock.now()) == 0
     with session_factory() as session:

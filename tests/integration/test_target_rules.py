@@ -44,7 +44,7 @@ def test_an_approver_mapped_to_the_principal_a_requester_was_found_at_is_refused
     # connect-access:slack-user tag, as the principal directory finds it).
     data["principals"] = {"U0LEAD01": ALICE_ROLE}
     service = service_with(request_service, data, {"U0CAROL": ALICE_ROLE}, notifier)
-    request_id = service.submit(requester="U0CAROL", entry_id=READ, reason="INC-1",
+    request_id = service.submit(requester="U0CAROL", entry_id=READ, reason="incident INC-1",
                                 duration=timedelta(hours=1)).id
 
     with pytest.raises(SelfApproval, match=r"your own mapping .*alice-admin.* reaches"):
@@ -66,7 +66,7 @@ def test_auto_approval_extends_only_up_to_the_tier_maximum_and_never_past_the_to
     notifier: RecordingNotifier,
 ) -> None:
     service = service_with(request_service, auto_read(operator_config_data), {}, notifier)
-    request_id = service.submit(requester="U0ALICE", entry_id=READ, reason="INC-1",
+    request_id = service.submit(requester="U0ALICE", entry_id=READ, reason="incident INC-1",
                                 duration=timedelta(hours=1)).id
     assert service.get(request_id).state == "active"  # auto-approved
 

@@ -19,7 +19,7 @@ CORE = ("bot.catalog", "bot.resolve", "bot.policy", "bot.lifecycle", "bot.audit"
         "bot.persistence", "bot.tiers", "bot.durations", "bot.config", "bot.alerts",
         "bot.reconcile_model", "bot.reconcile_store", "bot.expiry", "bot.scheduler",
         "bot.leader", "bot.heartbeat", "bot.request_ids", "bot.slacklimits", "bot.iamref",
-        "bot.times")
+        "bot.times", "bot.decisions", "bot.request_rules")
 
 
 def _path(module: str) -> Path:
