@@ -472,6 +472,15 @@ def _is_https_address(value: Any) -> bool:
         return False
 
 
+def _bucket_name(reader: _Reader, raw: Any) -> str:
+    name = reader.string("audit.anchor_bucket", raw)
+    problem = bucket_name_problem(name)
+    if problem is not None:
+        raise reader.fail("audit.anchor_bucket",
+                          f"must be an S3 bucket name ({problem}), got {name!r}")
+    return name
+
+
 def _parse_identity_center(reader: _Reader, raw: Any) -> IdentityCenter | None:
     if raw is None:
         return None
@@ -686,8 +695,29 @@ def _iam_limits(reader: _Reader, raw: Mapping[str, Any]) -> IamLimits:
 _KMS_KEY = re.compile(r"(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+)"
                       r"|([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
                       r"|(alias/[\w/+=,.@-]+)")
-# S3 bucket naming rules: 3-63 characters, lower case, digits, dots and hyphens.
+# S3's general purpose bucket naming rules: 3-63 characters of lower case, digits, dots and
+# hyphens, a letter or digit at each end; plus the shapes S3 refuses or reserves, below.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why S3 would refuse `name` as a bucket name, or None. Checked at load, so a typo
+    surfaces as the key's path, not as an AWS error when the first checkpoint is due."""
+    if not _BUCKET.fullmatch(name):
+        return ("3 to 63 lower-case letters, digits, dots or hyphens, starting and ending "
+                "with a letter or digit")
+    if ".." in name:
+        return "no two dots in a row"
+    if _IP_ADDRESS.fullmatch(name):
+        return "not shaped like an IP address"
+    reserved = [p for p in _BUCKET_RESERVED_PREFIXES if name.startswith(p)] + [
+        s for s in _BUCKET_RESERVED_SUFFIXES if name.endswith(s)]
+    if reserved:
+        return f"not using S3's reserved {reserved[0]!r}"
+    return None
 _AUDIT_KEYS = ("kms_key_id", "signing_key_file", "anchor_bucket", "anchor_channel",
                "checkpoint_interval", "checkpoint_events", "anchor_retention",
                "previous_keys")
@@ -739,8 +769,7 @@ def _audit_config(reader: _Reader, raw: Mapping[str, Any]) -> AuditConfig:
             "audit.kms_key_id", kms_key_id, _KMS_KEY, "a KMS key ARN, key id or alias"),
         signing_key_file=None if key_file is None else Path(
             reader.string("audit.signing_key_file", key_file)),
-        anchor_bucket=None if bucket is None else reader.string(
-            "audit.anchor_bucket", bucket, _BUCKET, "an S3 bucket name"),
+        anchor_bucket=None if bucket is None else _bucket_name(reader, bucket),
         anchor_channel=None if channel is None else reader.string(
             "audit.anchor_channel", channel, _CHANNEL_ID, "a Slack channel id like C0AUDIT"),
     )

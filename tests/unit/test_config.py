@@ -162,3 +162,31 @@ def test_reconcile_interval_defaults_to_15m_and_accepts_down_to_1m() -> None:
     assert parsed.timings.reconcile_interval == timedelta(minutes=1)
     with pytest.raises(ConfigError, match=r"timings\.reconcile_interval: must be at least 1m"):
         parse_config({"timings": {"reconcile_interval": "30s"}})
+
+
+@pytest.mark.parametrize(("bucket", "problem"), [
+    ("Bad_Bucket", "3 to 63 lower-case letters"),
+    ("ab", "3 to 63 lower-case letters"),
+    ("a" * 64, "3 to 63 lower-case letters"),
+    ("-audit", "starting and ending with a letter or digit"),
+    ("acme..audit", "no two dots in a row"),
+    ("192.168.5.4", "not shaped like an IP address"),
+    ("xn--audit", "reserved 'xn--'"),
+    ("sthree-audit", "reserved 'sthree-'"),
+    ("audit-s3alias", "reserved '-s3alias'"),
+    ("audit--ol-s3", "reserved '--ol-s3'"),
+    ("audit.mrap", "reserved '.mrap'"),
+])
+def test_anchor_bucket_follows_s3_naming_rules(bucket: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"audit": {"signing_key_file": "/k", "anchor_bucket": bucket}},
+                     "operator.yaml")
+    message = str(caught.value)
+    assert message.startswith("operator.yaml: audit.anchor_bucket: must be an S3 bucket name (")
+    assert problem in message and repr(bucket) in message
+
+
+@pytest.mark.parametrize("bucket", ["acme-connect-access-audit", "a.b.c", "abc", "a" * 63])
+def test_valid_anchor_bucket_names_load(bucket: str) -> None:
+    config = parse_config({"audit": {"signing_key_file": "/k", "anchor_bucket": bucket}})
+    assert config.audit.anchor_bucket == bucket
