@@ -52,11 +52,14 @@ TRANSIENT_CODES = THROTTLING_CODES | frozenset(
     }
 )
 
-# IAM returns these while an entity is being changed by another request; the same call
-# succeeds moments later. botocore does not retry them (they are not throttling, time-outs
-# or 5xx), so the granter does, with the read-after-write retry IAM's eventual consistency
-# needs anyway.
-CONSISTENCY_CODES = frozenset({"EntityTemporarilyUnmodifiable", "ConcurrentModification"})
+# IAM returns the first two while an entity is being changed by another request, Identity
+# Center ConflictException while another write to the same permission set is in flight (a
+# provisioning, an assignment) or not yet visible; the same call succeeds moments later.
+# botocore does not retry them (they are not throttling, time-outs or 5xx), so the granters
+# do, with the read-after-write retry eventual consistency needs anyway.
+CONSISTENCY_CODES = frozenset(
+    {"EntityTemporarilyUnmodifiable", "ConcurrentModification", "ConflictException"}
+)
 TRANSIENT_CODES = TRANSIENT_CODES | CONSISTENCY_CODES
 
 # Codes that will fail again unchanged: a person has to fix a quota, permission or input.
@@ -111,7 +114,7 @@ def is_throttling(exc: BaseException) -> bool:
 
 
 def is_consistency_conflict(exc: BaseException) -> bool:
-    """IAM is still applying another change to the same entity."""
+    """IAM or Identity Center is still applying another change to the same entity."""
     return isinstance(exc, ClientError) and error_code(exc) in CONSISTENCY_CODES
 
 

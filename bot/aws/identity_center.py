@@ -11,8 +11,12 @@ that fails removes what this call created, so a failed grant leaves nothing behi
 revoke: delete the set's assignments (on every account it is provisioned to), wait for
 the deletions, delete the set. Already gone is success.
 
-Every call goes through one retry loop like the IAM granter's: transient faults retried
-with backoff and full jitter, permanent ones surfacing as GrantError with the AWS code.
+One retry policy, as in the IAM granter: botocore's (standard or adaptive mode, its
+attempts set once in bot.aws.sessions) retries throttling, service failures and time-outs.
+This granter retries only Identity Center's ConflictException, which botocore does not: the
+service answers it while another write to the same permission set is still in flight (a
+provisioning, an assignment) or has not reached every host yet, and the same call succeeds
+moments later. Everything else surfaces at once as GrantError with the AWS code.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bot.aws.errors import error_code, is_transient, to_grant_error
+from bot.aws.errors import error_code, is_consistency_conflict, to_grant_error
 from bot.aws.granter import decode_document, document_hash
 from bot.ports import AttachedPolicy, GrantError, GrantPlan, PolicyKind
 from bot.targets import PERMISSION_SET_PREFIX, IdentityCenterTarget, TargetError, parse_target
@@ -78,6 +82,7 @@ class IdentityCenterGranter:
         *,
         instance_arn: str,
         identity_store_id: str,
+        # The ConflictException retry only; botocore retries everything else.
         attempts: int = 5,
         base_delay: float = 0.2,
         max_delay: float = 10.0,
@@ -247,8 +252,10 @@ class IdentityCenterGranter:
 
     def _create_set(self, name: str, plan: GrantPlan, duration: str) -> str:
         try:
+            # Not retried on a conflict: for a create it means the name is taken.
             created = self._call(
                 f"create permission set {name}", self._sso().create_permission_set,
+                retry_conflict=False,
                 InstanceArn=self.instance_arn, Name=name, SessionDuration=duration,
                 Description=f"connect-access grant {plan.grant_id}, until "
                             f"{plan.expires_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
@@ -388,17 +395,23 @@ class IdentityCenterGranter:
             kwargs["NextToken"] = token
 
     def _call(self, action: str, fn: Callable[..., Any], *args: Any,
-              missing_ok: bool = False, **kwargs: Any) -> Any:
-        """fn(*args, **kwargs) with retries; None when missing_ok and AWS says the
-        resource is not found."""
+              missing_ok: bool = False, retry_conflict: bool = True, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs); None when missing_ok and AWS says the resource is not found.
+
+        botocore has already retried what it retries (throttling, 5xx, time-outs) by the
+        time an error reaches here, so those surface at once. Only ConflictException is
+        retried, up to `attempts` tries with backoff and full jitter: Identity Center is
+        still applying an earlier write to the same set (or has not made it visible to
+        every host), and the same call succeeds once that write has landed."""
         for attempt in range(1, self._attempts + 1):
             try:
                 return fn(*args, **kwargs)
             except (ClientError, BotoCoreError) as exc:
                 if missing_ok and error_code(exc) == MISSING:
                     return None
-                if not is_transient(exc) or attempt == self._attempts:
-                    raise to_grant_error(exc, action, attempt) from exc
+                conflict = retry_conflict and is_consistency_conflict(exc)
+                if not conflict or attempt == self._attempts:
+                    raise to_grant_error(exc, action) from exc
                 delay = self._jitter() * min(self._max_delay,
                                              self._base_delay * 2.0 ** (attempt - 1))
                 log.warning("%s: %s, retry %d in %.2fs", action, error_code(exc), attempt,

@@ -7,12 +7,15 @@ states grants end in.
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aws_testkit import REGION, TRUST
+from aws_testkit import REGION, TRUST, SleepRecorder
+from botocore.awsrequest import AWSResponse
 from doubles import (
     FakeClock,
     RecordingNotifier,
@@ -24,6 +27,7 @@ from sqlalchemy import select
 from throttling_iam import ThrottlingIamProxy
 
 from bot.aws.granter import IamGranter
+from bot.aws.identity_center import IdentityCenterGranter
 from bot.aws.sessions import AwsSessions
 from bot.catalog import Catalog
 from bot.config import parse_config
@@ -33,6 +37,7 @@ from bot.iamref import IamReference
 from bot.lifecycle import RequestService
 from bot.models import Grant
 from bot.policy import plan_builder
+from bot.ports import GrantError
 
 pytestmark = pytest.mark.slow
 LEADS = ("U0LEAD01", "U0LEAD02")
@@ -205,3 +210,106 @@ def test_a_grant_slowed_by_the_rate_limit_tells_the_requester_it_is_queued(
     assert queued.detail["requester"] == bot.requesters[0]
     assert queued.detail["expected_wait_seconds"] > 0
     assert bot.notifier.events()[-1] == "granted"
+
+
+# -- one retry policy: botocore's attempts, never multiplied by a loop of ours ----------
+
+
+def test_a_throttled_iam_call_is_tried_max_attempts_times_in_all(
+    proxy: ThrottlingIamProxy,
+) -> None:
+    aws = AwsSessions(REGION, proxy.url, max_attempts=3, retry_mode="standard")
+    role = f"thr-once-{random.randrange(16**6):06x}"
+    aws.iam().create_role(RoleName=role, AssumeRolePolicyDocument=TRUST)
+    # The granter's own retry (for IAM's consistency conflicts) allows 5 tries: were it
+    # stacked on botocore's, a throttled call would reach IAM 3 x 5 = 15 times.
+    sleeps = SleepRecorder()
+    granter = IamGranter(aws.iam_for_principal, attempts=5, sleep=sleeps)
+    proxy.set_rate(0)
+    proxy.reset()
+
+    with pytest.raises(GrantError) as raised:
+        granter.revoke(f"arn:aws:iam::123456789012:role/{role}", "inline",
+                       ["connect-access-once"])
+
+    assert raised.value.throttled and raised.value.transient
+    assert proxy.counts.requests["DeleteRolePolicy"] == 3
+    assert proxy.total_requests == 3
+    assert sleeps.delays == []  # the granter waited for nothing of its own
+
+
+class SsoAdminAnswers:
+    """Answers one Identity Center operation at the HTTP layer (botocore's before-send, so
+    its retry handler sees every answer, as from the service) with `codes` in turn, then
+    lets requests through to moto; counts every HTTP attempt."""
+
+    def __init__(self, operation: str, codes: list[str]) -> None:
+        self.operation = operation
+        self.codes = list(codes)
+        self.attempts = 0
+
+    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
+        self.attempts += 1
+        if not self.codes:
+            return None
+        code = self.codes.pop(0)
+        body = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
+        return AWSResponse(request.url, 400, {"x-amzn-ErrorType": code}, _Body(body))
+
+
+class _Body:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.payload
+
+
+def identity_center(moto_url: str, answers: SsoAdminAnswers, *, max_attempts: int,
+                    attempts: int, sleeps: SleepRecorder) -> IdentityCenterGranter:
+    aws = AwsSessions(REGION, moto_url, max_attempts=max_attempts, retry_mode="standard")
+    sso, ids = aws.client("sso-admin"), aws.client("identitystore")
+    instance = sso.list_instances()["Instances"][0]
+    sso.meta.events.register(f"before-send.sso-admin.{answers.operation}", answers)
+    return IdentityCenterGranter(lambda: sso, lambda: ids,
+                                 instance_arn=instance["InstanceArn"],
+                                 identity_store_id=instance["IdentityStoreId"],
+                                 attempts=attempts, base_delay=0.01, sleep=sleeps)
+
+
+def test_a_throttled_identity_center_call_is_tried_max_attempts_times_in_all(
+    moto_url: str, fake_aws_credentials: None,
+) -> None:
+    answers = SsoAdminAnswers("ListPermissionSets", ["ThrottlingException"] * 10)
+    sleeps = SleepRecorder()
+    granter = identity_center(moto_url, answers, max_attempts=3, attempts=5, sleeps=sleeps)
+
+    with pytest.raises(GrantError) as raised:
+        granter.managed_permission_sets()
+
+    # botocore's three attempts and nothing more: the granter used to retry throttling
+    # itself, up to 5 x 3 = 15 requests for one call.
+    assert answers.attempts == 3
+    assert raised.value.throttled and raised.value.code == "ThrottlingException"
+    assert sleeps.delays == []
+
+
+def test_identity_center_conflicts_are_retried_by_the_granter_within_its_bound(
+    moto_url: str, fake_aws_credentials: None,
+) -> None:
+    # botocore does not retry ConflictException (a write to the set still in flight): one
+    # HTTP attempt per try, and the granter's bounded retry makes the tries.
+    settles = SsoAdminAnswers("ListPermissionSets", ["ConflictException"] * 2)
+    sleeps = SleepRecorder()
+    granter = identity_center(moto_url, settles, max_attempts=3, attempts=4, sleeps=sleeps)
+    assert granter.managed_permission_sets() == []
+    assert settles.attempts == 3 and len(sleeps.delays) == 2
+
+    stuck = SsoAdminAnswers("ListPermissionSets", ["ConflictException"] * 10)
+    sleeps = SleepRecorder()
+    granter = identity_center(moto_url, stuck, max_attempts=3, attempts=4, sleeps=sleeps)
+    with pytest.raises(GrantError) as raised:
+        granter.managed_permission_sets()
+    assert stuck.attempts == 4 and len(sleeps.delays) == 3
+    # Still "try later" for the lifecycle: a revoke waits for its retry, not irrevocable.
+    assert raised.value.transient and raised.value.code == "ConflictException"
