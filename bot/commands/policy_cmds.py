@@ -21,7 +21,7 @@ from bot.iamref import IamReference
 from bot.policy import CompiledPolicy, PolicyError, compile_policy
 from bot.resolve import QueryError, Resolver
 from bot.target_policy import compile_for_target
-from bot.targets import TargetError, shared_role_target
+from bot.targets import IDENTITY_CENTER_PREFIX, TargetError, shared_role_target
 from bot.times import TimeInputError, parse_utc
 
 
@@ -71,7 +71,10 @@ def register(app: typer.Typer) -> None:
         query: list[str] = typer.Argument(
             ..., help="Entry id or what you need, e.g. Edit chat transcripts"
         ),
-        principal: str = typer.Option(..., "--principal", help="IAM role, user or group ARN."),
+        principal: str = typer.Option(
+            ..., "--principal",
+            help="IAM role, user or group ARN; or identity-center-user:NAME (user name or "
+            "email) for an IAM Identity Center user's permission set (needs --instance)."),
         session_name: str | None = typer.Option(
             None, "--session-name",
             help="Preview a shared role's grant: the person's role session name "
@@ -133,7 +136,19 @@ def register(app: typer.Typer) -> None:
                     instance = config.instance(instance).arn
             else:
                 max_duration = load_default_tier_maxima(routing_file)[entry.tier]
-            if session_name is None and role_unique_id is None:
+            if principal.startswith(IDENTITY_CENTER_PREFIX):
+                if session_name is not None or role_unique_id is not None:
+                    raise _fail("--session-name and --role-unique-id preview a shared role; "
+                                "an Identity Center user's grant needs neither")
+                if instance is None:
+                    raise _fail("an Identity Center user's grant is a permission set assigned "
+                                "on the instance's account: give --instance ARN (or an alias "
+                                "from --config)")
+                compiled = compile_for_target(
+                    catalog, entry.id, principal, grant_id=grant_id or uuid.uuid4().hex[:12],
+                    start=_parse_start(start), duration=parse_duration(duration),
+                    max_duration=max_duration, iam=IamReference(), instance_arn=instance)
+            elif session_name is None and role_unique_id is None:
                 compiled = compile_policy(
                     catalog,
                     entry.id,

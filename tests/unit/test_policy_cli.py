@@ -126,3 +126,34 @@ def test_policy_shared_role_mistakes_are_messages() -> None:
         assert result.exit_code == 2, (args, result.output)
         assert fault in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_policy_previews_an_identity_center_users_permission_set() -> None:
+    result = runner.invoke(build_cli(), [
+        "policy", "data-storage/edit-chat-transcripts", "--principal",
+        "identity-center-user:alice@example.com", "--instance", INSTANCE, "--duration", "45m",
+        "--json", *FIXED])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["kind"] == "permission_set" and payload["quota"] == 10240
+    assert payload["principal"] == "identity-center-user:alice@example.com"
+    assert payload["policy_name"] == "connect-access-cli1"
+    assert payload["expires_at"] == "2026-11-27T09:45:00Z"
+    assert payload["document"]["Statement"][0]["Resource"] == [INSTANCE, f"{INSTANCE}/*"]
+    assert any("permission set connect-access-cli1" in note and "111122223333" in note
+               for note in payload["notes"])
+
+
+def test_policy_identity_center_mistakes_are_messages() -> None:
+    for extra, message in (
+        ([], "give --instance ARN"),
+        (["--instance", INSTANCE, "--session-name", "bob"], "an Identity Center user's grant "
+                                                             "needs neither"),
+    ):
+        result = runner.invoke(build_cli(), [
+            "policy", "home/list-instance", "--principal", "identity-center-user:alice", *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and "Traceback" not in result.output
+    bad = runner.invoke(build_cli(), ["policy", "home/list-instance", "--principal",
+                                      "identity-center-user:has space", "--instance", INSTANCE])
+    assert bad.exit_code == 2 and "is not an Identity Center user name or email" in bad.stderr
