@@ -181,7 +181,8 @@ _PendingNotice = tuple[NotificationEvent, dict[str, Any]]
 
 @dataclass(frozen=True)
 class _ClaimedRevoke:
-    """A grant claimed by revoke_due_batch: what the IAM call needs, outside any session."""
+    """A grant claimed for revocation (by revoke or revoke_due_batch): what the IAM call
+    needs, outside any session."""
 
     grant_id: str
     request_id: int
@@ -211,6 +212,11 @@ def _require(decision: Decision) -> None:
 def _facts(request: AccessRequest) -> RequestFacts:
     return RequestFacts(request.id, request.requester, request.state, request.tier,
                         extension_pending=request.extension_seconds is not None)
+
+
+def _claim_of(grant: Grant) -> _ClaimedRevoke:
+    return _ClaimedRevoke(grant.id, grant.request_id, grant.principal_arn,
+                          cast(PolicyKind, grant.kind), tuple(grant.policy_names))
 
 
 def new_grant_id() -> str:
@@ -1190,7 +1196,15 @@ class RequestService:
                 self._route(request).approvers)
             _require(may_revoke(_facts(request), actor, reason, is_approver=is_approver))
             grant = self._start_revoking(session, request, actor, reason)
-        return self._attempt_revoke(grant.id)
+            claim = _claim_of(grant)
+        # The same attempt and settle as the batch's, for this one grant.
+        outcomes = self._revoke_claimed([claim])
+        if outcomes:
+            return outcomes[0]
+        # Settled by another worker meanwhile (possible only once our lease ran out).
+        with self.sessions() as session:
+            grant = session.get_one(Grant, claim.grant_id)
+            return RevocationOutcome(grant.id, request_id, grant.state, grant.last_error)
 
     def _start_revoking(self, session: Session, request: AccessRequest, actor: str,
                         reason: RevokeReason) -> Grant:
@@ -1232,44 +1246,11 @@ class RequestService:
                                     Grant.expires_at <= now).order_by(Grant.expires_at)
             ).scalars())
 
-    def revoke_due(self, grant_id: str, now: datetime | None = None
-                   ) -> RevocationOutcome | None:
-        """Claim one due grant (skipping it if another worker holds it) and revoke it.
-        None when it was not due any more or someone else has it."""
-        now = now or self.clock.now()
-        with self.sessions() as session:
-            request_id = session.execute(
-                select(Grant.request_id).where(Grant.id == grant_id)).scalar_one_or_none()
-        if request_id is None:
-            return None
-        with self._transaction() as session:
-            request = self._lock(session, request_id, skip_locked=True)
-            if request is None:
-                return None
-            grant = session.get_one(Grant, grant_id, populate_existing=True)
-            if grant.state == ACTIVE and grant.expires_at <= now and request.state == ACTIVE:
-                self._start_revoking(session, request, SYSTEM, "expiry")
-            elif (grant.state in (REVOKING, IRREVOCABLE) and grant.next_attempt_at is not None
-                  and grant.next_attempt_at <= now):
-                grant.next_attempt_at = now + self.claim_lease
-            else:
-                return None
-        return self._attempt_revoke(grant_id)
-
-    def revoke_all_due(self, now: datetime | None = None) -> list[RevocationOutcome]:
-        """The sweep: every due grant, once."""
-        outcomes = []
-        for grant_id in self.due_for_revocation(now):
-            outcome = self.revoke_due(grant_id, now)
-            if outcome is not None:
-                outcomes.append(outcome)
-        return outcomes
-
     def revoke_due_batch(self, now: datetime | None = None, *, limit: int = 200,
                          states: Collection[str] = LIVE_STATES,
                          executor: Executor | None = None) -> list[RevocationOutcome]:
         """Revoke up to `limit` due grants (the selection of due_for_revocation, narrowed to
-        `states`) in three steps, each grant with the same result as revoke_due:
+        `states`) in three steps, each grant with the same result as revoke() gives:
 
         1. one transaction claims them (request rows FOR UPDATE SKIP LOCKED on PostgreSQL),
            moves active ones to revoking and leases every one for `claim_lease`;
@@ -1286,7 +1267,13 @@ class RequestService:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        claimed = self._claim_due(now or self.clock.now(), limit, states)
+        return self._revoke_claimed(self._claim_due(now or self.clock.now(), limit, states),
+                                    executor)
+
+    def _revoke_claimed(self, claimed: list[_ClaimedRevoke], executor: Executor | None = None
+                        ) -> list[RevocationOutcome]:
+        """The IAM revoke of each claimed grant (on `executor` when given), outside any
+        transaction, then one transaction that records every result."""
         if not claimed:
             return []
 
@@ -1341,9 +1328,7 @@ class RequestService:
                     grant.next_attempt_at = now + self.claim_lease
                 else:
                     continue
-                claimed.append(_ClaimedRevoke(grant.id, request.id, grant.principal_arn,
-                                              cast(PolicyKind, grant.kind),
-                                              tuple(grant.policy_names)))
+                claimed.append(_claim_of(grant))
             _write_changed_rows(session)
             append_events(session, events)
         return claimed
@@ -1387,26 +1372,6 @@ class RequestService:
         for request, (event_name, detail) in notices:
             self._notify(event_name, request, **detail)
         return outcomes
-
-    def _attempt_revoke(self, grant_id: str) -> RevocationOutcome:
-        with self.sessions() as session:
-            grant = session.get_one(Grant, grant_id)
-        error: GrantError | None = None
-        try:
-            self.granter.revoke(grant.principal_arn, cast(PolicyKind, grant.kind),
-                                grant.policy_names)
-        except Exception as exc:
-            error = revoke_error(exc, grant_id)
-        with self._transaction() as session:
-            request = self._locked(session, grant.request_id)
-            grant = session.get_one(Grant, grant_id, populate_existing=True)
-            event, notify = self._settle_revoke(request, grant, error)
-            append_events(session, [event])
-            outcome = RevocationOutcome(grant.id, request.id, grant.state,
-                                        None if error is None else grant.last_error)
-        if notify is not None:
-            self._notify(notify[0], request, **notify[1])
-        return outcome
 
     def _settle_revoke(self, request: AccessRequest, grant: Grant, error: GrantError | None
                        ) -> tuple[NewEvent, _PendingNotice | None]:

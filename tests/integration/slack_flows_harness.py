@@ -154,7 +154,7 @@ class Flows:
     def sweep(self, after: timedelta) -> list[str]:
         """The scheduler's sweep, run as if `after` had passed."""
         now = datetime.now(UTC) + after
-        return [o.state for o in self.web.runtime.service.revoke_all_due(now)]
+        return [o.state for o in self.web.runtime.service.revoke_due_batch(now)]
 
     # -- IAM ------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def test_audit_show_tells_the_whole_story(
     request_service.request_extension(request.id, "U0ALICE", timedelta(minutes=30))
     request_service.approve(request.id, "U0LEAD02")
     clock.advance(timedelta(hours=2))
-    request_service.revoke_all_due()
+    request_service.revoke_due_batch()
     runner = CliRunner()
     env = {"DATABASE_URL": database_url}
     result = runner.invoke(build_cli(), ["audit", "show", str(request.id), "--json"], env=env)

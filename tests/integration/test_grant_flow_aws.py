@@ -148,8 +148,9 @@ def test_a_revoke_that_keeps_failing_becomes_irrevocable_and_is_retried_until_it
     for wait in (timedelta(seconds=30), timedelta(seconds=60)):
         assert flow.service.due_for_revocation() == []
         flow.clock.advance(wait)
-        outcome = flow.service.revoke_due(grant_id)
-        states.append(outcome.state if outcome else None)
+        (outcome,) = flow.service.revoke_due_batch()
+        assert outcome.grant_id == grant_id
+        states.append(outcome.state)
 
     assert states == ["revoking", "irrevocable"]
     assert fault.calls == 3  # three lifecycle attempts; botocore (off here) retries each
@@ -163,7 +164,7 @@ def test_a_revoke_that_keeps_failing_becomes_irrevocable_and_is_retried_until_it
 
     flow.heal("DeleteRolePolicy", fault.error_response)
     flow.clock.advance(timedelta(minutes=1))
-    outcomes = flow.service.revoke_all_due()
+    outcomes = flow.service.revoke_due_batch()
 
     assert [o.state for o in outcomes] == ["revoked"]
     assert flow.inline() == {}
@@ -252,8 +253,9 @@ def test_a_throttled_revoke_is_never_counted_and_never_becomes_irrevocable(flow:
     states = [first.state]
     for _ in range(10):  # far past max_revoke_attempts (3 here)
         flow.clock.advance(flow.service.throttle_retry)
-        outcome = flow.service.revoke_due(grant_id)
-        states.append(outcome.state if outcome else None)
+        (outcome,) = flow.service.revoke_due_batch()
+        assert outcome.grant_id == grant_id
+        states.append(outcome.state)
 
     assert states == ["revoking"] * 11
     assert fault.calls == 11
@@ -263,6 +265,6 @@ def test_a_throttled_revoke_is_never_counted_and_never_becomes_irrevocable(flow:
 
     flow.heal("DeleteRolePolicy", fault.error_response)
     flow.clock.advance(flow.service.throttle_retry)
-    assert [o.state for o in flow.service.revoke_all_due()] == ["revoked"]
+    assert [o.state for o in flow.service.revoke_due_batch()] == ["revoked"]
     assert flow.inline() == {}
     assert flow.chain_ok()

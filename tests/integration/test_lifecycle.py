@@ -305,7 +305,7 @@ def test_every_operation_from_every_reachable_state(
             request_service.cancel(request_id, "U0ALICE")
         if state(request_service, request_id) in ("irrevocable", "revoking"):
             granter.heal()
-            request_service.revoke_all_due(request_service.clock.now() + timedelta(days=1))
+            request_service.revoke_due_batch(request_service.clock.now() + timedelta(days=1))
     with session_factory() as session:
         assert verify_chain(session).ok
 
@@ -487,12 +487,12 @@ def test_expiry_sweep_revokes_due_grants_and_measures_lag(
     clock.advance(timedelta(minutes=10, seconds=7))
     (grant_id,) = request_service.due_for_revocation()
     assert [g.id for g in request_service.overdue()] == [grant_id]
-    (outcome,) = request_service.revoke_all_due()
+    (outcome,) = request_service.revoke_due_batch()
     assert outcome.state == "revoked"
     (grant,) = request_service.get(request_id).grants
     assert grant.revoke_reason == "expiry" and grant.revocation_lag_seconds == 7.0
     assert granter.held(ALICE_ROLE) == frozenset()
-    assert request_service.revoke_all_due() == []
+    assert request_service.revoke_due_batch() == []
     assert "expiring_soon" in notifier.events(request_id)
 
 
@@ -505,13 +505,13 @@ def test_transient_revoke_failures_back_off_then_succeed(
     grant = request_service.get(request_id).grants[0]
     assert grant.revoke_attempts == 1 and grant.next_attempt_at == clock.now() + timedelta(
         seconds=30)
-    assert request_service.revoke_all_due() == []  # not yet
+    assert request_service.revoke_due_batch() == []  # not yet
     clock.advance(timedelta(seconds=30))
-    assert [o.state for o in request_service.revoke_all_due()] == ["revoking"]
+    assert [o.state for o in request_service.revoke_due_batch()] == ["revoking"]
     assert request_service.get(request_id).grants[0].next_attempt_at == clock.now() + timedelta(
         seconds=60)
     clock.advance(timedelta(seconds=60))
-    assert [o.state for o in request_service.revoke_all_due()] == ["revoked"]
+    assert [o.state for o in request_service.revoke_due_batch()] == ["revoked"]
     assert state(request_service, request_id) == "revoked"
 
 
@@ -523,7 +523,7 @@ def test_exhausted_retries_become_irrevocable_then_retried(
     request_service.revoke(request_id, "U0ALICE", "done")
     for _ in range(4):
         clock.advance(timedelta(minutes=10))
-        request_service.revoke_all_due()
+        request_service.revoke_due_batch()
     assert state(request_service, request_id) == "irrevocable"
     grant = request_service.get(request_id).grants[0]
     assert grant.revoke_attempts == 5
@@ -531,10 +531,10 @@ def test_exhausted_retries_become_irrevocable_then_retried(
     alert = [n for n in notifier.sent if n.event == "irrevocable"]
     assert len(alert) == 1 and alert[0].detail["policy_names"] == grant.policy_names
     clock.advance(timedelta(minutes=15))
-    assert [o.state for o in request_service.revoke_all_due()] == ["irrevocable"]
+    assert [o.state for o in request_service.revoke_due_batch()] == ["irrevocable"]
     granter.heal()
     clock.advance(timedelta(minutes=15))
-    assert [o.state for o in request_service.revoke_all_due()] == ["revoked"]
+    assert [o.state for o in request_service.revoke_due_batch()] == ["revoked"]
     assert granter.held(ALICE_ROLE) == frozenset()
     assert "irrevocable" in actions(session_factory, request_id)
     assert actions(session_factory, request_id)[-1] == "revoked"
@@ -561,10 +561,10 @@ def test_claimed_revocation_is_not_taken_twice(request_service: RequestService,
         grant_lease = grant.next_attempt_at
     assert grant_lease == clock.now() + timedelta(minutes=5)
     assert request_service.due_for_revocation() == []
-    assert request_service.revoke_due(grant_id) is None
+    assert request_service.revoke_due_batch() == []
     clock.advance(timedelta(minutes=5))  # the holder died; the lease ran out
-    outcome = request_service.revoke_due(grant_id)
-    assert outcome is not None and outcome.state == "revoked"
+    (outcome,) = request_service.revoke_due_batch()
+    assert outcome.grant_id == grant_id and outcome.state == "revoked"
 
 
 def test_audit_chain_intact_after_a_full_lifecycle(request_service: RequestService,

@@ -21,7 +21,7 @@ def test_grants_list_shows_state_expiry_and_lag(database_url: str,
                                   duration=timedelta(hours=1)).id
     request_service.approve(done, "U0LEAD01")
     clock.advance(timedelta(hours=1, seconds=12))
-    request_service.revoke_all_due()
+    request_service.revoke_due_batch()
     live = request_service.submit(requester="U0BOB", entry_id=WRITE, reason="incident INC-b",
                                   duration=timedelta(hours=1)).id
     request_service.approve(live, "U0LEAD01")

@@ -138,7 +138,7 @@ def test_two_sweepers_revoke_each_grant_once(request_service: RequestService,
                                             duration=timedelta(hours=1)).id
         request_service.approve(request_id, "U0LEAD05")
     clock.advance(timedelta(hours=2))
-    results, errors = race([request_service.revoke_all_due] * 4)
+    results, errors = race([request_service.revoke_due_batch] * 4)
     assert errors == []
     outcomes = [o for batch in results for o in batch]  # type: ignore[attr-defined]
     assert sorted(o.state for o in outcomes) == ["revoked"] * 3

@@ -209,7 +209,7 @@ def test_expiry_removes_the_assignment_and_the_permission_set(targets: Targets) 
     assert len(targets.permission_sets()) == 1
 
     targets.clock.advance(timedelta(hours=1, seconds=1))
-    outcomes = targets.service.revoke_all_due()
+    outcomes = targets.service.revoke_due_batch()
 
     assert [o.state for o in outcomes] == ["revoked"]
     assert targets.grant_of(request_id).revoke_reason == "expiry"
