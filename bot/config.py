@@ -379,7 +379,7 @@ def mention_length(approver: str) -> int:
 
 
 # The approval message lists the approvers in one context element:
-# "Approvers: <@U1>, <@U2>. The requester cannot vote." (bot.slack.blocks.approval_message)
+# "Approvers: <@U1>, <@U2>. The requester cannot vote." (bot.slack.blocks.approval.approval_message)
 _APPROVERS_LINE = len("Approvers: . The requester cannot vote.")
 
 

@@ -69,8 +69,8 @@ from bot.sandbox.slack_client import (
 )
 from bot.settings import Settings
 from bot.signing import write_new_key
-from bot.slack import blocks
 from bot.slack.app import build_wsgi_app
+from bot.slack.blocks import answers, approval, forms
 from bot.slack.db_services import DbSlackServices
 from bot.slack.render import render_message, render_view
 from bot.states import ACTIVE, FAILED, PENDING, REVOKED
@@ -683,7 +683,7 @@ class Conversation:
         self.preview = self.driver.command(ALICE, ENTRY_TEXT)
         rendered = render_message(self.preview.body)
         try:
-            find_button(self.preview.body.get("blocks", []), blocks.REQUEST_BUTTON)
+            find_button(self.preview.body.get("blocks", []), answers.REQUEST_BUTTON)
         except ButtonNotFound:
             raise DemoError(f"the answer has no Request button; it reads:\n{rendered}") from None
         return "what alice sees (only to her):\n" + rendered
@@ -692,7 +692,7 @@ class Conversation:
     def alice_clicks_request(self) -> str:
         assert self.preview is not None
         before = len(self.fake.calls("views.open"))
-        self.driver.click_response(ALICE, self.preview, blocks.REQUEST_BUTTON)
+        self.driver.click_response(ALICE, self.preview, answers.REQUEST_BUTTON)
         self.modal = self.driver.wait_for_opened_view(before + 1)
         return "the modal alice sees:\n" + render_view(self.modal)
 
@@ -702,9 +702,9 @@ class Conversation:
         modal = self.modal
         before = len(self.fake.calls("chat.postMessage"))
         result = self.driver.submit(ALICE, modal, {
-            blocks.INSTANCE_BLOCK: INSTANCE_ALIAS,
-            blocks.DURATION_BLOCK: str(self.sandbox.grant_seconds),
-            blocks.REASON_BLOCK: REASON,
+            forms.INSTANCE_BLOCK: INSTANCE_ALIAS,
+            forms.DURATION_BLOCK: str(self.sandbox.grant_seconds),
+            forms.REASON_BLOCK: REASON,
         })
         answer = result.json() or {}
         if answer.get("response_action") != "update":
@@ -736,7 +736,7 @@ class Conversation:
         assert self.approval is not None and self.request_id is not None
         request_id = self.request_id
         refusals_before = len(self.fake.ephemerals(BOB))
-        self.driver.click_message(BOB, self.approval, blocks.APPROVE)
+        self.driver.click_message(BOB, self.approval, approval.APPROVE)
 
         def settled() -> str | None:
             state = self.sandbox.request(request_id).state

@@ -21,8 +21,9 @@ from slack_bolt import Ack, App, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.ports import ApproverDirectory, Clock, SystemClock
-from bot.slack import audit_listeners, blocks
+from bot.slack import audit_listeners
 from bot.slack.audit_listeners import AuditReviewDeps
+from bot.slack.blocks import answers, approval, dms, home, modals, primitives
 from bot.slack.guard import GuardedRequestHandler
 from bot.slack.listeners import actions, commands, events, views
 from bot.slack.listeners import permissions as permissions_listeners
@@ -51,13 +52,13 @@ def handle_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
         # A 200 with a modal keeps the user's input visible and says what happened.
         payload: dict[str, Any] = {
             "response_action": "update",
-            "view": blocks.failure_view(message),
+            "view": modals.failure_view(message),
         }
     else:
         payload = {
             "response_type": "ephemeral",
             "text": message,
-            "blocks": blocks.error_notice(message),
+            "blocks": primitives.error_notice(message),
         }
     return BoltResponse(
         status=200, body=json.dumps(payload), headers={"content-type": "application/json"}
@@ -130,23 +131,23 @@ def build_app(
     app.command(command)(answer_command)
 
     button_handlers = {
-        blocks.REQUEST_BUTTON: actions.run_open_request_modal,
-        blocks.PICK_ENTRY: actions.run_pick_entry,
-        blocks.APPROVE: actions.run_approve,
-        blocks.DENY: actions.run_open_deny_modal,
-        blocks.EXTEND: actions.run_open_extend_modal,
-        blocks.DONE: actions.run_end_grant,
-        blocks.CANCEL: actions.run_cancel_request,
+        answers.REQUEST_BUTTON: actions.run_open_request_modal,
+        answers.PICK_ENTRY: actions.run_pick_entry,
+        approval.APPROVE: actions.run_approve,
+        approval.DENY: actions.run_open_deny_modal,
+        dms.EXTEND: actions.run_open_extend_modal,
+        dms.DONE: actions.run_end_grant,
+        home.CANCEL: actions.run_cancel_request,
     }
     for action_id, handler in button_handlers.items():
         app.action(action_id)(ack=actions.ack_action, lazy=[lazy(handler, deps)])
     permissions_listeners.register(app, deps)
 
-    app.view(blocks.REQUEST_MODAL)(
+    app.view(modals.REQUEST_MODAL)(
         ack=views.ack_request_modal, lazy=[lazy(views.run_request_modal, deps)]
     )
-    app.view(blocks.DENY_MODAL)(ack=views.ack_deny_modal, lazy=[lazy(views.run_deny_modal, deps)])
-    app.view(blocks.EXTEND_MODAL)(
+    app.view(modals.DENY_MODAL)(ack=views.ack_deny_modal, lazy=[lazy(views.run_deny_modal, deps)])
+    app.view(modals.EXTEND_MODAL)(
         ack=views.ack_extend_modal, lazy=[lazy(views.run_extend_modal, deps)]
     )
 

@@ -33,8 +33,8 @@ from bot.audit_review import (
 )
 from bot.db import SessionFactory
 from bot.ports import ApproverDirectory, Clock
-from bot.slack import blocks
-from bot.slack.audit_blocks import auditor_home_section, review_summary
+from bot.slack.blocks import primitives
+from bot.slack.blocks.audit import auditor_home_section, review_summary
 from bot.slack.escape import escape
 from bot.slack.listeners.common import Incoming, SlackDeps
 
@@ -78,18 +78,18 @@ def run_audit_command(deps: SlackDeps, incoming: Incoming) -> None:
     if audit is None or not audit.auditors:
         message = ("Audit review is not set up: an operator lists auditors (user or "
                    "user-group ids) under `auditors:` in the bot's config.")
-        _reply(incoming, message, blocks.error_notice(message))
+        _reply(incoming, message, primitives.error_notice(message))
         return
     if not is_auditor(audit.directory, audit.auditors, user):
         record_review(audit.sessions, audit.clock, user, REFUSED, {"surface": "command"})
         message = "Only auditors can review the audit trail here."
-        _reply(incoming, message, blocks.error_notice(message))
+        _reply(incoming, message, primitives.error_notice(message))
         return
     text = str(incoming.body.get("text") or "").strip()
     try:
         chosen = parse_filter(text[len(VERB):], audit.clock.now())
     except ReviewError as exc:
-        _reply(incoming, escape(str(exc)), blocks.error_notice(str(exc)))
+        _reply(incoming, escape(str(exc)), primitives.error_notice(str(exc)))
         return
     with audit.sessions() as session:
         summary = summarize(session, chosen)
@@ -100,7 +100,7 @@ def run_audit_command(deps: SlackDeps, incoming: Incoming) -> None:
         note = (f"{summary.events} events is too many for a Slack file; narrow the filters "
                 "or use `connect-access audit export`. " + FILTER_HELP)
         _reply(incoming, "Audit review", [*review_summary(summary, None),
-                                          blocks.context(escape(note))])
+                                          primitives.context(escape(note))])
         return
     export_name = _export_name(audit.clock, chosen.fmt)
     _reply(incoming, "Audit review", review_summary(summary, export_name))

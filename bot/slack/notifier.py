@@ -21,7 +21,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot.ports import Clock, Notification, SystemClock
-from bot.slack import blocks
+from bot.slack.blocks import approval, dms
 from bot.slack.request_views import ApprovalMessages, RequestViews
 from bot.slack.services import RequestView, ServiceError
 from bot.slack.webapi import DirectMessages
@@ -77,7 +77,7 @@ class SlackNotifier:
         if event == "submitted":
             self._post_approval_message(view)
         elif event == "expiring_soon":
-            text, dm_blocks = blocks.expiry_reminder(view, self._clock.now())
+            text, dm_blocks = dms.expiry_reminder(view, self._clock.now())
             self._dms.send(view.requester, text, dm_blocks)
             return
         elif event == "pending_reminder":
@@ -86,14 +86,14 @@ class SlackNotifier:
         else:
             self.update_approval_message(view)
         if event in DM_EVENTS:
-            text, dm_blocks = blocks.outcome_dm(view, event, self._clock.now())
+            text, dm_blocks = dms.outcome_dm(view, event, self._clock.now())
             self._dms.send(view.requester, text, dm_blocks)
 
     def _post_approval_message(self, view: RequestView) -> None:
         if not view.channel:
             logger.warning("request %s has no approval channel configured for its tier", view.id)
             return
-        text, message_blocks = blocks.approval_message(view, self._clock.now())
+        text, message_blocks = approval.approval_message(view, self._clock.now())
         response = self._client.chat_postMessage(
             channel=view.channel, text=text, blocks=message_blocks
         )
@@ -104,7 +104,7 @@ class SlackNotifier:
         if not view.channel or not view.message_ts:
             # Auto-approved requests and tiers without a channel have no message to update.
             return
-        text, message_blocks = blocks.approval_message(view, self._clock.now())
+        text, message_blocks = approval.approval_message(view, self._clock.now())
         self._client.chat_update(
             channel=view.channel, ts=view.message_ts, text=text, blocks=message_blocks
         )

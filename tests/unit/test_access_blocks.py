@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.slack.blocks import access_lines
+from bot.slack.blocks.request_text import access_lines
 from bot.targets import access_route
 
 INSTANCE = "arn:aws:connect:us-east-1:111122223333:instance/11111111-2222-3333-4444-555555555555"

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from bot.slack import blocks
+from bot.slack.blocks import answers, approval, dms, forms, modals, primitives
+from bot.slack.blocks.home import home_view
 from bot.slack.render import render_blocks, render_view
 from bot.slack.services import (
     EntryBrief,
@@ -57,18 +58,18 @@ def submitted(modal: dict[str, Any], **values: str) -> dict[str, Any]:
 
 
 def test_duration_choices_never_exceed_the_tier_maximum() -> None:
-    assert blocks.duration_choices(timedelta(hours=1))[-1] == timedelta(hours=1)
-    assert all(d <= timedelta(hours=4) for d in blocks.duration_choices(timedelta(hours=4)))
-    odd = blocks.duration_choices(timedelta(minutes=90))
+    assert forms.duration_choices(timedelta(hours=1))[-1] == timedelta(hours=1)
+    assert all(d <= timedelta(hours=4) for d in forms.duration_choices(timedelta(hours=4)))
+    odd = forms.duration_choices(timedelta(minutes=90))
     assert odd[-1] == timedelta(minutes=90) and timedelta(hours=2) not in odd
 
 
 def test_request_form_reads_valid_input() -> None:
-    modal = blocks.request_modal(description())
-    form = blocks.read_request_form(
+    modal = modals.request_modal(description())
+    form = forms.read_request_form(
         submitted(modal, instance="i1", duration="1800", reason="Investigating INC-42 today")
     )
-    assert form == blocks.RequestForm(ENTRY.id, "i1", timedelta(minutes=30), "Investigating INC-42 today")
+    assert form == forms.RequestForm(ENTRY.id, "i1", timedelta(minutes=30), "Investigating INC-42 today")
 
 
 @pytest.mark.parametrize(
@@ -83,55 +84,55 @@ def test_request_form_reads_valid_input() -> None:
     ],
 )
 def test_request_form_errors_are_keyed_by_field(values: dict[str, str], fields: set[str]) -> None:
-    modal = blocks.request_modal(description())
-    errors = blocks.read_request_form(submitted(modal, **values))
+    modal = modals.request_modal(description())
+    errors = forms.read_request_form(submitted(modal, **values))
     assert isinstance(errors, dict) and set(errors) == fields
 
 
 def test_request_modal_preselects_a_single_instance() -> None:
-    modal = blocks.request_modal(description(instances=1))
+    modal = modals.request_modal(description(instances=1))
     instance = next(b for b in modal["blocks"] if b.get("block_id") == "instance")
     assert instance["element"]["initial_option"]["value"] == "i0"
     assert len(modal["private_metadata"]) < 3000
 
 
 def test_preview_without_instances_has_no_request_button() -> None:
-    shown = json.dumps(blocks.entry_preview(description(instances=0)))
-    assert blocks.REQUEST_BUTTON not in shown and "No Amazon Connect instance" in shown
+    shown = json.dumps(answers.entry_preview(description(instances=0)))
+    assert answers.REQUEST_BUTTON not in shown and "No Amazon Connect instance" in shown
 
 
 def test_approval_message_escapes_reason_and_shows_votes() -> None:
     view = request_view(votes=(VoteRecord("U0CISO", True, "", NOW),))
-    text, message = blocks.approval_message(view, NOW)
+    text, message = approval.approval_message(view, NOW)
     shown = json.dumps(message)
     assert "<!channel>" not in shown and "&lt;!channel&gt;" in shown
     assert "1 of 2" in shown and "<@U0CISO> approved" in shown
-    assert blocks.APPROVE in shown and blocks.DENY in shown
+    assert approval.APPROVE in shown and approval.DENY in shown
     assert "<@U0ALICE>" in text
 
 
 def test_approval_message_closes_voting_on_outcome() -> None:
     active = request_view(state="active", expires_at=NOW + timedelta(hours=1))
-    _, message = blocks.approval_message(active, NOW)
+    _, message = approval.approval_message(active, NOW)
     shown = json.dumps(message)
-    assert blocks.APPROVE not in shown and "Granted" in shown
-    _, expired = blocks.approval_message(request_view(state="revoked", note="expired"), NOW)
+    assert approval.APPROVE not in shown and "Granted" in shown
+    _, expired = approval.approval_message(request_view(state="revoked", note="expired"), NOW)
     assert "Expired" in json.dumps(expired)
 
 
 def test_denied_dm_quotes_the_escaped_reason() -> None:
     view = request_view(state="denied", votes=(VoteRecord("U0CISO", False, "no <@U9>", NOW),))
-    text, dm = blocks.outcome_dm(view, "denied", NOW)
+    text, dm = dms.outcome_dm(view, "denied", NOW)
     assert "was denied" in text
     assert "&lt;@U9&gt;" in json.dumps(dm) and "<@U9>" not in json.dumps(dm)
 
 
 def test_expiry_reminder_has_extend_and_done() -> None:
     view = request_view(state="active", expires_at=NOW + timedelta(minutes=9, seconds=10))
-    text, dm = blocks.expiry_reminder(view, NOW)
+    text, dm = dms.expiry_reminder(view, NOW)
     assert "10m left" in text
     shown = json.dumps(dm)
-    assert blocks.EXTEND in shown and blocks.DONE in shown
+    assert dms.EXTEND in shown and dms.DONE in shown
 
 
 def test_home_view_lists_the_three_groups() -> None:
@@ -141,7 +142,7 @@ def test_home_view_lists_the_three_groups() -> None:
         pending=(request_view(id=2),),
         awaiting_my_approval=(request_view(id=3, requester="U0BOB"),),
     )
-    home = blocks.home_view(summary)
+    home = home_view(summary)
     assert home["type"] == "home"
     text = render_view(home)
     assert "30m left" in text and "[I'm done]" in text and "[Cancel]" in text
@@ -150,7 +151,7 @@ def test_home_view_lists_the_three_groups() -> None:
 
 
 def test_render_shows_what_a_person_reads() -> None:
-    _, message = blocks.approval_message(request_view(), NOW)
+    _, message = approval.approval_message(request_view(), NOW)
     text = render_blocks(message)
     assert "Access request #7" in text
     assert "@U0ALICE asks for" in text
@@ -196,22 +197,22 @@ def test_no_builder_leaks_a_raw_angle_bracket() -> None:
         votes=(VoteRecord("U0CISO", False, "<!everyone>", NOW),),
     )
     payloads: list[Any] = [
-        blocks.help_blocks("/connect-access"),
-        blocks.entry_preview(description()),
-        blocks.request_modal(description()),
-        blocks.approval_message(hostile, NOW),
-        blocks.approval_message(blocks_replace(hostile, state="failed"), NOW),
-        blocks.deny_modal(7),
-        blocks.extend_modal(hostile, timedelta(hours=1)),
-        blocks.outcome_dm(blocks_replace(hostile, state="denied"), "denied", NOW),
-        blocks.outcome_dm(blocks_replace(hostile, state="revoked"), "revoked", NOW),
-        blocks.expiry_reminder(blocks_replace(hostile, state="active", expires_at=NOW), NOW),
-        blocks.status_blocks([hostile], NOW),
-        blocks.home_view(HomeSummary(NOW, (), (hostile,), (hostile,))),
-        blocks.home_view(HomeSummary(NOW, (), (), ())),
-        blocks.error_notice("bad <!channel> input"),
-        blocks.failure_view("bad <!channel> input"),
-        blocks.submitted_view(hostile),
+        answers.help_blocks("/connect-access"),
+        answers.entry_preview(description()),
+        modals.request_modal(description()),
+        approval.approval_message(hostile, NOW),
+        approval.approval_message(blocks_replace(hostile, state="failed"), NOW),
+        modals.deny_modal(7),
+        modals.extend_modal(hostile, timedelta(hours=1)),
+        dms.outcome_dm(blocks_replace(hostile, state="denied"), "denied", NOW),
+        dms.outcome_dm(blocks_replace(hostile, state="revoked"), "revoked", NOW),
+        dms.expiry_reminder(blocks_replace(hostile, state="active", expires_at=NOW), NOW),
+        answers.status_blocks([hostile], NOW),
+        home_view(HomeSummary(NOW, (), (hostile,), (hostile,))),
+        home_view(HomeSummary(NOW, (), (), ())),
+        primitives.error_notice("bad <!channel> input"),
+        modals.failure_view("bad <!channel> input"),
+        modals.submitted_view(hostile),
     ]
     for payload in payloads:
         assert raw_controls(payload) == [], payload

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from bot.slack.permissions import chunk_lines, parse_value, permissions_modal
+from bot.slack.blocks.permissions import chunk_lines, parse_value, permissions_modal
 from bot.slack.services import EntryBrief, PermissionStatement, PermissionsView
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)

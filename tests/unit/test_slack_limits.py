@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from bot import slacklimits
 from bot.config import ConfigError, parse_config
 from bot.runtime import DirectApproverDirectory
-from bot.slack import blocks
+from bot.slack.blocks import approval, forms, modals, primitives
+from bot.slack.blocks.home import home_view
 from bot.slack.escape import escape, mention, truncate
 from bot.slack.render import render_view
 from bot.slack.services import (
@@ -71,13 +72,13 @@ def test_the_largest_accepted_instance_list_makes_a_valid_request_form() -> None
     aliases = [f"{n:02d}-" + "x" * 17 for n in range(100)]
     config = parse_config({"instances": [{"alias": a, "arn": ARN.format(n=i)}
                                          for i, a in enumerate(aliases)]})
-    modal = blocks.request_modal(EntryDescription(
+    modal = modals.request_modal(EntryDescription(
         entry=EntryBrief("x" * slacklimits.ENTRY_ID_MAX, "Name", "Page", None, "read"),
         action_count=1, services=("connect",), max_duration=timedelta(hours=8), requires=(),
         instances=tuple(InstanceChoice(i.alias, i.arn) for i in config.instances),
         approvals_needed=1, approval_channel="C0A", auto_approve=False))
     assert len(modal["private_metadata"]) <= slacklimits.PRIVATE_METADATA_MAX
-    (menu,) = [b for b in modal["blocks"] if b.get("block_id") == blocks.INSTANCE_BLOCK]
+    (menu,) = [b for b in modal["blocks"] if b.get("block_id") == forms.INSTANCE_BLOCK]
     options = menu["element"]["options"]
     assert len(options) == 100
     assert all(len(o["value"]) <= slacklimits.OPTION_VALUE_MAX for o in options)
@@ -108,7 +109,7 @@ def test_the_longest_accepted_approver_list_fits_the_approval_message() -> None:
                        duration=timedelta(hours=1), reason="r" * 20, state="pending",
                        approvers=route.approvers, approvals_needed=1, votes=(),
                        created_at=NOW, channel="C0A", message_ts="1.1")
-    _, message = blocks.approval_message(view, NOW)
+    _, message = approval.approval_message(view, NOW)
     line = message[-1]["elements"][0]["text"]
     assert line.startswith("Approvers: ") and line.endswith("The requester cannot vote.")
     assert len(line) <= slacklimits.TEXT_MAX
@@ -155,7 +156,7 @@ def test_truncated_escaped_text_keeps_only_whole_entities(raw: str, limit: int) 
 
 def test_section_text_is_cut_safely() -> None:
     text = "x" * 2998 + "&amp; more"
-    block = blocks.section(text)
+    block = primitives.section(text)
     assert block["text"]["text"] == "x" * 2998 + "…"
 
 
@@ -170,7 +171,7 @@ def view(request_id: int, state: str, requester: str = "U0ALICE") -> RequestView
 
 
 def home(active: int, pending: int, approvals: int) -> dict[str, Any]:
-    return blocks.home_view(HomeSummary(
+    return home_view(HomeSummary(
         now=NOW,
         active=tuple(view(n, "active") for n in range(1, active + 1)),
         pending=tuple(view(100 + n, "pending") for n in range(1, pending + 1)),
@@ -214,7 +215,7 @@ def test_a_long_approval_queue_is_not_dropped_behind_many_grants() -> None:
 
 def test_a_smaller_budget_leaves_room_for_a_following_section() -> None:
     """App Home's auditor section takes its room first; the home fits the rest."""
-    page = blocks.home_view(HomeSummary(
+    page = home_view(HomeSummary(
         now=NOW, active=tuple(view(n, "active") for n in range(1, 40)), pending=(),
         awaiting_my_approval=tuple(view(200 + n, "pending", "U0BOB") for n in range(1, 9))),
         budget=60)

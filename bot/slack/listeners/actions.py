@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack
 
-from bot.slack import blocks
+from bot.slack.blocks import answers, home, modals, primitives
 from bot.slack.escape import escape, mention
 from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id, tell_user
 from bot.slack.services import RequestView, ServiceError
@@ -37,11 +37,11 @@ def _from_home(incoming: Incoming) -> bool:
 
 def refresh_home(deps: SlackDeps, incoming: Incoming) -> None:
     summary = deps.services.home(incoming.user_id)
-    incoming.client.views_publish(user_id=incoming.user_id, view=blocks.home_view(summary))
+    incoming.client.views_publish(user_id=incoming.user_id, view=home.home_view(summary))
 
 
 def _say(deps: SlackDeps, incoming: Incoming, message: str) -> None:
-    tell_user(deps, incoming, message, blocks.notice(message))
+    tell_user(deps, incoming, message, primitives.notice(message))
 
 
 def run_open_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
@@ -49,13 +49,13 @@ def run_open_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
     if not description.instances:
         raise ServiceError("No Amazon Connect instance is configured; ask the bot's operator.")
     incoming.client.views_open(
-        trigger_id=incoming.body["trigger_id"], view=blocks.request_modal(description)
+        trigger_id=incoming.body["trigger_id"], view=modals.request_modal(description)
     )
 
 
 def run_pick_entry(deps: SlackDeps, incoming: Incoming) -> None:
     description = deps.services.describe_entry(_value(incoming))
-    preview = blocks.entry_preview(description)
+    preview = answers.entry_preview(description)
     if incoming.respond is not None and incoming.body.get("response_url"):
         incoming.respond(
             text=description.entry.name,
@@ -94,7 +94,7 @@ def run_approve(deps: SlackDeps, incoming: Incoming) -> None:
     refusal = vote_refusal(deps, view, incoming.user_id)
     if refusal:
         # Mentions in the refusal are ours (validated ids); nothing else is user text.
-        tell_user(deps, incoming, refusal, blocks.notice(f":no_entry_sign: {refusal}"))
+        tell_user(deps, incoming, refusal, primitives.notice(f":no_entry_sign: {refusal}"))
         return
     deps.services.vote(view.id, incoming.user_id, True, "")
     if _from_home(incoming):
@@ -105,10 +105,10 @@ def run_open_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
     view = deps.services.request_view(_request_id(incoming))
     refusal = vote_refusal(deps, view, incoming.user_id)
     if refusal:
-        tell_user(deps, incoming, refusal, blocks.notice(f":no_entry_sign: {refusal}"))
+        tell_user(deps, incoming, refusal, primitives.notice(f":no_entry_sign: {refusal}"))
         return
     incoming.client.views_open(
-        trigger_id=incoming.body["trigger_id"], view=blocks.deny_modal(view.id)
+        trigger_id=incoming.body["trigger_id"], view=modals.deny_modal(view.id)
     )
 
 
@@ -123,7 +123,7 @@ def run_open_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
         )
     maximum = deps.services.describe_entry(view.entry.id).max_duration
     incoming.client.views_open(
-        trigger_id=incoming.body["trigger_id"], view=blocks.extend_modal(view, maximum)
+        trigger_id=incoming.body["trigger_id"], view=modals.extend_modal(view, maximum)
     )
 
 

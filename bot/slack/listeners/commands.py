@@ -17,7 +17,7 @@ from typing import Any
 from slack_bolt import Ack
 
 from bot.request_ids import is_request_number
-from bot.slack import blocks
+from bot.slack.blocks import answers, primitives
 from bot.slack.escape import escape, slack_date
 from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id
 from bot.slack.services import ServiceError, format_duration, parse_duration
@@ -58,7 +58,7 @@ def answer_from_catalog(deps: SlackDeps, text: str) -> Answer:
     verb, rest = _split(text)
     services = deps.services
     if verb in ("", "help"):
-        return Answer("How to use connect-access", blocks.help_blocks(deps.command))
+        return Answer("How to use connect-access", answers.help_blocks(deps.command))
     if verb == "list":
         try:
             listing = services.list_entries(rest or None)
@@ -67,7 +67,7 @@ def answer_from_catalog(deps: SlackDeps, text: str) -> Answer:
                 raise
             # "list instance" is also the name of a use case: fall back to resolving it.
         else:
-            return Answer("Catalog", blocks.listing_blocks(listing, deps.command))
+            return Answer("Catalog", answers.listing_blocks(listing, deps.command))
     if verb in REQUEST_VERBS and not rest:
         raise ServiceError(
             f"Which request? e.g. `{deps.command} {verb} 12` (see `{deps.command} status`)."
@@ -78,10 +78,10 @@ def answer_from_catalog(deps: SlackDeps, text: str) -> Answer:
     resolved = services.resolve(text.strip())
     if resolved.status == "match":
         description = services.describe_entry(resolved.matches[0].id)
-        return Answer(description.entry.name, blocks.entry_preview(description))
+        return Answer(description.entry.name, answers.entry_preview(description))
     if resolved.status == "ambiguous":
-        return Answer("Which use case do you mean?", blocks.pick_list(resolved))
-    return Answer("No match", blocks.no_match(resolved))
+        return Answer("Which use case do you mean?", answers.pick_list(resolved))
+    return Answer("No match", answers.no_match(resolved))
 
 
 def answer_in_ack(deps: SlackDeps, ack: Ack, text: str) -> None:
@@ -89,7 +89,7 @@ def answer_in_ack(deps: SlackDeps, ack: Ack, text: str) -> None:
         answer = answer_from_catalog(deps, text)
     except ServiceError as refusal:
         message = str(refusal)
-        answer = Answer(escape(message), blocks.error_notice(message))
+        answer = Answer(escape(message), primitives.error_notice(message))
     ack(text=answer.text, blocks=answer.blocks, response_type="ephemeral")
 
 
@@ -101,7 +101,8 @@ def run_request_command(deps: SlackDeps, incoming: Incoming) -> None:
     assert incoming.respond is not None, "slash commands always carry a response_url"
     if verb == "status":
         views = services.status(user)
-        incoming.respond(text="Your requests", blocks=blocks.status_blocks(views, deps.clock.now()),
+        incoming.respond(text="Your requests",
+                         blocks=answers.status_blocks(views, deps.clock.now()),
                          response_type="ephemeral")
         return
     request_id = parse_request_id(rest.split(" ", 1)[0])
@@ -130,4 +131,4 @@ def run_request_command(deps: SlackDeps, incoming: Incoming) -> None:
     else:
         view = services.revoke(request_id, user)
         message = f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
-    incoming.respond(text=message, blocks=blocks.notice(message), response_type="ephemeral")
+    incoming.respond(text=message, blocks=primitives.notice(message), response_type="ephemeral")

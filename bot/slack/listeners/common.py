@@ -14,8 +14,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot import request_ids
 from bot.ports import ApproverDirectory, Clock
-from bot.slack import blocks
 from bot.slack.approvers import ApproverLookupError
+from bot.slack.blocks import primitives
 from bot.slack.escape import escape
 from bot.slack.services import ServiceError, SlackServices
 from bot.slack.webapi import DirectMessages
@@ -98,7 +98,7 @@ def report_failure(deps: SlackDeps, incoming: Incoming, error: Exception) -> Non
         )
         message = GENERIC_FAILURE.format(ref=ref)
     try:
-        tell_user(deps, incoming, escape(message), blocks.error_notice(message))
+        tell_user(deps, incoming, escape(message), primitives.error_notice(message))
     except (SlackApiError, OSError) as exc:
         logger.error("could not tell %s about a failure: %s", incoming.user_id, exc)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from slack_bolt import BoltResponse
 
-from bot.slack import blocks
 from bot.slack.audit_listeners import auditor_home_blocks
+from bot.slack.blocks import home
 from bot.slack.listeners.common import Incoming, SlackDeps
 from bot.slacklimits import VIEW_BLOCKS_MAX
 
@@ -71,8 +71,8 @@ def run_app_home_opened(deps: SlackDeps, incoming: Incoming) -> None:
     summary = deps.services.home(user)
     audit_section = auditor_home_blocks(deps, user, room=40)
     # App Home holds 100 blocks: the auditor section keeps its room, and the home's own
-    # sections share the rest (blocks.fit_home_sections), none of them dropped.
-    view = blocks.home_view(summary, budget=VIEW_BLOCKS_MAX - len(audit_section))
+    # sections share the rest (home.fit_home_sections), none of them dropped.
+    view = home.home_view(summary, budget=VIEW_BLOCKS_MAX - len(audit_section))
     if audit_section:
         view["blocks"] = [*view["blocks"], *audit_section]
     incoming.client.views_publish(user_id=user, view=view)

@@ -1,5 +1,5 @@
 """The "See permissions" button, on the entry card, in the request modal and on the
-approval message: opens the modal of bot.slack.permissions.
+approval message: opens the modal of bot.slack.blocks.permissions.
 
 From a message Slack wants `views.open`; from inside a modal (the request modal) a second
 modal must be pushed onto the stack with `views.push`, or Slack refuses it.
@@ -11,9 +11,9 @@ from typing import Any
 
 from slack_bolt import App
 
-from bot.slack.blocks import read_instance_choice
+from bot.slack.blocks.forms import read_instance_choice
+from bot.slack.blocks.permissions import PERMISSIONS_BUTTON, parse_value, permissions_modal
 from bot.slack.listeners.common import Incoming, SlackDeps, lazy
-from bot.slack.permissions import PERMISSIONS_BUTTON, parse_value, permissions_modal
 from bot.slack.services import ServiceError
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 from slack_bolt import Ack
 
-from bot.slack import blocks
+from bot.slack.blocks import forms, modals, primitives
 from bot.slack.escape import escape, slack_date
 from bot.slack.listeners.common import Incoming, SlackDeps, tell_user
 from bot.slack.services import ServiceError, format_duration
 
 
 def ack_request_modal(ack: Ack, view: dict[str, Any]) -> None:
-    form = blocks.read_request_form(view)
+    form = forms.read_request_form(view)
     if isinstance(form, dict):
         ack(response_action="errors", errors=form)
     else:
@@ -25,13 +25,13 @@ def ack_request_modal(ack: Ack, view: dict[str, Any]) -> None:
         # outcome, so a refusal from the core is shown where the person is looking.
         ack(
             response_action="update",
-            view=blocks.progress_view("Request access", ":hourglass: Sending your request…"),
+            view=modals.progress_view("Request access", ":hourglass: Sending your request…"),
         )
 
 
 def run_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
     view = incoming.body["view"]
-    form = blocks.read_request_form(view)
+    form = forms.read_request_form(view)
     if isinstance(form, dict):
         return  # the ack already showed the errors on the fields
     try:
@@ -39,13 +39,13 @@ def run_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
             incoming.user_id, form.entry_id, form.instance_alias, form.duration, form.reason
         )
     except ServiceError as exc:
-        incoming.client.views_update(view_id=view["id"], view=blocks.failure_view(exc.message))
+        incoming.client.views_update(view_id=view["id"], view=modals.failure_view(exc.message))
         return
-    incoming.client.views_update(view_id=view["id"], view=blocks.submitted_view(request))
+    incoming.client.views_update(view_id=view["id"], view=modals.submitted_view(request))
 
 
 def ack_deny_modal(ack: Ack, view: dict[str, Any]) -> None:
-    form = blocks.read_deny_form(view)
+    form = forms.read_deny_form(view)
     if isinstance(form, dict):
         ack(response_action="errors", errors=form)
     else:
@@ -53,17 +53,17 @@ def ack_deny_modal(ack: Ack, view: dict[str, Any]) -> None:
 
 
 def run_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
-    form = blocks.read_deny_form(incoming.body["view"])
+    form = forms.read_deny_form(incoming.body["view"])
     if isinstance(form, dict):
         return
     request_id, reason = form
     view = deps.services.vote(request_id, incoming.user_id, False, reason)
     message = f"You denied request *#{view.id}* ({escape(view.entry.name)})."
-    tell_user(deps, incoming, message, blocks.notice(message))
+    tell_user(deps, incoming, message, primitives.notice(message))
 
 
 def ack_extend_modal(ack: Ack, view: dict[str, Any]) -> None:
-    form = blocks.read_extend_form(view)
+    form = forms.read_extend_form(view)
     if isinstance(form, dict):
         ack(response_action="errors", errors=form)
     else:
@@ -71,7 +71,7 @@ def ack_extend_modal(ack: Ack, view: dict[str, Any]) -> None:
 
 
 def run_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
-    form = blocks.read_extend_form(incoming.body["view"])
+    form = forms.read_extend_form(incoming.body["view"])
     if isinstance(form, dict):
         return
     request_id, duration = form
@@ -84,4 +84,4 @@ def run_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
         message = f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."
     else:
         message = f"Extended *#{view.id}*."
-    tell_user(deps, incoming, message, blocks.notice(message))
+    tell_user(deps, incoming, message, primitives.notice(message))

@@ -46,7 +46,7 @@ from bot.sandbox.fake_socket_mode import (
     encode_frame,
 )
 from bot.sandbox.slack_client import SlackDriver
-from bot.slack import blocks
+from bot.slack.blocks import answers, modals
 
 GROUPS = {"S0LEADS": ["U0BOB", "U0CAROL"], "S0SECURITY": ["U0CAROL", "U0ERIN"]}
 START_TIMEOUT = 30.0
@@ -307,13 +307,13 @@ def test_socket_mode_serves_commands_buttons_and_modals(fake: FakeSlack, served:
     preview = driver.command(ALICE, WRITE_ENTRY)
     assert WRITE_ENTRY in shown(preview.body)
     opened = len(fake.calls("views.open"))
-    driver.click_response(ALICE, preview, blocks.REQUEST_BUTTON)
+    driver.click_response(ALICE, preview, answers.REQUEST_BUTTON)
     click = client.last_envelope
     assert click is not None and click.type == "interactive"
     assert click.payload["type"] == "block_actions"
     assert fake.socket_mode.acks(click.envelope_id)
     modal = driver.wait_for_opened_view(opened + 1)
-    assert modal["callback_id"] == blocks.REQUEST_MODAL
+    assert modal["callback_id"] == modals.REQUEST_MODAL
 
     # Submitting the modal (a view_submission envelope) posts the approval message.
     posted = len(fake.calls("chat.postMessage"))

@@ -10,7 +10,8 @@ from bot.audit_review import (
     ReviewedRequest,
     ReviewSummary,
 )
-from bot.slack.blocks import STATE_LABELS, Block, context, header, section
+from bot.slack.blocks.primitives import Block, context, header, section
+from bot.slack.blocks.request_text import STATE_LABELS
 from bot.slack.escape import escape, mention, slack_date
 
 SUMMARY_BLOCKS = 45  # of Slack's 50 per message

@@ -14,19 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bot import slacklimits
 from bot.policy import iso_utc
 from bot.request_ids import parse_request_id
+from bot.slack.blocks.primitives import TITLE_LIMIT, Block, button, chunk_lines, context, section
 from bot.slack.escape import escape, slack_date
 from bot.slack.services import PermissionsView, RequestView
 
+# Action id of the "See permissions" button, callback id of its modal.
 PERMISSIONS_BUTTON = "see_permissions"
 PERMISSIONS_MODAL = "permissions_modal"
-
-MAX_BLOCKS = 100
-SECTION_LIMIT = 3000
-TITLE_LIMIT = 24
-
-Block = dict[str, Any]
 
 
 def entry_value(entry_id: str) -> str:
@@ -48,39 +45,7 @@ def parse_value(value: str) -> tuple[str, str] | None:
 
 
 def permissions_button(value: str) -> dict[str, Any]:
-    return {
-        "type": "button",
-        "text": {"type": "plain_text", "text": "See permissions", "emoji": True},
-        "action_id": PERMISSIONS_BUTTON,
-        "value": value,
-    }
-
-
-def _mrkdwn_section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
-
-
-def _context(text: str) -> Block:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:SECTION_LIMIT]}]}
-
-
-def chunk_lines(lines: Sequence[str], limit: int = SECTION_LIMIT) -> list[str]:
-    """Join lines into texts of at most `limit` characters; a single longer line is cut
-    at the limit (with an ellipsis), never dropped."""
-    chunks: list[str] = []
-    current = ""
-    for line in lines:
-        if len(line) > limit:
-            line = line[: limit - 1] + "…"
-        candidate = f"{current}\n{line}" if current else line
-        if len(candidate) > limit:
-            chunks.append(current)
-            current = line
-        else:
-            current = candidate
-    if current:
-        chunks.append(current)
-    return chunks
+    return button("See permissions", PERMISSIONS_BUTTON, value)
 
 
 def warning_lines(effects: Sequence[tuple[str, str]]) -> list[str]:
@@ -93,7 +58,7 @@ def warning_blocks(effects: Sequence[tuple[str, str]]) -> list[Block]:
     if not effects:
         return []
     lines = [":warning: *What this grant can leave behind after it ends*", *warning_lines(effects)]
-    return [_mrkdwn_section(text) for text in chunk_lines(lines)]
+    return [section(text) for text in chunk_lines(lines)]
 
 
 def _code_list(items: Sequence[str]) -> str:
@@ -136,23 +101,23 @@ def permissions_modal(view: PermissionsView) -> dict[str, Any]:
                   "in the request form and press See permissions again to see its policy)")
     subject = f"request #{view.request_id}" if view.request_id is not None else "a request"
     blocks: list[Block] = [
-        _mrkdwn_section(f"*{escape(view.entry.name)}*\n`{escape(view.entry.id)}` · "
+        section(f"*{escape(view.entry.name)}*\n`{escape(view.entry.id)}` · "
                         f"{view.entry.tier} tier · {len(view.actions)} actions"),
-        _context(f"What {subject} attaches to {who} on {where}, {window}."),
+        context(f"What {subject} attaches to {who} on {where}, {window}."),
     ]
     blocks.extend(warning_blocks(view.persistent_effects))
     if view.notes:
-        blocks.append(_context("\n".join(escape(n) for n in view.notes)))
+        blocks.append(context("\n".join(escape(n) for n in view.notes)))
     blocks.append({"type": "divider"})
     body: list[Block] = []
     for heading, lines in _service_lines(view):
         texts = chunk_lines([heading, *lines])
-        body.extend(_mrkdwn_section(text) for text in texts)
-    room = MAX_BLOCKS - len(blocks)
+        body.extend(section(text) for text in texts)
+    room = slacklimits.VIEW_BLOCKS_MAX - len(blocks)
     if len(body) > room:
         shown = body[: room - 1]
         blocks.extend(shown)
-        blocks.append(_context(
+        blocks.append(context(
             f"{len(body) - len(shown)} more section(s) do not fit in Slack; "
             f"`connect-access policy \"{escape(view.entry.id)}\" --json` prints the whole "
             "document."))
@@ -182,5 +147,5 @@ def history_blocks(view: RequestView) -> list[Block]:
     recent = "; ".join(
         f"#{i.id} {i.state.replace('_', ' ')} ({slack_date(i.created_at)})"
         for i in history.recent_same_entry) or "none"
-    return [_context(f"*Requester's other active grants:* {active}\n"
+    return [context(f"*Requester's other active grants:* {active}\n"
                      f"*Their recent requests for this use case:* {recent}")]

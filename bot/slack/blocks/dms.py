@@ -1,0 +1,74 @@
+"""Direct messages to the requester: each outcome of their request, and the reminder
+before their access ends, with the Extend and I'm done buttons (App Home shows them too)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bot.slack.blocks.primitives import Block, actions, button, section
+from bot.slack.blocks.request_text import access_lines, time_left
+from bot.slack.escape import escape, mention, quote, slack_date
+from bot.slack.services import RequestView
+from bot.states import ACTIVE
+
+# Action ids of the grant buttons.
+EXTEND = "extend_grant"
+DONE = "end_grant"
+
+OUTCOME_SENTENCES = {
+    "approved": "was approved; granting access now.",
+    "denied": "was denied.",
+    "cancelled": "was cancelled.",
+    "timed_out": "timed out without enough approvals.",
+    "failed": "could not be granted; nothing was attached.",
+    "revoked": "has ended; the access was removed.",
+    "extended": "was extended.",
+    "extension_requested": "has an extension waiting for approval.",
+    "irrevocable": "could not be removed yet; we keep retrying and the operators were alerted.",
+    "grant_queued": "is approved and queued behind AWS IAM's request rate limit; you will "
+    "get a message as soon as it is active.",
+}
+
+
+def grant_buttons(view: RequestView, *, extend: bool) -> Block:
+    elements = [button("I'm done", DONE, str(view.id), "danger")]
+    if extend:
+        elements.insert(0, button("Extend", EXTEND, str(view.id), "primary"))
+    return actions(f"grant_{view.id}", *elements)
+
+
+def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[Block]]:
+    subject = (
+        f"Your request *#{view.id}* for *{escape(view.entry.name)}* "
+        f"on `{escape(view.instance_alias)}`"
+    )
+    if event == "granted" or (event == "extended" and view.state == ACTIVE):
+        until = slack_date(view.expires_at) if view.expires_at else "its end"
+        text = f"{subject} is active until {until} ({time_left(view.expires_at, now)})."
+        blocks = [section(f":large_green_circle: {text}")]
+        access = access_lines(view.access)
+        if access:
+            blocks.append(section("\n".join(access)))
+        blocks.append(grant_buttons(view, extend=False))
+        return text, blocks
+    sentence = OUTCOME_SENTENCES.get(event, f"is now {view.state.replace('_', ' ')}.")
+    text = f"{subject} {sentence}"
+    if event == "revoked" and view.note == "expired":
+        text = f"{subject} expired; the access was removed."
+    lines = [text]
+    denial = [v for v in view.votes if not v.approve]
+    if event == "denied" and denial:
+        lines.append(f"{mention(denial[0].approver)} said:\n{quote(denial[0].comment)}")
+    elif view.note and event in ("failed", "revoked", "irrevocable") and view.note != "expired":
+        lines.append(f"Detail: {escape(view.note)}")
+    return text, [section("\n".join(lines))]
+
+
+def expiry_reminder(view: RequestView, now: datetime) -> tuple[str, list[Block]]:
+    ends = slack_date(view.expires_at) if view.expires_at else "soon"
+    text = (
+        f"Your access *#{view.id}* to *{escape(view.entry.name)}* on "
+        f"`{escape(view.instance_alias)}` ends {ends} "
+        f"({time_left(view.expires_at, now)}). Extend it, or end it now if you are done."
+    )
+    return text, [section(f":alarm_clock: {text}"), grant_buttons(view, extend=True)]
