@@ -69,7 +69,7 @@ from bot.sandbox.slack_client import (
 )
 from bot.settings import Settings
 from bot.signing import write_new_key
-from bot.slack.app import build_wsgi_app
+from bot.slack.app import build_app, build_wsgi_app
 from bot.slack.blocks import answers, approval, forms
 from bot.slack.db_services import DbSlackServices
 from bot.slack.render import render_message, render_view
@@ -446,9 +446,10 @@ class Sandbox:
         self._stack.callback(runtime.close)
         self.service = runtime.service
         self.services = DbSlackServices(runtime.service)
-        wsgi = build_wsgi_app(signing_secret=self.signing_secret, bot_token=fake.bot_token,
-                              api_url=fake.api_url, services=self.services,
-                              approvers=approvers, command=COMMAND, clock=runtime.clock)
+        app = build_app(signing_secret=self.signing_secret, bot_token=fake.bot_token,
+                        api_url=fake.api_url, services=self.services,
+                        approvers=approvers, command=COMMAND, clock=runtime.clock)
+        wsgi = build_wsgi_app(app, signing_secret=self.signing_secret)
         # Bolt's lazy-listener pool is not shut down by anyone else; let work in flight end.
         self._stack.callback(wsgi.app.listener_runner.listener_executor.shutdown, wait=True)
         try:

@@ -17,17 +17,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slack_bolt import Ack, App, BoltResponse
+from slack_bolt import App, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.ports import ApproverDirectory, Clock, SystemClock
 from bot.slack import audit_listeners
 from bot.slack.audit_listeners import AuditReviewDeps
-from bot.slack.blocks import answers, approval, dms, home, modals, primitives
+from bot.slack.blocks import modals, primitives
 from bot.slack.guard import GuardedRequestHandler
 from bot.slack.listeners import actions, commands, events, views
 from bot.slack.listeners import permissions as permissions_listeners
-from bot.slack.listeners.common import GENERIC_FAILURE, SlackDeps, lazy
+from bot.slack.listeners.common import GENERIC_FAILURE, Register, SlackDeps
 from bot.slack.services import SlackServices
 from bot.slack.webapi import DirectMessages, build_web_client
 
@@ -65,8 +65,17 @@ def handle_error(error: Exception, body: dict[str, Any]) -> BoltResponse:
     )
 
 
-def _is_request_command(command: dict[str, Any]) -> bool:
-    return commands.needs_backend(str(command.get("text") or ""))
+# Each surface's module binds its own ids. Bolt hands a slash command to the first
+# listener whose matchers pass, so audit (a subcommand) goes before commands, whose last
+# listener answers every other text.
+LISTENERS: tuple[Register, ...] = (
+    audit_listeners.register,
+    commands.register,
+    actions.register,
+    permissions_listeners.register,
+    views.register,
+    events.register,
+)
 
 
 def build_app(
@@ -83,8 +92,8 @@ def build_app(
     seen_events: events.SeenEvents | None = None,
     audit: AuditReviewDeps | None = None,
 ) -> App:
-    """A Bolt App with every listener registered. Calls `auth.test` on `api_url` at once
-    (Bolt verifies the token), so the Web API must answer by then."""
+    """A Bolt App with every surface's listeners registered. Calls `auth.test` on
+    `api_url` at once (Bolt verifies the token), so the Web API must answer by then."""
     if not signing_secret:
         raise ValueError(
             "SLACK_SIGNING_SECRET is empty; copy it from the Slack app's Basic Information page."
@@ -113,74 +122,14 @@ def build_app(
     )
     app.error(handle_error)
     app.middleware(events.skip_repeated_events(seen_events or events.SeenEvents()))
-
-    # `audit ...` (auditors only) reads the database too: answered after the ack.
-    app.command(command, matchers=[audit_listeners.is_audit_command])(
-        ack=audit_listeners.ack_audit_command,
-        lazy=[lazy(audit_listeners.run_audit_command, deps)],
-    )
-    # Request commands first (they need the database, so they answer after the ack);
-    # every other command is answered in the ack itself (see listeners.commands).
-    app.command(command, matchers=[_is_request_command])(
-        ack=commands.ack_command, lazy=[lazy(commands.run_request_command, deps)]
-    )
-
-    def answer_command(ack: Ack, command: dict[str, Any]) -> None:
-        commands.answer_in_ack(deps, ack, str(command.get("text") or ""))
-
-    app.command(command)(answer_command)
-
-    button_handlers = {
-        answers.REQUEST_BUTTON: actions.run_open_request_modal,
-        answers.PICK_ENTRY: actions.run_pick_entry,
-        approval.APPROVE: actions.run_approve,
-        approval.DENY: actions.run_open_deny_modal,
-        dms.EXTEND: actions.run_open_extend_modal,
-        dms.DONE: actions.run_end_grant,
-        home.CANCEL: actions.run_cancel_request,
-    }
-    for action_id, handler in button_handlers.items():
-        app.action(action_id)(ack=actions.ack_action, lazy=[lazy(handler, deps)])
-    permissions_listeners.register(app, deps)
-
-    app.view(modals.REQUEST_MODAL)(
-        ack=views.ack_request_modal, lazy=[lazy(views.run_request_modal, deps)]
-    )
-    app.view(modals.DENY_MODAL)(ack=views.ack_deny_modal, lazy=[lazy(views.run_deny_modal, deps)])
-    app.view(modals.EXTEND_MODAL)(
-        ack=views.ack_extend_modal, lazy=[lazy(views.run_extend_modal, deps)]
-    )
-
-    app.event("app_home_opened")(
-        ack=events.ack_event, lazy=[lazy(events.run_app_home_opened, deps)]
-    )
+    for register in LISTENERS:
+        register(app, deps)
     return app
 
 
-def build_wsgi_app(
-    *,
-    signing_secret: str,
-    bot_token: str,
-    services: SlackServices,
-    approvers: ApproverDirectory,
-    api_url: str | None = None,
-    command: str = DEFAULT_COMMAND,
-    clock: Clock | None = None,
-    rate_limit_retries: int = 3,
-    lazy_workers: int = 8,
-) -> SlackRequestHandler:
-    """A WSGI callable for gunicorn, serving commands, interactivity and events on
-    /slack/events. Build it in the worker (gunicorn's `'module:factory()'` form), so each
-    worker has its own Bolt executor and Web API client."""
-    app = build_app(
-        signing_secret=signing_secret,
-        bot_token=bot_token,
-        services=services,
-        approvers=approvers,
-        api_url=api_url,
-        command=command,
-        clock=clock,
-        rate_limit_retries=rate_limit_retries,
-        lazy_workers=lazy_workers,
-    )
+def build_wsgi_app(app: App, *, signing_secret: str) -> SlackRequestHandler:
+    """A WSGI callable serving `app`'s commands, interactivity and events on /slack/events,
+    each request verified and checked before Bolt parses it (bot.slack.guard). For
+    gunicorn, build it in the worker (`'module:factory()'`), so each worker has its own
+    Bolt executor and Web API client."""
     return GuardedRequestHandler(app, signing_secret=signing_secret, path=EVENTS_PATH)

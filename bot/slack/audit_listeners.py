@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from slack_bolt import Ack
+from slack_bolt import Ack, App
 
 from bot.anchors import AnchorReader, CheckpointSigner, CheckpointVerifier
 from bot.audit_review import (
@@ -36,7 +36,7 @@ from bot.ports import ApproverDirectory, Clock
 from bot.slack.blocks import primitives
 from bot.slack.blocks.audit import auditor_home_section, review_summary
 from bot.slack.escape import escape
-from bot.slack.listeners.common import Incoming, SlackDeps
+from bot.slack.listeners.common import Incoming, SlackDeps, lazy
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,14 @@ def _upload_export(deps: SlackDeps, audit: AuditReviewDeps, incoming: Incoming,
         "surface": "command", "filter": chosen.to_details(), "file": name,
         "file_id": file_id, "bytes": len(content),
         "sha256": hashlib.sha256(content).hexdigest()})
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """`audit ...` (auditors only) reads the database too: answered after the ack. Register
+    it before bot.slack.listeners.commands, whose last listener takes every command."""
+    app.command(deps.command, matchers=[is_audit_command])(
+        ack=ack_audit_command, lazy=[lazy(run_audit_command, deps)]
+    )
 
 
 def auditor_home_blocks(deps: SlackDeps, user: str, room: int) -> list[Any]:

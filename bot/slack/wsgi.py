@@ -34,11 +34,10 @@ from bot.logs import configure_logging_from_environment, describe_database
 from bot.ports import Clock
 from bot.runtime import Runtime, web_runtime
 from bot.settings import Settings, SettingsError, load_settings
-from bot.slack.app import EVENTS_PATH, build_app
+from bot.slack.app import build_app, build_wsgi_app
 from bot.slack.approvers import SlackApproverDirectory
 from bot.slack.audit_listeners import AuditReviewDeps
 from bot.slack.db_services import DbSlackServices
-from bot.slack.guard import GuardedRequestHandler
 from bot.slack.health import HealthRoutes, readiness_checks
 
 if TYPE_CHECKING:
@@ -63,10 +62,8 @@ class SlackWeb:
     app: App
 
     def wsgi(self) -> SlackRequestHandler:
-        # Verifies and checks every request before Bolt parses it (bot.slack.guard).
-        return GuardedRequestHandler(self.app, path=EVENTS_PATH,
-                                     signing_secret=self.runtime.settings.slack_signing_secret
-                                     or "socket-mode")
+        return build_wsgi_app(
+            self.app, signing_secret=self.runtime.settings.slack_signing_secret or "socket-mode")
 
     def close(self) -> None:
         self.runtime.close()

@@ -2,5 +2,6 @@
 
 Each surface has small `ack_*` functions (pure, no I/O, so Slack gets its answer within
 3 s) and `run_*` handlers that do the work in Bolt lazy listeners after the ack. Handlers
-are plain functions of (SlackDeps, Incoming), wired by `bot.slack.app.build_app`.
+are plain functions of (SlackDeps, Incoming); each module's `register(app, deps)` binds
+its own ids to them, and `bot.slack.app.build_app` calls every module's register.
 """

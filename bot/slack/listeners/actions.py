@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack
+from slack_bolt import Ack, App
 
-from bot.slack.blocks import answers, home, modals, primitives
+from bot.slack.blocks import answers, approval, dms, home, modals, primitives
 from bot.slack.escape import escape, mention
-from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id, tell_user
+from bot.slack.listeners.common import (
+    Incoming,
+    LazyHandler,
+    SlackDeps,
+    lazy,
+    parse_request_id,
+    tell_user,
+)
 from bot.slack.services import RequestView, ServiceError
 from bot.states import ACTIVE
 
@@ -139,3 +146,19 @@ def run_cancel_request(deps: SlackDeps, incoming: Incoming) -> None:
     _say(deps, incoming, f"Cancelled request *#{view.id}* ({escape(view.entry.name)}).")
     if _from_home(incoming):
         refresh_home(deps, incoming)
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """Every button but See permissions (bot.slack.listeners.permissions): acked at once,
+    handled in a lazy listener."""
+    handlers: dict[str, LazyHandler] = {
+        answers.REQUEST_BUTTON: run_open_request_modal,
+        answers.PICK_ENTRY: run_pick_entry,
+        approval.APPROVE: run_approve,
+        approval.DENY: run_open_deny_modal,
+        dms.EXTEND: run_open_extend_modal,
+        dms.DONE: run_end_grant,
+        home.CANCEL: run_cancel_request,
+    }
+    for action_id, handler in handlers.items():
+        app.action(action_id)(ack=ack_action, lazy=[lazy(handler, deps)])

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from slack_bolt import Ack
+from slack_bolt import Ack, App
 
 from bot.request_ids import is_request_number
 from bot.slack.blocks import answers, primitives
 from bot.slack.escape import escape, slack_date
-from bot.slack.listeners.common import Incoming, SlackDeps, parse_request_id
+from bot.slack.listeners.common import Incoming, SlackDeps, lazy, parse_request_id
 from bot.slack.services import ServiceError, format_duration, parse_duration
 
 REQUEST_VERBS = ("revoke", "done", "cancel", "extend")
@@ -132,3 +132,22 @@ def run_request_command(deps: SlackDeps, incoming: Incoming) -> None:
         view = services.revoke(request_id, user)
         message = f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
     incoming.respond(text=message, blocks=primitives.notice(message), response_type="ephemeral")
+
+
+def _is_request_command(command: dict[str, Any]) -> bool:
+    return needs_backend(str(command.get("text") or ""))
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    """`deps.command`: request commands first (they need the database, so they answer
+    after the ack); every other command is answered in the ack itself. Bolt gives a command
+    to the first listener whose matchers pass, so a more specific one (audit) registers
+    before this."""
+    app.command(deps.command, matchers=[_is_request_command])(
+        ack=ack_command, lazy=[lazy(run_request_command, deps)]
+    )
+
+    def answer_command(ack: Ack, command: dict[str, Any]) -> None:
+        answer_in_ack(deps, ack, str(command.get("text") or ""))
+
+    app.command(deps.command)(answer_command)

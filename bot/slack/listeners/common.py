@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from slack_bolt import App
 from slack_bolt.context.respond import Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -61,6 +62,8 @@ class Incoming:
 
 
 LazyHandler = Callable[[SlackDeps, Incoming], None]
+# What each listener module exposes: bind its ids to its handlers on the app.
+Register = Callable[[App, SlackDeps], None]
 
 
 def tell_user(deps: SlackDeps, incoming: Incoming, text: str, message_blocks: list[Any]) -> None:

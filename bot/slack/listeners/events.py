@@ -8,11 +8,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import BoltResponse
+from slack_bolt import App, BoltResponse
 
 from bot.slack.audit_listeners import auditor_home_blocks
 from bot.slack.blocks import home
-from bot.slack.listeners.common import Incoming, SlackDeps
+from bot.slack.listeners.common import Incoming, SlackDeps, lazy
 from bot.slacklimits import VIEW_BLOCKS_MAX
 
 
@@ -76,3 +76,7 @@ def run_app_home_opened(deps: SlackDeps, incoming: Incoming) -> None:
     if audit_section:
         view["blocks"] = [*view["blocks"], *audit_section]
     incoming.client.views_publish(user_id=user, view=view)
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    app.event("app_home_opened")(ack=ack_event, lazy=[lazy(run_app_home_opened, deps)])

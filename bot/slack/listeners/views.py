@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack
+from slack_bolt import Ack, App
 
 from bot.slack.blocks import forms, modals, primitives
 from bot.slack.escape import escape, slack_date
-from bot.slack.listeners.common import Incoming, SlackDeps, tell_user
+from bot.slack.listeners.common import Incoming, SlackDeps, lazy, tell_user
 from bot.slack.services import ServiceError, format_duration
 
 
@@ -44,12 +44,16 @@ def run_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
     incoming.client.views_update(view_id=view["id"], view=modals.submitted_view(request))
 
 
-def ack_deny_modal(ack: Ack, view: dict[str, Any]) -> None:
-    form = forms.read_deny_form(view)
+def _ack_form(ack: Ack, form: object) -> None:
+    """Errors go back under their fields; a valid form closes its modal."""
     if isinstance(form, dict):
         ack(response_action="errors", errors=form)
     else:
         ack()
+
+
+def ack_deny_modal(ack: Ack, view: dict[str, Any]) -> None:
+    _ack_form(ack, forms.read_deny_form(view))
 
 
 def run_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
@@ -63,11 +67,7 @@ def run_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
 
 
 def ack_extend_modal(ack: Ack, view: dict[str, Any]) -> None:
-    form = forms.read_extend_form(view)
-    if isinstance(form, dict):
-        ack(response_action="errors", errors=form)
-    else:
-        ack()
+    _ack_form(ack, forms.read_extend_form(view))
 
 
 def run_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
@@ -85,3 +85,9 @@ def run_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
     else:
         message = f"Extended *#{view.id}*."
     tell_user(deps, incoming, message, primitives.notice(message))
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    app.view(modals.REQUEST_MODAL)(ack=ack_request_modal, lazy=[lazy(run_request_modal, deps)])
+    app.view(modals.DENY_MODAL)(ack=ack_deny_modal, lazy=[lazy(run_deny_modal, deps)])
+    app.view(modals.EXTEND_MODAL)(ack=ack_extend_modal, lazy=[lazy(run_extend_modal, deps)])
