@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 
 
 AUTO_APPROVER = "system:auto-approve"
+RECONCILE_ACTOR = "system:reconcile"
 
 
 class LifecycleError(Exception):
@@ -973,15 +974,8 @@ class RequestService:
         if grant.expires_at - now < window / 2:
             problem = "less than half of its time was left"
         else:
-            context = GrantContext(
-                grant_id=grant.id, entry_id=request.entry_id,
-                principal_arn=grant.principal_arn, instance_arn=request.instance_arn,
-                start=grant.starts_at, expires_at=grant.expires_at,
-                # Rebuild the same kind of plan: no room inline forces managed again.
-                inline_usage=0 if kind == "inline" else _NO_INLINE_ROOM,
-                existing_policy_names=names)
             try:
-                plan = self.plan_builder(context)
+                plan = self.plan_builder(rebuild_context(grant, request))
                 if plan.kind != kind or tuple(p.name for p in plan.policies) != names:
                     raise GrantError("the rebuilt plan differs from the recorded one",
                                      transient=False)
@@ -1066,7 +1060,7 @@ class RequestService:
             ).scalars())
 
     def finish_stuck_grant(self, grant_id: str, *, attached: bool,
-                           actor: str = "system:reconcile") -> AccessRequest:
+                           actor: str = RECONCILE_ACTOR) -> AccessRequest:
         """Settle a grant stuck in `granting` after reconciliation looked at IAM: the
         policies are there (active, expiry as planned) or not (failed)."""
         with self._transaction() as session:
@@ -1091,6 +1085,34 @@ class RequestService:
                          expires_at=grant.expires_at.isoformat())
         else:
             self._notify("failed", request, grant_id=grant.id, error=grant.last_error)
+        return request
+
+    def end_active_by_reconcile(self, grant_id: str, error: str, *,
+                                actor: str = RECONCILE_ACTOR) -> AccessRequest:
+        """Reconcile found an active grant's policy gone and could not put it back, so no
+        access is left on the principal. The request may leave `active` only through
+        `revoking`: it goes active -> revoking -> revoked (reason "reconcile"), while the
+        grant ends `failed` with `error`, since the access ended because the bot could not
+        keep it in place, not because anyone revoked it. The requester is told."""
+        with self._transaction() as session:
+            grant = session.get(Grant, grant_id)
+            if grant is None:
+                raise NotFound(f"There is no grant {grant_id}.")
+            request = self._locked(session, grant.request_id)
+            grant = session.get_one(Grant, grant_id, populate_existing=True)
+            if grant.state != ACTIVE or request.state != ACTIVE:
+                raise InvalidTransition(f"it became {grant.state} while reconcile ran")
+            grant.state, grant.last_error = FAILED, error
+            grant.revoke_reason, grant.revoked_by = "reconcile", actor
+            # A pending extension has nothing left to extend.
+            request.extension_seconds = request.extension_requested_at = None
+            details = {"grant_id": grant.id, "reason": "reconcile", "error": error}
+            self._move(session, request, REVOKING, actor=actor, action="revoking",
+                       details=details)
+            self._move(session, request, REVOKED, actor=actor, action="revoked",
+                       details=details)
+        self._notify("revoked", request, grant_id=grant_id, reason="reconcile",
+                     revoked_by=actor, error=error)
         return request
 
     # -- extension -----------------------------------------------------------------------
@@ -1428,6 +1450,18 @@ UNEXPECTED_ERROR = "UnexpectedError"
 # An inline usage no principal's quota holds: rebuilding a managed plan with it makes the
 # compiler choose managed policies again (inline plans rebuild with 0).
 _NO_INLINE_ROOM = 10**9
+
+
+def rebuild_context(grant: Grant, request: AccessRequest) -> GrantContext:
+    """The context that rebuilds a recorded grant's plan as it was attached (same names,
+    window and kind); the compiler is deterministic, so the documents come out the same
+    unless the catalog entry or the compiler changed since."""
+    return GrantContext(
+        grant_id=grant.id, entry_id=request.entry_id, principal_arn=grant.principal_arn,
+        instance_arn=request.instance_arn, start=grant.starts_at,
+        expires_at=grant.expires_at,
+        inline_usage=0 if grant.kind == "inline" else _NO_INLINE_ROOM,
+        existing_policy_names=tuple(grant.policy_names))
 
 
 def revoke_error(exc: Exception, grant_id: str) -> GrantError:

@@ -16,41 +16,31 @@ Outcomes, consistent with the lifecycle's state machine:
   False): reconcile has already removed whatever reached IAM, and the requester was never
   told it worked, so it fails (audited, requester notified);
 - an `active` grant whose policy is gone and cannot be put back has no access left on the
-  principal. The request may only leave `active` through `revoking`, so it goes
-  active -> revoking -> revoked (reason "reconcile"), while the grant itself ends `failed`
-  with the error in last_error: the access ended because the bot could not keep it in place,
-  not because anyone revoked it. The requester is told and may simply ask again.
-
-It sits between the AWS adapter (whose reconcile() calls it) and the core, so it is not
-part of the boto3-free core.
+  principal: RequestService.end_active_by_reconcile ends it (request revoked, grant failed
+  with the error, requester told), so every state change goes through the lifecycle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from bot.audit import append_event
 from bot.evidence import combined_hash, document_hash
-from bot.lifecycle import GrantContext, LifecycleError, RequestService
+from bot.lifecycle import RECONCILE_ACTOR, LifecycleError, RequestService, rebuild_context
 from bot.models import AccessRequest, Grant
-from bot.ports import Notification, PolicyDocument, PolicyKind
+from bot.ports import PolicyDocument, PolicyKind
 from bot.reconcile_model import ExpectedGrant, Finding
-from bot.states import ACTIVE, FAILED, GRANTING, REVOKED, REVOKING, TRANSITIONS, RequestState
+from bot.states import ACTIVE, GRANTING
 
 log = logging.getLogger(__name__)
 
-RECONCILE_ACTOR = "system:reconcile"
-# An inline usage no principal's quota can hold: makes the compiler choose managed
-# policies again when rebuilding a managed grant (inline fits with 0 usage when it did
-# with any usage, so inline grants rebuild with 0).
-_NO_INLINE_ROOM = 10**9
+__all__ = ["RECONCILE_ACTOR", "DbReconcileStore", "ReconcileStoreError", "Unverifiable"]
 # A `granting` state_since that is always "just now" for reconcile, so it leaves the grant
 # alone (its policy names still count as expected, so they are not orphans either).
 _HOLD = datetime.max.replace(tzinfo=UTC)
@@ -127,17 +117,10 @@ class DbReconcileStore:
     def _active(self, grant: Grant, request: AccessRequest) -> ExpectedGrant:
         kind = cast(PolicyKind, grant.kind)
         names = tuple(grant.policy_names)
-        context = GrantContext(
-            grant_id=grant.id, entry_id=request.entry_id, principal_arn=grant.principal_arn,
-            instance_arn=request.instance_arn, start=grant.starts_at,
-            expires_at=grant.expires_at,
-            inline_usage=0 if kind == "inline" else _NO_INLINE_ROOM,
-            existing_policy_names=names,
-        )
         problem = ""
         policies: tuple[PolicyDocument, ...] = tuple(PolicyDocument(n, {}) for n in names)
         try:
-            plan = self.service.plan_builder(context)
+            plan = self.service.plan_builder(rebuild_context(grant, request))
         except Exception as exc:  # any compiler refusal means: cannot rebuild
             problem = f"the policy cannot be rebuilt any more ({exc})"
         else:
@@ -207,47 +190,7 @@ class DbReconcileStore:
                                 .values(last_error=reason))
             return
         if state == ACTIVE:
-            self._end_active(grant_id, reason)
+            self.service.end_active_by_reconcile(grant_id, reason, actor=RECONCILE_ACTOR)
             return
         raise ReconcileStoreError(
             f"it is {state} now, and reconcile only fails grants that are granting or active")
-
-    def _end_active(self, grant_id: str, reason: str) -> None:
-        with self.service.sessions.begin() as session:
-            grant = session.get_one(Grant, grant_id)
-            request = session.execute(
-                select(AccessRequest).where(AccessRequest.id == grant.request_id)
-                .with_for_update().execution_options(populate_existing=True)
-            ).scalar_one()
-            grant = session.get_one(Grant, grant_id, populate_existing=True)
-            if grant.state != ACTIVE or request.state != ACTIVE:
-                raise ReconcileStoreError(
-                    f"it became {grant.state} while reconcile ran")
-            now = self.service.clock.now()
-            grant.state, grant.last_error = FAILED, reason
-            grant.revoke_reason, grant.revoked_by = "reconcile", RECONCILE_ACTOR
-            # A pending extension has nothing left to extend.
-            request.extension_seconds = request.extension_requested_at = None
-            details = {"grant_id": grant.id, "reason": "reconcile", "error": reason}
-            self._move(session, request, REVOKING, "revoking", now, details)
-            request.revoke_requested_at = now
-            self._move(session, request, REVOKED, "revoked", now, details)
-            request.revoked_at = now
-        self.service.notifier.notify(Notification("revoked", request.id, {
-            "requester": request.requester, "entry_id": request.entry_id,
-            "tier": request.tier, "state": request.state,
-            "principal_arn": request.principal_arn,
-            "approval_channel": request.approval_channel, "approval_ts": request.approval_ts,
-            "grant_id": grant_id, "reason": "reconcile", "revoked_by": RECONCILE_ACTOR,
-            "error": reason,
-        }))
-
-    @staticmethod
-    def _move(session: Session, request: AccessRequest, to_state: RequestState, action: str,
-              now: datetime, details: Mapping[str, Any]) -> None:
-        if to_state not in TRANSITIONS.get(request.state, frozenset()):
-            raise ReconcileStoreError(
-                f"request #{request.id} is {request.state}; it cannot become {to_state}")
-        request.state, request.updated_at = to_state, now
-        append_event(session, at=now, actor=RECONCILE_ACTOR, action=action,
-                     request_id=request.id, details={"to": to_state, **details})

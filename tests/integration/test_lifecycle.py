@@ -603,6 +603,29 @@ def test_grant_stuck_in_granting_is_settled_by_reconciliation(
         request_service.finish_stuck_grant(stuck.id, attached=attached)
 
 
+def test_reconcile_ends_active_access_through_revoking(
+        request_service: RequestService, notifier: RecordingNotifier,
+        session_factory: SessionFactory) -> None:
+    """The policy is gone from IAM and could not be put back: the request ends revoked
+    (the one way out of active), the grant failed with the error."""
+    request_id = make_active(request_service)
+    request_service.request_extension(request_id, "U0ALICE", timedelta(hours=1))
+    (grant,) = request_service.get(request_id).grants
+    ended = request_service.end_active_by_reconcile(grant.id, "LimitExceeded: no room")
+    assert ended.state == "revoked" and ended.extension_seconds is None
+    loaded = request_service.get(request_id)
+    assert loaded.revoke_requested_at == loaded.revoked_at is not None
+    (grant,) = loaded.grants
+    assert (grant.state, grant.last_error, grant.revoke_reason, grant.revoked_by) == (
+        "failed", "LimitExceeded: no room", "reconcile", "system:reconcile")
+    assert actions(session_factory, request_id)[-2:] == ["revoking", "revoked"]
+    told = notifier.sent[-1]
+    assert (told.event, told.detail["reason"], told.detail["error"]) == (
+        "revoked", "reconcile", "LimitExceeded: no room")
+    with pytest.raises(InvalidTransition, match="it became failed while reconcile ran"):
+        request_service.end_active_by_reconcile(grant.id, "again")
+
+
 def test_only_the_bot_revokes_for_expiry(request_service: RequestService) -> None:
     request_id = make_active(request_service)
     with pytest.raises(NotAllowed, match="Only the bot"):
