@@ -7,9 +7,9 @@ response_urls. It can be told to answer 429 with Retry-After for a method. It se
 conversations.history (paged, top-level messages, needing channels:history) and lets a
 test post as a person (`post_as`) or delete a message as a workspace admin would.
 
-It also speaks Socket Mode: `apps.connections.open` (with the app-level token) returns a
-`ws://` URL on the same port, where `socket_mode` (bot.sandbox.fake_socket_mode) serves
-the WebSocket, pushes envelopes to the app and records its acks.
+It knows the app-level token (xapp-...) only to refuse it where the bot token belongs and
+the other way round; the tests' SocketModeFakeSlack (tests/integration/slack_flows) adds
+`apps.connections.open` and the WebSocket, which the demo never uses.
 
     with FakeSlack(usergroups={"S0LEADS": ["U0BOB"]}) as slack:
         client = WebClient(token=slack.bot_token, base_url=slack.api_url)
@@ -29,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from bot.sandbox.fake_socket_mode import SocketModeHub
 from bot.sandbox.polling import wait_until
 from bot.slack.scopes import REQUIRED_BOT_SCOPES
 
@@ -114,7 +113,6 @@ class FakeSlack:
         *,
         bot_token: str = DEFAULT_BOT_TOKEN,
         app_token: str = DEFAULT_APP_TOKEN,
-        app_id: str = "A0CONNECT",
         bot_user_id: str = "U0CABOT",
         team_id: str = "T0FAKE",
         usergroups: Mapping[str, Sequence[str]] | None = None,
@@ -124,7 +122,6 @@ class FakeSlack:
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
-        self.socket_mode = SocketModeHub(app_id=app_id)
         self.bot_user_id = bot_user_id
         self.team_id = team_id
         # What Slack reports in X-OAuth-Scopes for the bot token (tests take some away).
@@ -171,7 +168,6 @@ class FakeSlack:
 
     def stop(self) -> None:
         if self._server is not None:
-            self.socket_mode.close_all()
             self._server.shutdown()
             self._server.server_close()
             self._server = None
@@ -277,8 +273,6 @@ class FakeSlack:
         with self._lock:
             shown = [json.dumps(c.params) for c in self._state.calls]
             shown += [json.dumps(r.body) for r in self._state.responses]
-        # Socket Mode: what a listener answered in its ack is shown to the user too.
-        shown += [json.dumps(a.payload) for a in self.socket_mode.acks() if a.payload]
         return shown
 
     def wait_for(
@@ -308,9 +302,6 @@ class FakeSlack:
     # -- HTTP ---------------------------------------------------------------------------
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
-        if request.command == "GET" and self.socket_mode.is_upgrade(request):
-            self.socket_mode.serve(request)  # holds this thread until the socket closes
-            return
         url = urlsplit(request.path)
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
@@ -426,9 +417,6 @@ class FakeSlack:
             "bot_id": "B0CABOT",
             "is_enterprise_install": False,
         }
-
-    def _m_apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"url": self.socket_mode.issue_url(self.base_url)}
 
     def _m_chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         if not params.get("text") and not params.get("blocks"):

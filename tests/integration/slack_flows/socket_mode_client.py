@@ -1,6 +1,7 @@
 """A SlackClient over Socket Mode, for the tests (the demo drives the app over HTTP only, so
 this lives under tests/, not bot/sandbox/): the same commands, clicks, submissions and
-events, delivered as envelopes on the FakeSlack's WebSocket instead of signed HTTP posts.
+events, delivered as envelopes on a SocketModeFakeSlack's WebSocket instead of signed HTTP
+posts.
 
 `send` turns what SlackClient would have posted into the envelope Slack sends for it
 (a slash command's form fields become the `slash_commands` payload, an interaction's
@@ -20,17 +21,18 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.fake_socket_mode import Envelope
+from fake_socket_mode import LINK_PATH, Envelope, SocketModeFakeSlack
+
 from bot.sandbox.slack_client import HttpResult, SlackClient
 
 
 class SocketModeSlackClient(SlackClient):
-    def __init__(self, fake: FakeSlack, *, ack_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, fake: SocketModeFakeSlack, *, ack_timeout: float = 10.0, **kwargs: Any
+                 ) -> None:
         """`ack_timeout`: how long to wait for the app's ack of each envelope (Slack
         gives an app 3 seconds before it retries)."""
-        super().__init__(f"{fake.base_url}/link/", "", response_url_factory=fake.response_url,
-                         **kwargs)
+        super().__init__(f"ws://127.0.0.1:{fake.socket_mode.port}{LINK_PATH}", "",
+                         response_url_factory=fake.response_url, **kwargs)
         self.fake = fake
         self.ack_timeout = ack_timeout
         self.last_envelope: Envelope | None = None

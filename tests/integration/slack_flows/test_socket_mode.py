@@ -1,30 +1,30 @@
-"""`connect-access serve --socket-mode` against the in-package fake Slack.
+"""`connect-access serve --socket-mode` against the tests' fake Slack.
 
-The fake's Socket Mode (bot.sandbox.fake_socket_mode) is checked first against slack_sdk's
-own builtin client (what Bolt's SocketModeHandler uses) and against raw frames for the RFC
-6455 rules; then the real command runs as a subprocess on SQLite with IAM on moto, and
-commands, a button and a modal reach it as envelopes over the WebSocket.
+The fake's Socket Mode (fake_socket_mode, on the `websockets` library) is checked first
+against slack_sdk's own builtin client (what Bolt's SocketModeHandler uses) and against a
+client on the library's sans-I/O protocol for what slack_sdk never sends; then the real
+command runs as a subprocess on SQLite with IAM on moto, and commands, a button and a modal
+reach it as envelopes over the WebSocket.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fake_socket_mode import SocketModeFakeSlack
 from slack_flows_harness import ALICE, APPROVALS, CRITICAL_ENTRY, WRITE_ENTRY, operator_config
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -32,19 +32,12 @@ from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from socket_mode_client import SocketModeSlackClient
+from websockets.client import ClientProtocol
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import Event
+from websockets.uri import parse_uri
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.fake_socket_mode import (
-    CLOSE_NORMAL,
-    CLOSE_PROTOCOL_ERROR,
-    OP_CLOSE,
-    OP_CONTINUATION,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    accept_key,
-    encode_frame,
-)
 from bot.sandbox.slack_client import SlackDriver
 from bot.slack.blocks import answers, modals
 
@@ -53,15 +46,15 @@ START_TIMEOUT = 30.0
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(usergroups=GROUPS) as slack:
+def fake() -> Iterator[SocketModeFakeSlack]:
+    with SocketModeFakeSlack(usergroups=GROUPS) as slack:
         yield slack
 
 
-# -- the fake against slack_sdk's client and raw frames ----------------------------------
+# -- the fake against slack_sdk's client and a raw client ---------------------------------
 
 
-def test_slack_sdk_client_connects_is_greeted_and_acks(fake: FakeSlack) -> None:
+def test_slack_sdk_client_connects_is_greeted_and_acks(fake: SocketModeFakeSlack) -> None:
     web = WebClient(token=fake.bot_token, base_url=fake.api_url)
     with pytest.raises(SlackApiError) as refused:
         web.apps_connections_open(app_token="xapp-1-not-the-app-token")
@@ -99,7 +92,7 @@ def test_slack_sdk_client_connects_is_greeted_and_acks(fake: FakeSlack) -> None:
         fake.socket_mode.ping(b"are you there")
         fake.socket_mode.wait_for(
             lambda hub: hub.connections()[-1].pongs == [b"are you there"]
-            and hub.connections()[-1].pings >= 3,
+            and hub.connections()[-1].pings >= 5,
             what="pings answered both ways")
         assert client.is_connected()
     finally:
@@ -108,65 +101,102 @@ def test_slack_sdk_client_connects_is_greeted_and_acks(fake: FakeSlack) -> None:
     assert closed.other_messages == []  # nothing but acks came over the socket
 
 
+def test_a_disconnect_message_makes_the_client_reconnect_on_a_fresh_url(
+    fake: SocketModeFakeSlack,
+) -> None:
+    web = WebClient(token=fake.bot_token, base_url=fake.api_url)
+    client = SocketModeClient(app_token=fake.app_token, web_client=web, ping_interval=0.2)
+    try:
+        client.connect()
+        first = fake.socket_mode.wait_for_connection()
+        fake.socket_mode.disconnect()  # what Slack sends before it refreshes a connection
+        second = fake.socket_mode.wait_for(
+            lambda hub: next((c for c in hub.connections() if c.id != first.id and c.open),
+                             None),
+            timeout=10, what="a second connection")
+        assert fake.socket_mode.wait_for_close(first.id, timeout=10)
+        urls = [c.response["url"] for c in fake.calls("apps.connections.open")]
+        assert len(urls) == 2 and second.ticket in urls[1]  # each URL is good once
+        # Envelopes now go to the new connection.
+        envelope = fake.socket_mode.send_envelope("events_api", {"type": "event_callback"})
+        assert envelope.connection == second.id
+    finally:
+        client.close()
+
+
 @dataclass
 class RawClient:
-    """A hand-made WebSocket client, for what slack_sdk never sends."""
+    """A client on the library's sans-I/O protocol, for what slack_sdk never sends; it
+    writes a frame itself only to break the rule that a client masks every frame."""
 
     sock: socket.socket
-    buffer: bytes = b""
+    protocol: ClientProtocol
+    events: list[Event] = field(default_factory=list)
 
     @classmethod
-    def connect(cls, fake: FakeSlack, url: str | None = None, version: str = "13"
-                ) -> tuple[RawClient, int, dict[str, str]]:
+    def connect(cls, fake: SocketModeFakeSlack, url: str | None = None, version: str = "13"
+                ) -> tuple[RawClient, int]:
         url = url or WebClient(base_url=fake.api_url).apps_connections_open(
             app_token=fake.app_token)["url"]
-        host_port, _, path = url.removeprefix("ws://").partition("/")
-        host, _, port = host_port.partition(":")
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock = socket.create_connection((host, int(port)), timeout=5)
-        sock.sendall(
-            f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: {version}\r\n\r\n".encode())
-        client = cls(sock)
-        while b"\r\n\r\n" not in client.buffer:
-            client._fill()
-        head, _, client.buffer = client.buffer.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode().split("\r\n")
-        headers = {k.strip().lower(): v.strip()
-                   for k, _, v in (line.partition(":") for line in lines)}
-        status = int(status_line.split()[1])
-        if status == 101:
-            assert headers["sec-websocket-accept"] == accept_key(key)
-        return client, status, headers
+        uri = parse_uri(url)
+        protocol = ClientProtocol(uri)
+        request = protocol.connect()
+        del request.headers["Sec-WebSocket-Version"]
+        request.headers["Sec-WebSocket-Version"] = version
+        protocol.send_request(request)
+        client = cls(socket.create_connection((uri.host, uri.port), timeout=5), protocol)
+        client._flush()
+        response = client._next_event()
+        assert isinstance(response, Response)  # the library checked Sec-WebSocket-Accept
+        return client, response.status_code
 
-    def _fill(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError
-        self.buffer += data
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.sock.sendall(data)
 
-    def _take(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            self._fill()
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
-        return data
+    def _next_event(self) -> Event:
+        while not self.events:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.protocol.receive_data(data)
+            self.events.extend(self.protocol.events_received())
+        return self.events.pop(0)
 
-    def send(self, opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True
-             ) -> None:
-        self.sock.sendall(encode_frame(opcode, payload, fin=fin,
-                                       mask=os.urandom(4) if masked else None))
+    def send_text(self, data: bytes, *, fin: bool = True) -> None:
+        self.protocol.send_text(data, fin=fin)
+        self._flush()
 
-    def receive(self) -> tuple[int, bytes]:
-        """One frame from the server, which must come unmasked."""
-        first, second = self._take(2)
-        assert second & 0x80 == 0, "a server must not mask its frames"
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", self._take(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._take(8))
-        return first & 0x0F, self._take(length)
+    def send_continuation(self, data: bytes, *, fin: bool = True) -> None:
+        self.protocol.send_continuation(data, fin=fin)
+        self._flush()
+
+    def send_ping(self, data: bytes) -> None:
+        self.protocol.send_ping(data)
+        self._flush()
+
+    def send_close(self, code: CloseCode) -> None:
+        self.protocol.send_close(code)
+        self._flush()
+
+    def send_unmasked_text(self, data: bytes) -> None:
+        self.sock.sendall(Frame(Opcode.TEXT, data).serialize(mask=False))
+
+    def receive(self) -> tuple[Opcode, bytes]:
+        """One frame from the server (the protocol refuses a masked one)."""
+        frame = self._next_event()
+        assert isinstance(frame, Frame), frame
+        return frame.opcode, bytes(frame.data)
+
+    def receive_close(self) -> Close:
+        """The server's close frame, then the end of its stream (a server closes the TCP
+        connection first, RFC 6455 7.1.1); the client then closes its side."""
+        opcode, data = self.receive()
+        assert opcode is Opcode.CLOSE
+        assert self.sock.recv(1) == b""
+        self.sock.close()
+        return Close.parse(data)
 
 
 @pytest.fixture
@@ -177,10 +207,10 @@ def raw_clients() -> Iterator[list[RawClient]]:
         client.sock.close()
 
 
-def test_the_fake_keeps_the_rfc_6455_rules(fake: FakeSlack, raw_clients: list[RawClient]
-                                           ) -> None:
+def test_the_fake_keeps_the_rfc_6455_rules(fake: SocketModeFakeSlack,
+                                           raw_clients: list[RawClient]) -> None:
     def connect(url: str | None = None, version: str = "13") -> tuple[RawClient, int]:
-        client, status, _ = RawClient.connect(fake, url, version)
+        client, status = RawClient.connect(fake, url, version)
         raw_clients.append(client)
         return client, status
 
@@ -188,24 +218,23 @@ def test_the_fake_keeps_the_rfc_6455_rules(fake: FakeSlack, raw_clients: list[Ra
     client, status = connect()
     assert status == 101
     opcode, hello = client.receive()
-    assert opcode == OP_TEXT and json.loads(hello)["type"] == "hello"
-    client.send(OP_TEXT, b'{"envelope_id": "E1", ', fin=False)
-    client.send(OP_PING, b"in between")  # control frames may come between fragments
-    client.send(OP_CONTINUATION, b'"payload": {"text": "caf\xc3\xa9"}}')
-    assert client.receive() == (OP_PONG, b"in between")
+    assert opcode is Opcode.TEXT and json.loads(hello)["type"] == "hello"
+    client.send_text(b'{"envelope_id": "E1", ', fin=False)
+    client.send_ping(b"in between")  # control frames may come between fragments
+    client.send_continuation(b'"payload": {"text": "caf\xc3\xa9"}}')
+    assert client.receive() == (Opcode.PONG, b"in between")
     ack = fake.socket_mode.wait_for_ack("E1")
     assert ack.payload == {"text": "café"}
-    client.send(OP_CLOSE, struct.pack("!H", CLOSE_NORMAL))
-    assert client.receive() == (OP_CLOSE, struct.pack("!H", CLOSE_NORMAL))
-    assert fake.socket_mode.wait_for_close(1).close_code == CLOSE_NORMAL
+    client.send_close(CloseCode.NORMAL_CLOSURE)
+    assert client.receive_close() == Close(CloseCode.NORMAL_CLOSURE, "")  # echoed
+    assert fake.socket_mode.wait_for_close(1).close_code == CloseCode.NORMAL_CLOSURE
 
     # An unmasked client frame fails the connection with 1002.
     client, status = connect()
     client.receive()  # hello
-    client.send(OP_TEXT, b'{"envelope_id": "E2"}', masked=False)
-    opcode, reason = client.receive()
-    assert opcode == OP_CLOSE and struct.unpack("!H", reason[:2])[0] == CLOSE_PROTOCOL_ERROR
-    assert fake.socket_mode.wait_for_close(2).close_code == CLOSE_PROTOCOL_ERROR
+    client.send_unmasked_text(b'{"envelope_id": "E2"}')
+    assert client.receive_close().code == CloseCode.PROTOCOL_ERROR
+    assert fake.socket_mode.wait_for_close(2).close_code == CloseCode.PROTOCOL_ERROR
     assert fake.socket_mode.acks("E2") == []
 
     # Handshakes the fake refuses: a used ticket, a missing one, another protocol version.
@@ -220,7 +249,7 @@ def test_the_fake_keeps_the_rfc_6455_rules(fake: FakeSlack, raw_clients: list[Ra
 
 
 @pytest.fixture
-def serve_env(fake: FakeSlack, aws_env: str, _sqlite_template: Path, tmp_path: Path
+def serve_env(fake: SocketModeFakeSlack, aws_env: str, _sqlite_template: Path, tmp_path: Path
               ) -> dict[str, str]:
     """The environment of `connect-access serve --socket-mode`: SQLite migrated to head,
     IAM on moto (aws_env also put its fake credentials in os.environ), Slack on the fake.
@@ -260,7 +289,8 @@ class Served:
 
 
 @pytest.fixture
-def served(fake: FakeSlack, serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
+def served(fake: SocketModeFakeSlack, serve_env: dict[str, str], tmp_path: Path
+           ) -> Iterator[Served]:
     """`connect-access serve --socket-mode` in a subprocess, connected to the fake."""
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
@@ -284,8 +314,8 @@ def shown(answer: dict[str, Any]) -> str:
 
 
 @pytest.mark.slow
-def test_socket_mode_serves_commands_buttons_and_modals(fake: FakeSlack, served: Served
-                                                        ) -> None:
+def test_socket_mode_serves_commands_buttons_and_modals(fake: SocketModeFakeSlack,
+                                                        served: Served) -> None:
     client = SocketModeSlackClient(fake, ack_timeout=10)
     driver = SlackDriver(fake, client, timeout=15)
 
@@ -341,7 +371,7 @@ def test_socket_mode_serves_commands_buttons_and_modals(fake: FakeSlack, served:
 
 
 @pytest.mark.slow
-def test_socket_mode_stops_cleanly_on_ctrl_c(fake: FakeSlack, served: Served) -> None:
+def test_socket_mode_stops_cleanly_on_ctrl_c(fake: SocketModeFakeSlack, served: Served) -> None:
     connection = fake.socket_mode.wait_for_connection()
     assert served.stop(signal.SIGINT) == 0
     assert fake.socket_mode.wait_for_close(connection.id)
@@ -357,7 +387,7 @@ def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_a_wrong_app_token_stops_serve_naming_slack_app_token(
-    fake: FakeSlack, serve_env: dict[str, str]
+    fake: SocketModeFakeSlack, serve_env: dict[str, str]
 ) -> None:
     result = run_serve({**serve_env, "SLACK_APP_TOKEN": "xapp-1-A0CONNECT-revoked"})
     assert result.returncode == 2
@@ -371,7 +401,7 @@ def test_a_wrong_app_token_stops_serve_naming_slack_app_token(
 
 @pytest.mark.slow
 def test_a_websocket_that_cannot_be_opened_stops_serve(
-    fake: FakeSlack, serve_env: dict[str, str]
+    fake: SocketModeFakeSlack, serve_env: dict[str, str]
 ) -> None:
     fake.socket_mode.refuse_connections = True
     result = run_serve(serve_env)
