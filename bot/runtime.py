@@ -256,6 +256,7 @@ def make_granter(aws: AwsSessions, config: OperatorConfig) -> TargetGranter:
             lambda: aws.client("sso-admin"), lambda: aws.client("identitystore"),
             instance_arn=config.identity_center.instance_arn,
             identity_store_id=config.identity_center.identity_store_id,
+            permissions_boundary=config.required_permissions_boundary,
         )
     return TargetGranter(aws.iam_for_principal, identity_center=identity_center)
 

@@ -82,6 +82,9 @@ class IdentityCenterGranter:
         *,
         instance_arn: str,
         identity_store_id: str,
+        # `required_permissions_boundary`: every set the bot makes carries it, so the role
+        # a permission set becomes in an account stays within it like any IAM target.
+        permissions_boundary: str | None = None,
         # The ConflictException retry only; botocore retries everything else.
         attempts: int = 5,
         base_delay: float = 0.2,
@@ -99,6 +102,8 @@ class IdentityCenterGranter:
         self._ids = identity_store
         self.instance_arn = instance_arn
         self.identity_store_id = identity_store_id
+        self._boundary = (None if permissions_boundary is None
+                          else boundary_reference(permissions_boundary))
         self._attempts = attempts
         self._base_delay = base_delay
         self._max_delay = max_delay
@@ -146,6 +151,8 @@ class IdentityCenterGranter:
                        self._sso().put_inline_policy_to_permission_set,
                        InstanceArn=self.instance_arn, PermissionSetArn=arn,
                        InlinePolicy=document)
+            if self._boundary is not None:
+                self._put_boundary(arn, policy.name, self._boundary)
             self._provision(arn, account, policy.name)
             if not self._is_assigned(arn, account, user_id):
                 assigned = True
@@ -271,6 +278,20 @@ class IdentityCenterGranter:
         arn = str(created["PermissionSet"]["PermissionSetArn"])
         self._known[name] = arn
         return arn
+
+    def _put_boundary(self, arn: str, name: str, boundary: Mapping[str, Any]) -> None:
+        self._call(f"put the permissions boundary of {name}",
+                   self._sso().put_permissions_boundary_to_permission_set,
+                   InstanceArn=self.instance_arn, PermissionSetArn=arn,
+                   PermissionsBoundary=boundary)
+        got = self._call(f"read the permissions boundary of {name}",
+                         self._sso().get_permissions_boundary_for_permission_set,
+                         missing_ok=True, InstanceArn=self.instance_arn, PermissionSetArn=arn)
+        if got is None or got.get("PermissionsBoundary") != boundary:
+            raise GrantError(
+                f"permission set {name} reads back no or another permissions boundary than "
+                f"the required {boundary}; nothing was granted",
+                transient=False, code="ReadBackMismatch")
 
     def _provision(self, arn: str, account: str, name: str) -> None:
         response = self._call(f"provision {name} to account {account}",
@@ -418,6 +439,17 @@ class IdentityCenterGranter:
                             delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+def boundary_reference(boundary_arn: str) -> dict[str, Any]:
+    """`required_permissions_boundary` (a customer managed policy, bot.config) as a
+    permission set takes it: by name and path, which Identity Center looks up in each
+    account the set is provisioned to, so `*` as the account fits."""
+    parts = boundary_arn.split(":", 5)
+    if len(parts) != 6 or parts[2] != "iam" or not parts[5].startswith("policy/"):
+        raise ValueError(f"{boundary_arn!r} is not an IAM policy ARN")
+    path, _, name = parts[5].removeprefix("policy").rpartition("/")
+    return {"CustomerManagedPolicyReference": {"Name": name, "Path": f"{path}/"}}
 
 
 def _check_name(name: str) -> None:
