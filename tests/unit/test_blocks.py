@@ -8,6 +8,7 @@ import pytest
 
 from bot.slack.blocks import answers, approval, dms, forms, modals, primitives
 from bot.slack.blocks.home import home_view
+from bot.slack.blocks.request_text import time_left
 from bot.slack.render import render_blocks, render_view
 from bot.slack.services import (
     EntryBrief,
@@ -220,3 +221,15 @@ def test_no_builder_leaks_a_raw_angle_bracket() -> None:
 
 def blocks_replace(view: RequestView, **changes: Any) -> RequestView:
     return RequestView(**{**view.__dict__, **changes})
+
+
+def test_time_left_reads_right_at_every_scale() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert time_left(None, now) == "not started"
+    assert time_left(now, now) == "expired"
+    assert time_left(now - timedelta(seconds=1), now) == "expired"
+    assert time_left(now + timedelta(seconds=5), now) == "under a minute left"
+    assert time_left(now + timedelta(seconds=59), now) == "under a minute left"
+    assert time_left(now + timedelta(seconds=60), now) == "1m left"
+    assert time_left(now + timedelta(seconds=61), now) == "2m left"
+    assert time_left(now + timedelta(hours=1, minutes=30), now) == "1h 30m left"

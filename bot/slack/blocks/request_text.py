@@ -48,6 +48,9 @@ def time_left(expires_at: datetime | None, now: datetime) -> str:
     remaining = expires_at - now
     if remaining <= timedelta(0):
         return "expired"
+    if remaining < timedelta(minutes=1):
+        # A minute rounded up would overstate a few seconds; "0m" would say it is over.
+        return "under a minute left"
     # Round up to the minute so "0m left" never shows while access still works.
     minutes = -(-int(remaining.total_seconds()) // 60)
     return f"{format_duration(timedelta(minutes=minutes))} left"
