@@ -39,6 +39,7 @@ from bot.slack.services import (
     permissions_view,
     preview_instance,
     resolve_text,
+    vote_decision,
 )
 from bot.states import ACTIVE, LIVE_STATES, PENDING, WAITING_STATES
 from bot.target_policy import RoleIdLookup
@@ -157,6 +158,8 @@ class DbSlackServices:
         mine = self._requests(AccessRequest.requester == user)
         active = tuple(v for v in mine if v.state in LIVE_STATES)
         pending = tuple(v for v in mine if v.state in WAITING_STATES)
+        # The query only narrows (requests open for votes, not the user's own); whether
+        # the user may vote on each is bot.decisions.may_vote's to say.
         open_for_votes = self._requests(
             or_(
                 AccessRequest.state == PENDING,
@@ -165,9 +168,8 @@ class DbSlackServices:
             AccessRequest.requester != user,
         )
         awaiting = tuple(
-            view
-            for view in open_for_votes
-            if not view.has_voted(user) and user in self.service.approvers.members(view.approvers)
+            view for view in open_for_votes
+            if vote_decision(view, user, self.service.approvers).allowed
         )
         return HomeSummary(
             now=self.service.clock.now(), active=active, pending=pending,

@@ -18,11 +18,13 @@ from typing import Literal, Protocol
 
 from bot import durations
 from bot.catalog import Catalog, CatalogEntry
+from bot.decisions import Decision, RequestFacts, may_vote
 from bot.iamref import IamReference
 from bot.policy import PolicyError
+from bot.ports import ApproverDirectory
 from bot.resolve import QueryError, Resolver
 from bot.scoping import InstanceResources
-from bot.states import ACTIVE, PENDING, RequestState
+from bot.states import RequestState
 from bot.target_policy import RoleIdLookup, compile_for_target
 from bot.targets import AccessRoute, TargetError
 from bot.tiers import Tier
@@ -193,12 +195,26 @@ class RequestView:
         return sum(1 for vote in self.votes if vote.approve)
 
     @property
-    def open_for_votes(self) -> bool:
-        """Pending, or active with an extension waiting for re-approval."""
-        return self.state == PENDING or (self.state == ACTIVE and self.extension is not None)
+    def facts(self) -> RequestFacts:
+        """What bot.decisions judges this request by (whether votes are open, who may
+        cancel, extend or end it)."""
+        return RequestFacts(self.id, self.requester, self.state, self.entry.tier,
+                            extension_pending=self.extension is not None)
 
     def has_voted(self, user_id: str) -> bool:
         return any(vote.approver == user_id for vote in self.votes)
+
+
+def vote_decision(view: RequestView, user: str, directory: ApproverDirectory) -> Decision:
+    """bot.decisions.may_vote on what the view shows (the lifecycle judges the same when the
+    vote arrives, adding the principal check). The approvers are looked up (a Slack call
+    for user groups) only when the answer depends on it: not for a closed request or for
+    its requester, which may_vote refuses first."""
+    facts = view.facts
+    needs_lookup = facts.open_for_votes and user != view.requester
+    return may_vote(facts, user, approvers=view.approvers,
+                    is_approver=needs_lookup and user in directory.members(view.approvers),
+                    has_voted=view.has_voted(user))
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from bot.decisions import Refusal
 from bot.slack.blocks import answers, approval, dms, forms, modals, primitives
 from bot.slack.blocks.home import home_view
 from bot.slack.blocks.request_text import time_left
@@ -20,6 +22,7 @@ from bot.slack.services import (
     VoteRecord,
     format_duration,
     parse_duration,
+    vote_decision,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -134,6 +137,65 @@ def test_expiry_reminder_has_extend_and_done() -> None:
     assert "10m left" in text
     shown = json.dumps(dm)
     assert dms.EXTEND in shown and dms.DONE in shown
+
+
+def test_grant_buttons_offer_only_what_the_decisions_allow() -> None:
+    """Extend and I'm done follow bot.decisions (may_extend, may_revoke "done"): an
+    extension already waiting hides Extend, access already ending shows neither."""
+    ends = NOW + timedelta(minutes=9)
+    _, waiting = dms.expiry_reminder(
+        request_view(state="active", expires_at=ends, extension=timedelta(minutes=30)), NOW)
+    shown = json.dumps(waiting)
+    assert dms.EXTEND not in shown and dms.DONE in shown
+    _, ending = dms.expiry_reminder(request_view(state="revoking", expires_at=ends), NOW)
+    assert [b["type"] for b in ending] == ["section"]  # no empty actions block
+    _, granted = dms.outcome_dm(request_view(state="active", expires_at=ends), "granted", NOW)
+    shown = json.dumps(granted)
+    assert dms.DONE in shown and dms.EXTEND not in shown
+
+
+def test_home_offers_cancel_only_while_pending() -> None:
+    summary = HomeSummary(now=NOW, active=(), pending=(
+        request_view(id=2), request_view(id=3, state="approved")), awaiting_my_approval=())
+    text = render_view(home_view(summary))
+    assert text.count("[Cancel]") == 1
+    assert "*#3*" in json.dumps(home_view(summary))
+
+
+def test_vote_buttons_show_while_votes_are_open() -> None:
+    extending = request_view(state="active", expires_at=NOW, extension=timedelta(hours=1))
+    for view, open_ in ((request_view(), True), (extending, True),
+                        (request_view(state="active", expires_at=NOW), False),
+                        (request_view(state="denied"), False)):
+        _, message = approval.approval_message(view, NOW)
+        assert (approval.APPROVE in json.dumps(message)) is open_, view.state
+
+
+class CountingDirectory:
+    """Approver groups resolved from a table, counting the look-ups (Slack calls)."""
+
+    def __init__(self, members: set[str]) -> None:
+        self.known = members
+        self.lookups = 0
+
+    def members(self, approvers: Sequence[str]) -> set[str]:
+        self.lookups += 1
+        return self.known
+
+
+def test_vote_decision_is_may_vote_with_lookups_only_when_they_matter() -> None:
+    directory = CountingDirectory({"U0CAROL"})
+    carol = vote_decision(request_view(), "U0CAROL", directory)
+    assert carol.allowed and directory.lookups == 1
+    dave = vote_decision(request_view(), "U0DAVE", directory)
+    assert dave.refusal is Refusal.NOT_APPROVER and "Only the approvers of request #7" in dave.reason
+    for view, user, refusal in ((request_view(), "U0ALICE", Refusal.SELF_APPROVAL),
+                                (request_view(state="denied"), "U0CAROL", Refusal.WRONG_STATE)):
+        before = directory.lookups
+        decision = vote_decision(view, user, directory)
+        assert decision.refusal is refusal and directory.lookups == before
+    voted = request_view(votes=(VoteRecord("U0CAROL", True, "", NOW),))
+    assert vote_decision(voted, "U0CAROL", directory).refusal is Refusal.ALREADY_VOTED
 
 
 def test_home_view_lists_the_three_groups() -> None:

@@ -87,7 +87,7 @@ def approval_message(view: RequestView, now: datetime) -> tuple[str, list[Block]
     if votes:
         blocks.append(context("\n".join(votes)))
     blocks.append(section(_outcome_line(view, now)))
-    if view.open_for_votes:
+    if view.facts.open_for_votes:
         if view.extension is not None:
             blocks.append(section(f"*Extension requested:* {format_duration(view.extension)} more"))
         blocks.append(

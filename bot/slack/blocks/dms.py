@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bot.decisions import may_extend, may_revoke
 from bot.slack.blocks.primitives import Block, actions, button, section
 from bot.slack.blocks.request_text import access_lines, time_left
 from bot.slack.escape import escape, mention, quote, slack_date
@@ -30,11 +31,17 @@ OUTCOME_SENTENCES = {
 }
 
 
-def grant_buttons(view: RequestView, *, extend: bool) -> Block:
-    elements = [button("I'm done", DONE, str(view.id), "danger")]
-    if extend:
-        elements.insert(0, button("Extend", EXTEND, str(view.id), "primary"))
-    return actions(f"grant_{view.id}", *elements)
+def grant_buttons(view: RequestView, *, extend: bool) -> list[Block]:
+    """The buttons the requester may use on their access now (bot.decisions): Extend
+    (where `extend` offers it) and I'm done, in one actions block; none when neither is
+    allowed (access already ending, or an extension waiting)."""
+    facts = view.facts
+    elements = []
+    if extend and may_extend(facts, view.requester).allowed:
+        elements.append(button("Extend", EXTEND, str(view.id), "primary"))
+    if may_revoke(facts, view.requester, "done").allowed:
+        elements.append(button("I'm done", DONE, str(view.id), "danger"))
+    return [actions(f"grant_{view.id}", *elements)] if elements else []
 
 
 def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[Block]]:
@@ -49,7 +56,7 @@ def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[
         access = access_lines(view.access)
         if access:
             blocks.append(section("\n".join(access)))
-        blocks.append(grant_buttons(view, extend=False))
+        blocks.extend(grant_buttons(view, extend=False))
         return text, blocks
     sentence = OUTCOME_SENTENCES.get(event, f"is now {view.state.replace('_', ' ')}.")
     text = f"{subject} {sentence}"
@@ -71,4 +78,4 @@ def expiry_reminder(view: RequestView, now: datetime) -> tuple[str, list[Block]]
         f"`{escape(view.instance_alias)}` ends {ends} "
         f"({time_left(view.expires_at, now)}). Extend it, or end it now if you are done."
     )
-    return text, [section(f":alarm_clock: {text}"), grant_buttons(view, extend=True)]
+    return text, [section(f":alarm_clock: {text}"), *grant_buttons(view, extend=True)]

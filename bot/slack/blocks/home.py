@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from bot import slacklimits
+from bot.decisions import may_cancel
 from bot.slack.blocks.approval import vote_buttons
 from bot.slack.blocks.dms import grant_buttons
 from bot.slack.blocks.primitives import (
@@ -22,7 +24,7 @@ from bot.slack.blocks.primitives import (
 )
 from bot.slack.blocks.request_text import request_line
 from bot.slack.escape import escape, mention
-from bot.slack.services import HomeSummary
+from bot.slack.services import HomeSummary, RequestView
 
 # Action id of the Cancel button on a pending request.
 CANCEL = "cancel_request"
@@ -71,22 +73,29 @@ def fit_home_sections(sections: Sequence[HomeSection],
     return blocks
 
 
+def _pending_item(view: RequestView, now: datetime) -> Block:
+    """A pending request, with Cancel while bot.decisions.may_cancel allows it (not once
+    it is approved and being granted)."""
+    block: Block = {"type": "section", "text": mrkdwn(request_line(view, now))}
+    if may_cancel(view.facts, view.requester).allowed:
+        block["accessory"] = button("Cancel", CANCEL, str(view.id))
+    return block
+
+
 def home_view(summary: HomeSummary, budget: int = slacklimits.VIEW_BLOCKS_MAX) -> View:
     """The App Home in at most `budget` blocks (less than Slack's 100 when another section
     follows)."""
     now = summary.now
     active = HomeSection(
         heading=[header("Your Amazon Connect access"), section("*Active access*")],
-        items=[[section(request_line(view, now)), grant_buttons(view, extend=True)]
+        items=[[section(request_line(view, now)), *grant_buttons(view, extend=True)]
                for view in summary.active],
         empty=context(escape("None right now. Use `/connect-access <what you need>`.")),
         more="…and {n} more active. `/connect-access status` lists all your requests.",
     )
     pending = HomeSection(
         heading=[divider(), section("*Your pending requests*")],
-        items=[[{"type": "section", "text": mrkdwn(request_line(view, now)),
-                 "accessory": button("Cancel", CANCEL, str(view.id))}]
-               for view in summary.pending],
+        items=[[_pending_item(view, now)] for view in summary.pending],
         empty=context("None."),
         more="…and {n} more pending. `/connect-access status` lists them; "
              "`/connect-access cancel <id>` withdraws one.",

@@ -6,6 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
+from bot.decisions import Refusal, may_extend
 from bot.slack.blocks import answers, approval, dms, home, modals, primitives
 from bot.slack.escape import escape, mention
 from bot.slack.listeners.common import (
@@ -16,8 +17,7 @@ from bot.slack.listeners.common import (
     parse_request_id,
     tell_user,
 )
-from bot.slack.services import RequestView, ServiceError
-from bot.states import ACTIVE
+from bot.slack.services import RequestView, ServiceError, vote_decision
 
 
 def ack_action(ack: Ack) -> None:
@@ -74,34 +74,26 @@ def run_pick_entry(deps: SlackDeps, incoming: Incoming) -> None:
         deps.dms.send(incoming.user_id, description.entry.name, preview)
 
 
-def vote_refusal(deps: SlackDeps, view: RequestView, user: str) -> str | None:
-    """Why this user may not vote on this request now, in words, or None when they may.
-    The service enforces the same rules; checking first gives a precise answer without
-    touching state (and before opening the Deny modal)."""
-    if user == view.requester:
-        return (
-            f"You asked for request #{view.id}, so you cannot approve or deny it; "
-            "another approver has to."
-        )
-    if view.has_voted(user):
-        return f"You have already voted on request #{view.id}; each approver votes once."
-    if not view.open_for_votes:
-        return f"Request #{view.id} is already {view.state.replace('_', ' ')}; votes are closed."
-    if user not in deps.approvers.members(view.approvers):
-        listed = ", ".join(mention(a) for a in view.approvers) or "nobody"
-        return (
-            f"Only the approvers of request #{view.id} can vote on it ({listed}); "
-            "you are not one of them."
-        )
+def voter_view(deps: SlackDeps, incoming: Incoming) -> RequestView | None:
+    """The request a vote button points at, when its clicker may vote on it now
+    (bot.decisions.may_vote, which the lifecycle applies again to the vote itself); else
+    None, after telling the clicker the decision's reason, without touching state (and
+    before opening the Deny modal)."""
+    view = deps.services.request_view(_request_id(incoming))
+    decision = vote_decision(view, incoming.user_id, deps.approvers)
+    if decision.allowed:
+        return view
+    refusal = escape(decision.reason)
+    if decision.refusal is Refusal.NOT_APPROVER:
+        # The core does not format mentions; these are ids from the config, validated.
+        refusal += " Approvers: " + (", ".join(mention(a) for a in view.approvers) or "nobody")
+    tell_user(deps, incoming, refusal, primitives.notice(f":no_entry_sign: {refusal}"))
     return None
 
 
 def run_approve(deps: SlackDeps, incoming: Incoming) -> None:
-    view = deps.services.request_view(_request_id(incoming))
-    refusal = vote_refusal(deps, view, incoming.user_id)
-    if refusal:
-        # Mentions in the refusal are ours (validated ids); nothing else is user text.
-        tell_user(deps, incoming, refusal, primitives.notice(f":no_entry_sign: {refusal}"))
+    view = voter_view(deps, incoming)
+    if view is None:
         return
     deps.services.vote(view.id, incoming.user_id, True, "")
     if _from_home(incoming):
@@ -109,10 +101,8 @@ def run_approve(deps: SlackDeps, incoming: Incoming) -> None:
 
 
 def run_open_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
-    view = deps.services.request_view(_request_id(incoming))
-    refusal = vote_refusal(deps, view, incoming.user_id)
-    if refusal:
-        tell_user(deps, incoming, refusal, primitives.notice(f":no_entry_sign: {refusal}"))
+    view = voter_view(deps, incoming)
+    if view is None:
         return
     incoming.client.views_open(
         trigger_id=incoming.body["trigger_id"], view=modals.deny_modal(view.id)
@@ -121,13 +111,9 @@ def run_open_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
 
 def run_open_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
     view = deps.services.request_view(_request_id(incoming))
-    if view.requester != incoming.user_id:
-        raise ServiceError(f"Request #{view.id} is not yours; only its requester can extend it.")
-    if view.state != ACTIVE:
-        raise ServiceError(
-            f"Request #{view.id} is {view.state.replace('_', ' ')}; "
-            "only active access can be extended."
-        )
+    decision = may_extend(view.facts, incoming.user_id)
+    if not decision.allowed:
+        raise ServiceError(decision.reason)
     maximum = deps.services.describe_entry(view.entry.id).max_duration
     incoming.client.views_open(
         trigger_id=incoming.body["trigger_id"], view=modals.extend_modal(view, maximum)
