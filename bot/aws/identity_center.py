@@ -279,6 +279,17 @@ class IdentityCenterGranter:
         self._known[name] = arn
         return arn
 
+    def has_required_boundary(self, permission_set_arn: str) -> bool:
+        """Whether the set carries the boundary the bot puts on every set (True when the
+        config requires none). For reconcile: a removed boundary is a tampered grant."""
+        if self._boundary is None:
+            return True
+        got = self._call("read a permissions boundary",
+                         self._sso().get_permissions_boundary_for_permission_set,
+                         missing_ok=True, InstanceArn=self.instance_arn,
+                         PermissionSetArn=permission_set_arn)
+        return got is not None and got.get("PermissionsBoundary") == self._boundary
+
     def _put_boundary(self, arn: str, name: str, boundary: Mapping[str, Any]) -> None:
         self._call(f"put the permissions boundary of {name}",
                    self._sso().put_permissions_boundary_to_permission_set,

@@ -5,7 +5,8 @@ for IAM policies (bot.aws.reconcile):
 - orphan:   a connect-access-* permission set no live grant accounts for -> its
             assignments and the set removed;
 - missing:  an active grant whose set or assignment is gone -> attached again;
-- tampered: an active grant whose set holds another policy -> restored;
+- tampered: an active grant whose set holds another policy, or lost the required
+            permissions boundary -> restored;
 - stranded: a grant left in `granting` -> whatever reached Identity Center removed, the
             grant marked failed;
 - ok.
@@ -121,6 +122,7 @@ def reconcile_permission_sets(
         else:
             try:
                 document = granter.inline_document(ps.arn)
+                bounded = granter.has_required_boundary(ps.arn)
                 assigned = _assigned_to_user(granter, grant, ps)
             except GrantError as exc:
                 act(Finding("unchecked", grant.principal_arn, KIND, name, grant.grant_id,
@@ -129,6 +131,9 @@ def reconcile_permission_sets(
                 continue
             if document is None or document_hash(document) != grant.expected_hash(name):
                 restore_and_act(grant, name, "tampered", "its inline policy was changed")
+            elif not bounded:
+                restore_and_act(grant, name, "tampered",
+                                "its permissions boundary was removed or changed")
             elif not assigned:
                 restore_and_act(grant, name, "missing", "not assigned to the user")
             else:

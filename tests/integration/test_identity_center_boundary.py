@@ -18,13 +18,16 @@ from typing import Any
 import boto3
 import pytest
 from aws_testkit import REGION
+from doubles import InMemoryReconcileStore
 from moto.core.exceptions import JsonRESTError
 from moto.ssoadmin.responses import SSOAdminResponse
 
 from bot.aws.identity_center import IdentityCenterGranter, boundary_reference
+from bot.aws.identity_center_reconcile import reconcile_permission_sets
 from bot.aws.sessions import AwsSessions
 from bot.config import parse_config
 from bot.ports import GrantError, GrantPlan, PolicyDocument
+from bot.reconcile_model import ExpectedGrant, Finding
 from bot.runtime import make_granter
 
 INSTANCE = "arn:aws:connect:us-east-1:123456789012:instance/11111111-2222-3333-4444-555555555555"
@@ -178,3 +181,35 @@ def test_the_bots_policy_allows_the_boundary_calls() -> None:
             allowed |= {actions} if isinstance(actions, str) else set(actions)
     assert {"sso:PutPermissionsBoundaryToPermissionSet",
             "sso:GetPermissionsBoundaryForPermissionSet"} <= allowed
+
+
+@pytest.mark.parametrize("tamper", ["removed", "changed"])
+def test_reconcile_puts_back_a_removed_or_changed_boundary(
+        boundaries: dict[str, Any], tamper: str) -> None:
+    sso = Sso()
+    granter = sso.granter()
+    grant = plan("g6")
+    granter.attach(grant)
+    (arn,) = sso.sets()
+    if tamper == "removed":
+        del boundaries[arn]
+    else:
+        boundaries[arn] = {"CustomerManagedPolicyReference": {"Name": "wide-open", "Path": "/"}}
+    expected = ExpectedGrant(**vars(grant))
+    store = InMemoryReconcileStore(grants=[expected])
+
+    def run(dry_run: bool) -> list[Finding]:
+        found: list[Finding] = []
+        reconcile_permission_sets(granter, store, [expected], now=datetime.now(UTC),
+                                  dry_run=dry_run, granting_grace=timedelta(minutes=5),
+                                  act=found.append)
+        return found
+
+    (finding,) = run(dry_run=True)
+    assert (finding.kind, finding.applied) == ("tampered", False)
+    assert "permissions boundary was removed or changed" in finding.action
+    assert (arn in boundaries) == (tamper == "changed")  # a dry run changes nothing
+    (finding,) = run(dry_run=False)
+    assert (finding.kind, finding.applied, finding.error) == ("tampered", True, "")
+    assert boundaries == {arn: boundary_reference(BOUNDARY)}
+    assert [f.kind for f in run(dry_run=True)] == ["ok"]
