@@ -5,8 +5,12 @@ over one minute instead. Reports how long after the first expiry the last policy
 (and after the last expiry), and the p50/p99/max revocation lag (revoked_at - expires_at,
 each grant against its own expiry), per N.
 
-Prints JSON: {"runs": [{"grants", "revoke_workers", "job_workers", "sweep_interval_s",
-"jobs_scheduled_s", "jobs_ready_before_expiry", "drained_s", "lag_p50_s", "lag_p99_s",
+By default the grants exist before the scheduler starts. `--after-start S` makes them as
+the web process does instead: once the scheduler leads (and has gone to sleep), expiring S
+seconds later, so the lag shows how soon the scheduler finds grants it was not told about.
+
+Prints JSON: {"runs": [{"grants", "revoke_workers", "sweep_interval", "granted_after_start",
+"leader_after_s", "drained_s", "first_claim_after_expiry_s", "lag_p50_s", "lag_p99_s",
 "lag_max_s", "revoked", "iam_deletes", "double_deletes", "policies_left",
 "scheduler_cpu_s", "moto_process_cpu_s", "postgres_cpu_s", "machine_busy_cpu_s", ...}],
 "targets": {...}}
@@ -15,8 +19,8 @@ process (moto's server threads and the polling), a local PostgreSQL, and every p
 the machine; on a shared machine the last shows how much of the cores others took.
 
 Run: .venv/bin/python bench/bench_scheduler.py [--grants 1000,10000] [--revoke-workers 8]
-     [--job-workers 10] [--batch-size N] [--sweep-interval 10s] [--spread 0]
-     [--profile DIR]
+     [--batch-size N] [--sweep-interval 10s] [--spread 0]
+     [--after-start S] [--profile DIR]
 (needs the PostgreSQL of TEST_POSTGRES_URL; each run uses its own schema, dropped after;
 --profile samples the scheduler and this process during the drain with py-spy, if
 installed, into DIR)
@@ -50,7 +54,7 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from bot.db import make_engine, upgrade
-from bot.models import AccessRequest, Grant
+from bot.models import AccessRequest, AuditEvent, Grant
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REGION = "us-east-1"
@@ -191,9 +195,9 @@ def insert_grants(engine: sa.Engine, grants: list[tuple[str, str]], expires_at: 
             connection.execute(sa.insert(Grant), rows[start:start + 2000])
 
 
-def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
-             batch_size: int | None, sweep_interval: str, workdir: Path,
-             profile: Path | None = None, spread: float = 0.0) -> dict[str, Any]:
+def run_once(base_url: str, count: int, revoke_workers: int, batch_size: int | None,
+             sweep_interval: str, workdir: Path, profile: Path | None = None,
+             spread: float = 0.0, after_start: float | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     admin, schema, url = scratch_schema(base_url, "bench_sched")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -215,22 +219,6 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             iam.create_role(RoleName=role, AssumeRolePolicyDocument=TRUST)
         grants = [(uuid.uuid4().hex[:12], roles[i // GRANTS_PER_ROLE]) for i in range(count)]
 
-        # Lead time for the scheduler to start and put N jobs in its store before expiry.
-        lead = timedelta(seconds=20 + count / 250)
-        started_setup = time.monotonic()
-        planned = (datetime.now(UTC) + lead + timedelta(seconds=count / 400)).replace(
-            microsecond=0)
-        document = policy_document(planned)
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda g: iam.put_role_policy(
-                RoleName=g[1], PolicyName=f"connect-access-{g[0]}", PolicyDocument=document),
-                grants))
-        # On a busy machine the puts can eat into the lead; the scheduler still gets all of
-        # it (the documents' end time is then a little early, which nothing here checks).
-        expires_at = max(planned, (datetime.now(UTC) + lead).replace(microsecond=0))
-        insert_grants(engine, grants, expires_at, spread)
-        setup_s = time.monotonic() - started_setup
-
         config = workdir / f"{schema}.yaml"
         config.write_text(yaml.safe_dump({"instances": BENCH_INSTANCES, "routing": BENCH_ROUTING,
                                           "timings": {"sweep_interval": sweep_interval}}))
@@ -238,34 +226,63 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
                "CONNECT_ACCESS_CONFIG": str(config), "AWS_ENDPOINT_URL": moto_url}
         env.pop("SLACK_BOT_TOKEN", None)
         log_path = workdir / f"{schema}.log"
+
+        def start_scheduler() -> subprocess.Popen[bytes]:
+            with log_path.open("wb") as log:
+                return subprocess.Popen(
+                    [CLI, "scheduler", "--revoke-workers", str(revoke_workers),
+                     *(["--batch-size", str(batch_size)] if batch_size else [])],
+                    env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def make_grants(lead: timedelta) -> tuple[datetime, float]:
+            """Policies in moto and rows in the database, expiring `lead` from now (the
+            puts' own time added); returns (expiry, setup seconds)."""
+            started_setup = time.monotonic()
+            planned = (datetime.now(UTC) + lead + timedelta(seconds=count / 400)).replace(
+                microsecond=0)
+            document = policy_document(planned)
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda g: iam.put_role_policy(
+                    RoleName=g[1], PolicyName=f"connect-access-{g[0]}",
+                    PolicyDocument=document), grants))
+            # On a busy machine the puts can eat into the lead; the scheduler still gets
+            # all of it (the documents' end time is then a little early, which nothing
+            # here checks).
+            expiry = max(planned, (datetime.now(UTC) + lead).replace(microsecond=0))
+            insert_grants(engine, grants, expiry, spread)
+            return expiry, time.monotonic() - started_setup
+
         started = time.monotonic()
-        with log_path.open("wb") as log:
-            scheduler = subprocess.Popen(
-                [CLI, "scheduler", "--revoke-workers", str(revoke_workers),
-                 "--job-workers", str(job_workers),
-                 *(["--batch-size", str(batch_size)] if batch_size else [])],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+        leader_after_s: float | None = None
+        if after_start is None:
+            # Lead time for the scheduler to start and lead before the expiry.
+            lead = timedelta(seconds=20 + count / 250)
+            expires_at, setup_s = make_grants(lead)
+            started = time.monotonic()
+            scheduler = start_scheduler()
+        else:
+            lead = timedelta(seconds=after_start)
+            scheduler = start_scheduler()
+            deadline_lead = time.monotonic() + 60
+            while "now the scheduler leader" not in log_path.read_text(errors="replace"):
+                if scheduler.poll() is not None or time.monotonic() > deadline_lead:
+                    raise RuntimeError(f"scheduler did not lead: {log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            leader_after_s = time.monotonic() - started
+            time.sleep(1.0)  # past its start-up sweep: it sleeps, not knowing the grants
+            expires_at, setup_s = make_grants(lead)
         # CPU at expiry and at the end of the drain: scheduler, this process, PostgreSQL,
         # machine.
         at_expiry: tuple[float | None, ...] | None = None
         at_end: tuple[float | None, ...] | None = None
-        jobs_scheduled_s: float | None = None
-        ready_before_expiry = False
         done_query = sa.text("SELECT count(*) FROM grants WHERE state = 'revoked'")
-        jobs_query = sa.text("SELECT count(*) FROM apscheduler_jobs")
         deadline = expires_at + timedelta(seconds=600 + spread)
         while datetime.now(UTC) < deadline:
             if scheduler.poll() is not None:
                 raise RuntimeError(f"scheduler exited: {log_path.read_text()[-3000:]}")
-            if jobs_scheduled_s is None:
-                try:
-                    with engine.connect() as connection:
-                        jobs = connection.execute(jobs_query).scalar_one()
-                except sa.exc.DatabaseError:
-                    jobs = 0
-                if jobs >= count:
-                    jobs_scheduled_s = time.monotonic() - started
-                    ready_before_expiry = datetime.now(UTC) < expires_at
+            if leader_after_s is None and "now the scheduler leader" in log_path.read_text(
+                    errors="replace"):
+                leader_after_s = time.monotonic() - started
             if at_expiry is None and datetime.now(UTC) >= expires_at:
                 at_expiry = (process_cpu_s(scheduler.pid), own_cpu_s(), postgres_cpu_s(),
                              machine_busy_cpu_s())
@@ -288,17 +305,20 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
         with engine.connect() as connection:
             rows = [(revoked, expiry) for revoked, expiry in connection.execute(
                 sa.select(Grant.revoked_at, Grant.expires_at)) if revoked is not None]
+            # When the first batch was claimed (its "revoking" events carry the claim's
+            # time): how soon after the expiry the scheduler started, the drain aside.
+            first_claim = connection.execute(sa.select(sa.func.min(AuditEvent.at)).where(
+                AuditEvent.action == "revoking")).scalar()
         lags = sorted((revoked - expiry).total_seconds() for revoked, expiry in rows)
         last_revoked = max((revoked for revoked, _ in rows), default=None)
         last_expiry = expires_at + timedelta(seconds=spread * (count - 1) / count)
         left = sum(len(iam.list_role_policies(RoleName=r)["PolicyNames"]) for r in roles)
         return {
-            "grants": count, "revoke_workers": revoke_workers, "job_workers": job_workers,
-            "batch_size": batch_size,
+            "grants": count, "revoke_workers": revoke_workers, "batch_size": batch_size,
             "sweep_interval": sweep_interval, "setup_s": round(setup_s, 1),
             "lead_s": round(lead.total_seconds(), 1),
-            "jobs_scheduled_s": None if jobs_scheduled_s is None else round(jobs_scheduled_s, 1),
-            "jobs_ready_before_expiry": ready_before_expiry,
+            "granted_after_start": after_start is not None,
+            "leader_after_s": None if leader_after_s is None else round(leader_after_s, 1),
             "revoked": len(lags),
             "expiries_spread_s": spread,
             # From the first expiry, and from the last one, to the last revocation.
@@ -306,6 +326,8 @@ def run_once(base_url: str, count: int, revoke_workers: int, job_workers: int,
             if last_revoked is not None and len(lags) == count else None,
             "drained_after_last_expiry_s": round((last_revoked - last_expiry).total_seconds(), 2)
             if last_revoked is not None and len(lags) == count else None,
+            "first_claim_after_expiry_s": None if first_claim is None
+            else round((first_claim - expires_at).total_seconds(), 3),
             "lag_p50_s": round(percentile(lags, 0.5), 2) if lags else None,
             "lag_p99_s": round(percentile(lags, 0.99), 2) if lags else None,
             "lag_max_s": round(lags[-1], 2) if lags else None,
@@ -370,13 +392,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grants", default="1000,10000")
     parser.add_argument("--revoke-workers", type=int, default=8)
-    parser.add_argument("--job-workers", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="the scheduler's --batch-size (default: its own default)")
     parser.add_argument("--sweep-interval", default="10s")
     parser.add_argument("--spread", type=float, default=0.0,
                         help="seconds over which the expiries are spread evenly "
                              "(0: all at one instant)")
+    parser.add_argument("--after-start", type=float, default=None, metavar="S",
+                        help="make the grants once the scheduler leads, expiring S seconds "
+                             "later (as the web process does); default: before it starts")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write py-spy samples of the scheduler and moto here")
     args = parser.parse_args()
@@ -386,9 +410,9 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as workdir:
         for count in (int(n) for n in args.grants.split(",")):
-            runs.append(run_once(base_url, count, args.revoke_workers, args.job_workers,
-                                 args.batch_size, args.sweep_interval, Path(workdir),
-                                 args.profile, args.spread))
+            runs.append(run_once(base_url, count, args.revoke_workers, args.batch_size,
+                                 args.sweep_interval, Path(workdir), args.profile,
+                                 args.spread, args.after_start))
             print(json.dumps(runs[-1]), file=sys.stderr)
     print(json.dumps({"runs": runs, "targets": {
         "grants": 10000, "drained_within_s": 60, "lag_p99_below_s": 30}}, indent=2))

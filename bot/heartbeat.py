@@ -32,7 +32,7 @@ FORGET_AFTER = timedelta(days=1)
 
 
 class SweepReport(Protocol):
-    """What the heartbeat reads from the scheduler (bot.scheduler.ExpiryScheduler)."""
+    """What the heartbeat reads from the scheduler (bot.scheduler.ExpiryLoop)."""
 
     @property
     def leading(self) -> bool: ...

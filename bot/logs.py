@@ -1,10 +1,11 @@
 """Logging for every process, set by LOG_LEVEL and LOG_FORMAT (text or json) in Settings.
 
 One handler on the root logger, writing to stderr: text lines for people, or one JSON
-object per line for a log pipeline. Libraries that are chatty at INFO (APScheduler logs
-every job, gunicorn every worker boot) are held at WARNING unless LOG_LEVEL is DEBUG, so a
-process starts with one line of its own. Bolt's notice that SLACK_BOT_TOKEN "will be
-unused" (the bot hands Bolt its own Web API client, on purpose) is dropped.
+object per line for a log pipeline. Libraries that are chatty at INFO (botocore logs
+where it found credentials, gunicorn every worker boot) are held at WARNING unless
+LOG_LEVEL is DEBUG, so a process starts with one line of its own. Bolt's notice that
+SLACK_BOT_TOKEN "will be unused" (the bot hands Bolt its own Web API client, on purpose)
+is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bot import __version__
 from bot.settings import Settings, SettingsError, load_settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process_label)s pid %(process)d] %(name)s: %(message)s"
-LIBRARY_LOGGERS = ("apscheduler", "gunicorn.error", "sqlalchemy", "alembic", "botocore",
+LIBRARY_LOGGERS = ("gunicorn.error", "sqlalchemy", "alembic", "botocore",
                    "urllib3", "slack_sdk", "slack_bolt")
 # slack_bolt.logger.messages.warning_client_prioritized_and_token_skipped()
 BOLT_TOKEN_NOTICE = "As you gave `client` as well, `token` will be unused."

@@ -236,7 +236,7 @@ def web_runtime(settings: Settings, *, clock: Clock | None = None, db_pool_size:
 
 def scheduler_runtime(settings: Settings, *, db_pool_size: int = 12,
                       clock: Clock | None = None) -> Runtime:
-    """`connect-access scheduler`: its revoke and job threads each hold a connection."""
+    """`connect-access scheduler`: its loop and revoke threads each hold a connection."""
     return _announce(build_runtime(settings, slack=True, db_pool_size=db_pool_size,
                                    clock=clock), "scheduler")
 

@@ -1,86 +1,62 @@
-"""The expiry scheduler: revoke on time, catch up after downtime, one leader at a time.
+"""The expiry loop: revoke on time, catch up after downtime, one leader at a time.
 
-It runs in its own process (`connect-access scheduler`), never inside web workers:
-- one APScheduler DateTrigger job per active grant at its `expires_at`, kept in a
-  SQLAlchemy job store in the application database, with `misfire_grace_time=None` (the
-  default 1 s grace silently drops a revoke whose time passed while we were down) and
-  `coalesce=True`;
-- a sweep every `sweep_interval`, run by the leader's own loop rather than stored as a job,
-  that revokes whatever is overdue, times out pending requests, retries irrevocable grants,
-  sends reminders, and brings the job store in line with the active grants (jobs for grants
-  the web process created since the last sweep, moved for extended ones, dropped for
-  revoked ones). The database, not the job store, is the truth: a lost job only delays a
-  revoke to the next sweep, and a job for a grant that is no longer due does nothing.
+It runs in its own process (`connect-access scheduler`), never inside web workers. The
+leader (bot/leader.py) repeats three things:
 
-When thousands of grants expire together, one fired job's drain revokes them all, so their
-other jobs have nothing left to do; dispatching them would cost APScheduler about as much CPU
-per job (load, unpickle, submit, run, delete) as revoking a grant, on the cores IAM calls
-need. So the job store hands out due jobs in small chunks, a job's drain pauses job
-processing while it runs, and every drain batch deletes the jobs of the grants it handled in
-one statement: APScheduler never sees them.
+- drain: once the earliest active grant's expiry has passed, revoke everything due, in
+  batches (bot.expiry.LifecycleExpiryWork over RequestService.revoke_due_batch);
+- sweep, every `sweep_interval`: revoke whatever is overdue or due for a retry, time out
+  pending requests, retry irrevocable grants, send reminders, settle requests a crashed
+  process left `approved` or `granting`;
+- sleep until the earliest expiry, the next sweep or the next look at the database,
+  whichever comes first (`sleep_until_next_due`). The look, every `due_poll_interval`
+  (one indexed query for the earliest expiry), is how the loop finds grants the web process
+  made, or extended, after it went to sleep: it learns of expiries only from the database.
 
-Only the leader (bot/leader.py) runs APScheduler, so two schedulers never share a job store.
+The database is the only schedule. The loop keeps nothing per grant, so there is nothing
+to keep in step with the grants and nothing to lose when the process dies: a new leader
+starts by draining everything overdue. A grant that is due but cannot be taken (its
+request row locked by another process, say) is left to the next sweep rather than drained
+again at once.
 
-The leader also settles requests a crashed process left `approved` or `granting` (each
-sweep), and runs reconcile once when it starts leading and then every
+Only the leader drains and sweeps; standbys wait for leadership. Underneath, the
+lifecycle's row claims make each revocation happen once even if two processes drained at
+the same moment.
+
+The leader also runs reconcile once when it starts leading and then every
 `timings.reconcile_interval`, on a thread of its own so a long IAM listing never holds up
-a sweep.
+expiry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers import SchedulerNotRunningError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_RUNNING
-from apscheduler.util import datetime_to_utc_timestamp
-from sqlalchemy import Engine, select, text
+from typing import Protocol
 
 from bot.leader import Leadership, wait_for_leadership
 from bot.ports import Clock
 
 log = logging.getLogger(__name__)
 
-JOB_TABLE = "apscheduler_jobs"
-# Due jobs APScheduler takes per wakeup (it loops at once for the next chunk). Small, so a
-# mass expiry's first job has paused job processing before more than a chunk is dispatched.
-DUE_JOBS_PER_WAKEUP = 50
-
-
-class DrainObserver(Protocol):
-    """What the scheduler wants to hear from the work's drains."""
-
-    def draining(self) -> contextlib.AbstractContextManager[None]:
-        """Held by a job from before it waits for this process's drain until the drain
-        ends: a drain takes every grant that is due, and a job's drain every grant that
-        comes due while it runs, so the other due jobs have nothing to add meanwhile."""
-        ...
-
-    def handled(self, grant_ids: Collection[str]) -> None:
-        """One drain batch handled these grants (revoked, or left for the sweep to retry):
-        their jobs have nothing left to do."""
-        ...
+# How often a sleeping leader looks for expiries it does not know of yet (grants made or
+# extended by another process). One indexed query each time; also the longest a grant
+# that expires sooner than this after it was made waits past its expiry.
+DUE_POLL_INTERVAL = timedelta(seconds=1)
+# Event.wait can return a hair before its time; never spin on a remaining microsecond.
+_SHORTEST_SLEEP = 0.01
 
 
 class ExpiryWork(Protocol):
-    """What the scheduler asks of the request lifecycle; every method is safe to call from
-    two processes at once (rows are claimed, states are checked)."""
+    """What the loop asks of the request lifecycle; every method is safe to call from two
+    processes at once (rows are claimed, states are checked)."""
 
-    def revoke_grant(self, grant_id: str, *, reason: str) -> bool:
-        """Revoke one grant if it is still active and due; True when this call revoked it."""
+    def revoke_overdue(self, now: datetime) -> int:
+        """Revoke every grant due at `now` (expired, or its retry due); how many were."""
         ...
-
-    def revoke_overdue(self, now: datetime) -> int: ...
 
     def expire_pending(self, now: datetime) -> int: ...
 
@@ -92,12 +68,9 @@ class ExpiryWork(Protocol):
         """Settle requests left approved or granting by a process that stopped."""
         ...
 
-    def active_expiries(self) -> list[tuple[str, datetime]]:
-        """(grant id, expires_at) of every active grant."""
-        ...
-
-    def observe_drains(self, observer: DrainObserver | None) -> None:
-        """Report drains to `observer` from now on (None: stop)."""
+    def next_expiry(self, after: datetime | None = None) -> datetime | None:
+        """The earliest expiry of an active grant, later than `after` when given (None:
+        no such grant)."""
         ...
 
 
@@ -107,162 +80,49 @@ class SweepResult:
     timed_out: int
     retried: int
     reminded: int
-    scheduled: int
     recovered: int = 0
 
 
-def revoke_expired_grant(grant_id: str) -> None:
-    """What a grant's stored job names. APScheduler's job store pickles a job as a
-    reference to an importable function plus its arguments, so this is the reference; the
-    job never runs it as it is: ExpiryJobStore hands every due job to its scheduler's work
-    (RevokeExpiredGrant), so a job revokes its own grant with no module-level state."""
-    raise RuntimeError(
-        f"the revoke job of grant {grant_id} was loaded by a store without expiry work; "
-        "only ExpiryScheduler's ExpiryJobStore runs these jobs"
-    )
+class ExpiryLoop:
+    """The scheduler process's main loop (see the module docstring)."""
 
-
-@dataclass(frozen=True)
-class RevokeExpiredGrant:
-    """A grant's job as it runs: revoke that grant, if it is still active and due."""
-
-    work: ExpiryWork
-
-    def __call__(self, grant_id: str) -> None:
-        self.work.revoke_grant(grant_id, reason="expired")
-
-
-REVOKE_JOB_REF = f"{__name__}:{revoke_expired_grant.__qualname__}"
-
-
-JOB_PREFIX = "revoke-"
-
-
-def job_id_for(grant_id: str) -> str:
-    return f"{JOB_PREFIX}{grant_id}"
-
-
-class ExpiryJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # APScheduler is untyped
-    """APScheduler's SQLAlchemy job store (same table, same pickled jobs) with three
-    changes: a due revoke job is handed `work` to revoke its grant with (the stored job
-    holds only the reference revoke_expired_grant and the grant id); for mass expiries, due
-    jobs come `due_per_wakeup` at a time, and jobs can be deleted in bulk (behind
-    APScheduler's back: see _JobScheduler)."""
-
-    def __init__(self, *, engine: Engine, work: ExpiryWork, tablename: str = JOB_TABLE,
-                 due_per_wakeup: int = DUE_JOBS_PER_WAKEUP) -> None:
-        super().__init__(engine=engine, tablename=tablename)
-        self.due_per_wakeup = due_per_wakeup
-        self._revoke = RevokeExpiredGrant(work)
-
-    def get_due_jobs(self, now: datetime) -> list[Any]:
-        jobs = self.jobs_t.c
-        due = (select(jobs.id).where(jobs.next_run_time <= datetime_to_utc_timestamp(now))
-               .order_by(jobs.next_run_time, jobs.id).limit(self.due_per_wakeup))
-        result: list[Any] = self._get_jobs(jobs.id.in_(due))
-        for job in result:
-            # Only what runs changes: the job keeps its stored reference (func_ref), so
-            # APScheduler pickles it as before if it stores it again.
-            if job.func_ref == REVOKE_JOB_REF:
-                job.func = self._revoke
-        return result
-
-    def remove_jobs(self, job_ids: Collection[str]) -> int:
-        """Delete these jobs (missing ones are skipped); returns how many were there."""
-        ids, removed = list(job_ids), 0
-        with self.engine.begin() as connection:
-            for start in range(0, len(ids), 500):  # within every database's parameter limit
-                removed += connection.execute(self.jobs_t.delete().where(
-                    self.jobs_t.c.id.in_(ids[start:start + 500]))).rowcount
-        return removed
-
-    def ensure_table(self) -> None:
-        self.jobs_t.create(self.engine, checkfirst=True)
-
-
-class _JobScheduler(BackgroundScheduler):  # type: ignore[misc]  # APScheduler is untyped
-    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
-        # APScheduler removes every job it ran; a drain may have deleted it meanwhile. Or
-        # we are shutting down, and once stopped APScheduler looks for jobs only among
-        # those not stored yet: a job left stored finds nothing to do when it runs again.
-        with contextlib.suppress(JobLookupError):
-            super().remove_job(job_id, jobstore)
-
-
-class ExpiryScheduler:
     def __init__(
         self,
         *,
-        engine: Engine,
         work: ExpiryWork,
         clock: Clock,
         leadership: Leadership,
         sweep_interval: timedelta,
-        job_workers: int = 10,
-        due_jobs_per_wakeup: int = DUE_JOBS_PER_WAKEUP,
+        due_poll_interval: timedelta = DUE_POLL_INTERVAL,
         reconcile: Callable[[datetime], int] | None = None,
         reconcile_interval: timedelta = timedelta(minutes=15),
     ) -> None:
-        self.engine = engine
         self.work = work
         self.clock = clock
         self.leadership = leadership
         self.sweep_interval = sweep_interval
-        self.job_workers = job_workers
-        self.due_jobs_per_wakeup = due_jobs_per_wakeup
-        self._scheduler: _JobScheduler | None = None
-        self._store: ExpiryJobStore | None = None
-        self._sweep_lock = threading.Lock()
-        self._pause_lock = threading.Lock()
-        self._drain_holds = 0
-        self._paused_for_drain = False
+        # Never longer than a sweep interval: the sweep looks anyway.
+        self.due_poll_interval = min(due_poll_interval, sweep_interval)
         self.reconcile = reconcile
         self.reconcile_interval = reconcile_interval
+        self._leading = False
+        self._sweep_lock = threading.Lock()
         self._reconcile_stop = threading.Event()
         self._reconcile_thread: threading.Thread | None = None
+        # Everything due at this instant has been drained (what could be taken): the next
+        # drain waits for a later expiry, or for the sweep.
+        self._drained_to: datetime | None = None
+        # After a failed drain (the database unreachable, say), not before this.
+        self._drain_again_at: datetime | None = None
         # When the last sweep ran and what it did (read by bot.heartbeat).
         self.last_sweep: tuple[datetime, SweepResult] | None = None
 
     @property
     def leading(self) -> bool:
-        """True while this process leads (and so runs the jobs and the sweep)."""
-        return self._scheduler is not None
+        """True while this process leads (and so drains and sweeps)."""
+        return self._leading
 
-    # --- drains (bot.scheduler.DrainObserver) --------------------------------------------
-
-    @contextlib.contextmanager
-    def draining(self) -> Iterator[None]:
-        # Job processing pauses while any job waits for or runs a drain: the other due jobs
-        # wait (their grants are the drain's), and when it ends only the jobs of grants it
-        # did not handle are left to run.
-        scheduler = self._scheduler
-        with self._pause_lock:
-            self._drain_holds += 1
-            if scheduler is not None and scheduler.state == STATE_RUNNING:
-                scheduler.pause()
-                self._paused_for_drain = True
-        try:
-            yield
-        finally:
-            with self._pause_lock:
-                self._drain_holds -= 1
-                if self._drain_holds == 0 and self._paused_for_drain and scheduler is not None:
-                    self._paused_for_drain = False
-                    # Shut down meanwhile (stop() waits for the job running this drain).
-                    with contextlib.suppress(SchedulerNotRunningError):
-                        scheduler.resume()
-
-    def handled(self, grant_ids: Collection[str]) -> None:
-        store = self._store
-        if store is None or not grant_ids:
-            return
-        try:
-            store.remove_jobs([job_id_for(grant_id) for grant_id in grant_ids])
-        except Exception:
-            # Only costs work: APScheduler runs those jobs, which find nothing to do.
-            log.exception("removing the jobs of %d handled grant(s) failed", len(grant_ids))
-
-    # --- the sweep -----------------------------------------------------------------------
+    # --- the work ------------------------------------------------------------------------
 
     def sweep(self) -> SweepResult:
         # One sweep at a time in this process; other processes are kept out by leadership
@@ -274,17 +134,54 @@ class ExpiryScheduler:
             retried = self._safely(self.work.retry_irrevocable, now)
             reminded = self._safely(self.work.send_reminders, now)
             recovered = self._safely(self.work.recover_stuck, now)
-            try:
-                scheduled = self._schedule_missing_jobs()
-            except Exception:
-                # Not fatal: the sweep itself revokes overdue grants without jobs.
-                log.exception("scheduling revoke jobs failed; the next sweep tries again")
-                scheduled = 0
-            result = SweepResult(revoked, timed_out, retried, reminded, scheduled, recovered)
+            self._drained_to = now
+            result = SweepResult(revoked, timed_out, retried, reminded, recovered)
             self.last_sweep = (now, result)
-            if any((revoked, timed_out, retried, reminded, scheduled, recovered)):
+            if any((revoked, timed_out, retried, reminded, recovered)):
                 log.info("sweep: %s", result)
             return result
+
+    def drain_if_due(self) -> bool:
+        """Revoke everything due now if a grant expired since the last drain. True when
+        it drained (whatever it could take): the caller looks again before sleeping."""
+        return self._drain_if_due(self.clock.now(), self._next_expiry())
+
+    def _drain_if_due(self, now: datetime, due: datetime | None) -> bool:
+        if self._drain_again_at is not None and now < self._drain_again_at:
+            return False
+        if due is None or due > now:
+            return False
+        try:
+            revoked = self.work.revoke_overdue(now)
+        except Exception:
+            log.exception("revoking expired grants failed; trying again in %s",
+                          self.due_poll_interval)
+            self._drain_again_at = now + self.due_poll_interval
+            return False
+        self._drained_to, self._drain_again_at = now, None
+        if revoked:
+            log.info("revoked %d expired grant(s)", revoked)
+        return True
+
+    def sleep_until_next_due(self, stop: threading.Event, next_sweep: datetime,
+                             next_expiry: datetime | None) -> bool:
+        """Sleep until `next_expiry` (the earliest not yet drained), the next sweep or the
+        next look for expiries made meanwhile, whichever comes first. True when `stop`
+        was set."""
+        now = self.clock.now()
+        wake = min(next_sweep, now + self.due_poll_interval)
+        if next_expiry is not None:
+            wake = min(wake, max(next_expiry, self._drain_again_at or next_expiry))
+        return stop.wait(max((wake - now).total_seconds(), _SHORTEST_SLEEP))
+
+    def _next_expiry(self) -> datetime | None:
+        try:
+            return self.work.next_expiry(after=self._drained_to)
+        except Exception:
+            # Not fatal: the sweep revokes overdue grants on its own schedule.
+            log.warning("could not read the next expiry; looking again shortly",
+                        exc_info=True)
+            return None
 
     @staticmethod
     def _safely(step: Callable[[datetime], int], now: datetime) -> int:
@@ -295,80 +192,44 @@ class ExpiryScheduler:
             log.exception("sweep step %s failed; it runs again next sweep", step.__name__)
             return 0
 
-    def _schedule_missing_jobs(self) -> int:
-        """Make the job store match the database: a job for every active grant at its
-        current expiry (new grants from the web process, extended ones), none for grants
-        that are no longer active. Returns how many jobs were added or moved."""
-        scheduler = self._scheduler
-        if scheduler is None:
-            return 0
-        # Read ids and run times straight from the table: get_jobs() would unpickle every
-        # job on every sweep, which is slow with thousands of grants.
-        with self.engine.connect() as connection:
-            stored = {
-                str(job_id): float(run_at) if run_at is not None else None
-                for job_id, run_at in connection.execute(
-                    text(f"SELECT id, next_run_time FROM {JOB_TABLE}")
-                )
-            }
-        wanted = {job_id_for(grant_id): (grant_id, expires_at)
-                  for grant_id, expires_at in self.work.active_expiries()}
-        changed = 0
-        for job_id, (grant_id, expires_at) in wanted.items():
-            run_at = stored.get(job_id)
-            if run_at is not None and abs(run_at - expires_at.timestamp()) < 1:
-                continue
-            scheduler.add_job(
-                revoke_expired_grant,
-                trigger="date",
-                run_date=expires_at,
-                args=[grant_id],
-                id=job_id,
-                replace_existing=True,
-            )
-            changed += 1
-        stale = [job_id for job_id in stored.keys() - wanted.keys()
-                 if job_id.startswith(JOB_PREFIX)]
-        if stale and self._store is not None:
-            # One statement, not a remove_job (a transaction and a log line) per job.
-            self._store.remove_jobs(stale)
-        return changed
+    # --- leading -------------------------------------------------------------------------
 
-    # --- running -------------------------------------------------------------------------
+    def lead(self, stop: threading.Event) -> None:
+        """While this process holds leadership and `stop` is not set: catch up (the first
+        sweep revokes everything overdue), then drain at each expiry and sweep on time."""
+        self._leading = True
+        self._drained_to = self._drain_again_at = None
+        self._start_reconcile()
+        try:
+            self.sweep()
+            next_sweep = self.clock.now() + self.sweep_interval
+            while not stop.is_set():
+                if not self.leadership.still_held():
+                    log.error("lost scheduler leadership; stopping and re-electing")
+                    return
+                if self.clock.now() >= next_sweep:
+                    self.sweep()
+                    next_sweep = self.clock.now() + self.sweep_interval
+                # One look at the database per turn: what expires next, not drained yet.
+                now, next_expiry = self.clock.now(), self._next_expiry()
+                if self._drain_if_due(now, next_expiry):
+                    continue  # more may have come due while it drained
+                if self.sleep_until_next_due(stop, next_sweep, next_expiry):
+                    return
+        finally:
+            self._stop_reconcile()
+            self._leading = False
 
-    def start(self) -> None:
-        """Catch up first (revoke everything overdue), then schedule the rest."""
-        store = ExpiryJobStore(
-            engine=self.engine, work=self.work, due_per_wakeup=self.due_jobs_per_wakeup
-        )
-        store.ensure_table()
-        # From here on every drain, the catch-up included, deletes the jobs of the grants it
-        # handles: after downtime, thousands of due jobs would otherwise run one by one.
-        self._store = store
-        self.work.observe_drains(self)
-        caught_up = self._safely(self.work.revoke_overdue, self.clock.now())
-        if caught_up:
-            log.info("caught up on start: revoked %d overdue grant(s)", caught_up)
-        scheduler = _JobScheduler(
-            jobstores={"default": store},
-            executors={"default": ThreadPoolExecutor(max_workers=self.job_workers)},
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
-            timezone="UTC",
-        )
-        self._scheduler = scheduler
-        # Paused while the first sweep fills the job store, so thousands of add_job calls
-        # do not each wake the scheduler thread; due jobs run as soon as it resumes.
-        scheduler.start(paused=True)
-        self.sweep()
-        scheduler.resume()
-        if self.reconcile is not None:
-            self._reconcile_stop.clear()
-            self._reconcile_thread = threading.Thread(
-                target=self._reconcile_loop, name="scheduled-reconcile", daemon=True)
-            self._reconcile_thread.start()
+    def _start_reconcile(self) -> None:
+        if self.reconcile is None:
+            return
+        self._reconcile_stop.clear()
+        self._reconcile_thread = threading.Thread(
+            target=self._reconcile_loop, name="scheduled-reconcile", daemon=True)
+        self._reconcile_thread.start()
 
     def _reconcile_loop(self) -> None:
-        """Reconcile now, then every reconcile_interval, until stop()."""
+        """Reconcile now, then every reconcile_interval, until leading stops."""
         assert self.reconcile is not None
         while True:
             try:
@@ -379,22 +240,16 @@ class ExpiryScheduler:
             if self._reconcile_stop.wait(self.reconcile_interval.total_seconds()):
                 return
 
-    def stop(self) -> None:
+    def _stop_reconcile(self) -> None:
         self._reconcile_stop.set()
         if self._reconcile_thread is not None:
             # A run in flight finishes (its repairs are each one IAM call and one commit).
             self._reconcile_thread.join()
             self._reconcile_thread = None
-        if self._scheduler is not None:
-            # Let a revoke in flight finish: cut off halfway it would wait out its claim
-            # lease before anyone retried it.
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None
-        self.work.observe_drains(None)
-        self._store = None
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Wait to lead, then lead until `stop` is set or leadership is lost."""
+        """Wait to lead, then lead until `stop` is set; after losing leadership, wait
+        again."""
         poll = max(self.sweep_interval.total_seconds() / 3, 0.2)
         while not stop.is_set():
             # Said only by a standby: a process that leads at once starts quietly.
@@ -404,15 +259,6 @@ class ExpiryScheduler:
                     return
             log.info("this process is now the scheduler leader")
             try:
-                self.start()
-                next_sweep = self.clock.now() + self.sweep_interval
-                while not stop.wait(poll):
-                    if not self.leadership.still_held():
-                        log.error("lost scheduler leadership; stopping jobs and re-electing")
-                        break
-                    if self.clock.now() >= next_sweep:
-                        self.sweep()
-                        next_sweep = self.clock.now() + self.sweep_interval
+                self.lead(stop)
             finally:
-                self.stop()
                 self.leadership.release()

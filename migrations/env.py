@@ -16,7 +16,9 @@ from bot.models import Base
 config = context.config
 target_metadata = Base.metadata
 
-# APScheduler owns its job table; autogenerate must neither create nor drop it.
+# The job table APScheduler made for schedulers before the expiry loop: no model, no
+# migration (it was never the schema's), still present in older databases; autogenerate
+# must neither create nor drop it.
 IGNORED_TABLES = frozenset({"apscheduler_jobs"})
 
 

@@ -1,4 +1,4 @@
-"""`connect-access scheduler` (the expiry scheduler process) and `connect-access stats`
+"""`connect-access scheduler` (the expiry loop's process) and `connect-access stats`
 (revocation lag from the grants table)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from bot.logs import configure_logging, startup_line
 from bot.models import Grant
 from bot.reconcile_job import ScheduledReconcile
 from bot.runtime import Runtime, scheduler_runtime
-from bot.scheduler import ExpiryScheduler
+from bot.scheduler import ExpiryLoop
 from bot.slack.wsgi import check_routing
 from bot.states import LIVE_STATES
 
@@ -39,27 +39,25 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def build_scheduler(runtime: Runtime, *, revoke_workers: int = 8, job_workers: int = 10,
-                    batch_size: int = 200) -> ExpiryScheduler:
+def build_scheduler(runtime: Runtime, *, revoke_workers: int = 8,
+                    batch_size: int = 200) -> ExpiryLoop:
     """The scheduler exactly as `connect-access scheduler` runs it, on a scheduler_runtime.
     A request left approved or granting for a whole sweep interval counts as abandoned (a
     grant takes a second or two), so a crash is settled within two sweeps."""
     timings = runtime.config.timings
-    return ExpiryScheduler(
-        engine=runtime.engine,
+    return ExpiryLoop(
         work=LifecycleExpiryWork(runtime.service, runtime.sessions,
                                  revoke_workers=revoke_workers, batch_size=batch_size,
                                  stuck_after=timings.sweep_interval),
         clock=runtime.clock,
         leadership=leadership_for(runtime.engine),
         sweep_interval=timings.sweep_interval,
-        job_workers=job_workers,
         reconcile=ScheduledReconcile(runtime),
         reconcile_interval=timings.reconcile_interval,
     )
 
 
-def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) -> None:
+def run_scheduler(revoke_workers: int, batch_size: int = 200) -> None:
     settings = settings_or_exit()
     configure_logging(settings, "scheduler")
     if settings.connect_access_config is None:
@@ -69,9 +67,9 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
                    "the web process uses (see deploy/connect-access.example.yaml).", err=True)
         raise typer.Exit(2)
     try:
-        # Its revoke and job threads, the reconcile thread and the sweep each hold a
-        # connection for a moment.
-        runtime = scheduler_runtime(settings, db_pool_size=revoke_workers + job_workers + 3)
+        # Its revoke threads (two batches in flight), the loop, the reconcile, heartbeat
+        # and checkpoint threads each hold a connection for a moment.
+        runtime = scheduler_runtime(settings, db_pool_size=revoke_workers + 6)
     except (ConfigError, CatalogError, AwsConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -110,7 +108,7 @@ def run_scheduler(revoke_workers: int, job_workers: int, batch_size: int = 200) 
     heartbeat: HeartbeatWriter | None = None
     try:
         scheduler = build_scheduler(runtime, revoke_workers=revoke_workers,
-                                    job_workers=job_workers, batch_size=batch_size)
+                                    batch_size=batch_size)
         if anchoring is not None:
             # Checkpoints are the leader's job, on their own thread (bot.anchors).
             writer = anchoring.writer(runtime.sessions, runtime.clock, runtime.config.audit,
@@ -141,10 +139,7 @@ def register(app: typer.Typer) -> None:
     def scheduler(
         revoke_workers: int = typer.Option(
             8, "--revoke-workers", min=1, max=64,
-            help="Threads the sweep uses to revoke due grants in parallel."),
-        job_workers: int = typer.Option(
-            10, "--job-workers", min=1, max=64,
-            help="Threads that run scheduled revoke jobs."),
+            help="Threads that revoke due grants in parallel."),
         batch_size: int = typer.Option(
             200, "--batch-size", min=1, max=5000,
             help="Grants claimed, revoked and recorded together when many are due at once."),
@@ -152,7 +147,7 @@ def register(app: typer.Typer) -> None:
         """Run the expiry scheduler until SIGTERM/SIGINT: revoke grants at expiry, catch
         up after downtime, time out pending requests, send reminders. Several may run on
         PostgreSQL (one leads, the others stand by); on SQLite only one."""
-        run_scheduler(revoke_workers, job_workers, batch_size)
+        run_scheduler(revoke_workers, batch_size)
 
     @app.command("stats")
     def stats(

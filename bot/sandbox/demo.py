@@ -88,7 +88,7 @@ INSTANCE_ALIAS = "demo"
 REASON = "Customer escalation INC-4242: chat transcripts stopped landing in S3."
 SWEEP_INTERVAL = "1s"
 IC_USER = "alice@example.com"  # alice in the identity store, with --identity-center
-# What `connect-access scheduler` logs once it leads (bot.scheduler.run_forever).
+# What `connect-access scheduler` logs once it leads (bot.scheduler.ExpiryLoop.run_forever).
 LEADER_LINE = "this process is now the scheduler leader"
 ANCHOR_BUCKET = "demo-connect-access-audit"
 # moto's default account; a realistic id also keeps the config's ARN checks meaningful.
@@ -481,7 +481,7 @@ class Sandbox:
         log_file = log_path.open("wb")
         self._stack.callback(log_file.close)
         process = subprocess.Popen(
-            [*cli_command(), "scheduler", "--revoke-workers", "2", "--job-workers", "2"],
+            [*cli_command(), "scheduler", "--revoke-workers", "2"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT)
         self.scheduler_process = process
         self.scheduler_log = log_path

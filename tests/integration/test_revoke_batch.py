@@ -390,21 +390,21 @@ def test_an_unexpected_error_counts_as_an_attempt_and_ends_irrevocable_and_alert
     assert chain_ok(session_factory)
 
 
-def test_expiry_work_drains_in_batches_and_a_job_returns_true_only_for_its_grant(
+def test_expiry_work_drains_every_due_grant_in_batches_and_counts_only_its_revocations(
         request_service: RequestService, catalog: Catalog, clock: FakeClock,
         granter: InMemoryGranter, session_factory: SessionFactory) -> None:
     grant_ids = make_many(request_service, catalog, 7, minutes=30)
     work = LifecycleExpiryWork(request_service, session_factory, revoke_workers=3,
                                batch_size=3)
-    assert work.revoke_grant(grant_ids[0], reason="expired") is False  # not due yet
+    assert work.revoke_overdue(clock.now()) == 0  # not due yet
     clock.advance(timedelta(minutes=30))
 
-    # The first job's drain takes every due grant, in batches of three.
-    assert work.revoke_grant(grant_ids[3], reason="expired") is True
+    # One drain takes every due grant, in batches of three (two in flight at once).
+    assert work.revoke_overdue(clock.now()) == 7
     assert all(grant_row(session_factory, g).state == "revoked" for g in grant_ids)
-    assert work.revoke_grant(grant_ids[0], reason="expired") is False
     assert work.revoke_overdue(clock.now()) == 0
     assert len(granter.revoke_calls) == 7
+    assert work.next_expiry() is None
     assert chain_ok(session_factory)
 
 

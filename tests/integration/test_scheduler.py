@@ -1,6 +1,7 @@
 """The scheduler's work in-process, on SQLite and PostgreSQL: overdue grants revoked once,
 irrevocable ones retried on the longer period, pending requests timed out, reminders sent
-once, two workers racing for the same grants, the job store kept in step with the grants,
+once, two workers racing for the same grants, the expiry loop waking at the earliest
+expiry (also of grants made after it went to sleep) and draining a mass expiry in batches,
 and leadership. The real-process behaviour is in test_scheduler_processes.py."""
 
 from __future__ import annotations
@@ -27,16 +28,9 @@ from bot.expiry import LifecycleExpiryWork
 from bot.leader import LeadershipError, PostgresLeadership, SqliteLeadership, leadership_for
 from bot.lifecycle import GrantContext, RequestService
 from bot.models import AccessRequest, AuditEvent, Grant
-from bot.ports import Notification
+from bot.ports import Notification, SystemClock
 from bot.runtime import build_runtime
-from bot.scheduler import (
-    JOB_TABLE,
-    ExpiryJobStore,
-    ExpiryScheduler,
-    RevokeExpiredGrant,
-    job_id_for,
-    revoke_expired_grant,
-)
+from bot.scheduler import ExpiryLoop
 from bot.settings import Settings
 
 
@@ -78,19 +72,34 @@ def test_overdue_grants_are_revoked_once_with_their_lag(
     assert [call[2] for call in granter.revoke_calls] == [tuple(revoked.policy_names)]
     assert not granter.held("arn:aws:iam::111122223333:role/alice-admin") & set(
         revoked.policy_names)
-    assert [g for g, _ in work.active_expiries()] == [later]
+    assert work.next_expiry() == grant_row(session_factory, later).expires_at
 
 
-def test_scheduled_job_does_not_revoke_a_grant_that_is_not_due(
+def test_the_next_expiry_is_the_earliest_active_one_as_the_database_has_it_now(
         work: LifecycleExpiryWork, request_service: RequestService, catalog: Catalog,
         clock: FakeClock, session_factory: SessionFactory) -> None:
-    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
-    # A job left at an old expiry (the grant was extended meanwhile) finds nothing to do.
-    assert work.revoke_grant(grant_id, reason="expired") is False
+    assert work.next_expiry() is None
+    first, second, third = entries(catalog, 3)
+    soon = make_active(request_service, first, minutes=30)
+    later = make_active(request_service, second, minutes=60)
+    expiry = {g: grant_row(session_factory, g).expires_at for g in (soon, later)}
+    assert work.next_expiry() == expiry[soon]
+    assert work.next_expiry(after=expiry[soon]) == expiry[later]
+    assert work.next_expiry(after=expiry[later]) is None
+
+    # Extended (by the web process, say): the loop finds the new expiry, and the old one
+    # revokes nothing.
+    with session_factory.begin() as session:
+        session.get_one(Grant, soon).expires_at = expiry[later] + timedelta(minutes=30)
+    assert work.next_expiry() == expiry[later]
     clock.advance(timedelta(minutes=30))
-    assert work.revoke_grant(grant_id, reason="expired") is True
-    assert work.revoke_grant(grant_id, reason="expired") is False
-    assert grant_row(session_factory, grant_id).state == "revoked"
+    assert work.revoke_overdue(clock.now()) == 0
+    assert grant_row(session_factory, soon).state == "active"
+
+    # Revoked by hand and made anew: gone from, and added to, the schedule.
+    request_service.revoke(grant_row(session_factory, later).request_id, "U0ALICE", "done")
+    made = make_active(request_service, third, minutes=5)
+    assert work.next_expiry() == grant_row(session_factory, made).expires_at
 
 
 def test_irrevocable_grants_are_retried_on_the_longer_period(
@@ -205,113 +214,17 @@ class NoOpLeadership:
         pass
 
 
-@contextlib.contextmanager
-def running_scheduler(engine: sa.Engine, work: LifecycleExpiryWork, clock: FakeClock, *,
-                      sweep_interval: timedelta = timedelta(hours=1), **options: Any
-                      ) -> Iterator[ExpiryScheduler]:
-    """A started scheduler that always leads; stopped when the block ends."""
-    scheduler = ExpiryScheduler(engine=engine, work=work, clock=clock,
-                                leadership=NoOpLeadership(), sweep_interval=sweep_interval,
-                                **options)
-    scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        scheduler.stop()
+class LosableLeadership(NoOpLeadership):
+    def __init__(self) -> None:
+        self.held = True
+        self.acquired = 0
 
+    def try_acquire(self) -> bool:
+        self.acquired += 1
+        return self.held
 
-def stored_jobs(engine: sa.Engine) -> dict[str, float]:
-    with engine.connect() as connection:
-        return {str(job_id): float(run_at) for job_id, run_at in connection.execute(
-            sa.text(f"SELECT id, next_run_time FROM {JOB_TABLE}"))}
-
-
-def test_the_sweep_keeps_one_job_per_active_grant_at_its_expiry(
-        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
-        request_service: RequestService, clock: FakeClock) -> None:
-    # APScheduler runs on the wall clock, so the lifecycle's clock starts at the real now.
-    clock.set(datetime.now(UTC))
-    first, second = entries(catalog, 2)
-    existing = make_active(request_service, first, minutes=60)
-    work = LifecycleExpiryWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock, sweep_interval=timedelta(seconds=1)) as scheduler:
-        jobs = stored_jobs(engine)
-        assert jobs == {job_id_for(existing): pytest.approx(
-            grant_row(session_factory, existing).expires_at.timestamp())}
-
-        created_later = make_active(request_service, second, minutes=90)  # "the web process"
-        assert scheduler.sweep().scheduled == 1
-        assert set(stored_jobs(engine)) == {job_id_for(existing), job_id_for(created_later)}
-
-        request_service.revoke(grant_row(session_factory, existing).request_id, "U0ALICE",
-                               "done")
-        assert scheduler.sweep().scheduled == 0
-        assert set(stored_jobs(engine)) == {job_id_for(created_later)}
-
-
-def audit_event_count(sessions: SessionFactory) -> int:
-    with sessions() as session:
-        return len(session.execute(select(AuditEvent.seq)).all())
-
-
-def test_a_drain_removes_the_jobs_of_the_grants_it_revoked(
-        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
-        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
-    clock.set(datetime.now(UTC))  # APScheduler runs on the wall clock
-    first, second, third = entries(catalog, 3)
-    due = [make_active(request_service, entry, minutes=30) for entry in (first, second)]
-    later = make_active(request_service, third, minutes=90)
-    work = LifecycleExpiryWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock):
-        assert set(stored_jobs(engine)) == {job_id_for(g) for g in (*due, later)}
-        clock.advance(timedelta(minutes=31))
-        # The drain itself, not the sweep's upkeep of the job store, deletes them.
-        assert work.revoke_overdue(clock.now()) == 2
-        assert set(stored_jobs(engine)) == {job_id_for(later)}
-        assert {grant_row(session_factory, g).state for g in due} == {"revoked"}
-
-        # A job whose grant a drain already revoked (it fired before the drain deleted
-        # it) does nothing: no IAM call, no audit event, here or in another process.
-        revokes, events = len(granter.revoke_calls), audit_event_count(session_factory)
-        RevokeExpiredGrant(work)(due[0])  # the job as ExpiryJobStore hands it out
-        assert LifecycleExpiryWork(request_service, session_factory).revoke_grant(
-            due[1], reason="expired") is False
-        assert len(granter.revoke_calls) == revokes
-        assert audit_event_count(session_factory) == events
-        assert grant_row(session_factory, later).state == "active"
-
-
-def test_a_grant_left_for_a_retry_loses_its_job_and_the_sweep_finishes_it(
-        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
-        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
-    clock.set(datetime.now(UTC))
-    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
-    work = LifecycleExpiryWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock) as scheduler:
-        clock.advance(timedelta(minutes=31))
-        granter.fail_revoke("throttled", transient=True, times=1)
-        assert work.revoke_overdue(clock.now()) == 0
-        assert grant_row(session_factory, grant_id).state == "revoking"
-        assert stored_jobs(engine) == {}  # retries are the sweep's, not a job's
-
-        clock.advance(timedelta(minutes=1))  # past the first backoff
-        assert scheduler.sweep().revoked == 1
-        assert grant_row(session_factory, grant_id).state == "revoked"
-        assert stored_jobs(engine) == {}
-
-
-class CountingWork(LifecycleExpiryWork):
-    """Counts the revoke jobs APScheduler runs."""
-
-    def __init__(self, service: RequestService, sessions: SessionFactory) -> None:
-        super().__init__(service, sessions)
-        self.job_runs = 0
-        self._count = threading.Lock()
-
-    def revoke_grant(self, grant_id: str, *, reason: str) -> bool:
-        with self._count:
-            self.job_runs += 1
-        return super().revoke_grant(grant_id, reason=reason)
+    def still_held(self) -> bool:
+        return self.held
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -319,32 +232,176 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
-def test_a_mass_expiry_runs_one_drain_and_not_a_job_per_grant(
-        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
+@contextlib.contextmanager
+def leading_loop(work: LifecycleExpiryWork, clock: Any, *,
+                 sweep_interval: timedelta = timedelta(hours=1),
+                 leadership: Any = None, **options: Any) -> Iterator[ExpiryLoop]:
+    """An expiry loop leading on a thread of its own (past its first sweep); stopped, and
+    checked to have stopped, when the block ends."""
+    loop = ExpiryLoop(work=work, clock=clock, leadership=leadership or NoOpLeadership(),
+                      sweep_interval=sweep_interval, **options)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, args=(stop,), name="expiry-loop")
+    thread.start()
+    try:
+        wait_until(lambda: loop.last_sweep is not None, 10, "the first sweep")
+        yield loop
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and not loop.leading
+
+
+def revoked_when(sessions: SessionFactory, grant_ids: list[str], timeout: float
+                 ) -> datetime:
+    """The wall-clock time by which every one of `grant_ids` was seen revoked."""
+    wait_until(lambda: {grant_row(sessions, g).state for g in grant_ids} == {"revoked"},
+               timeout, "the grants to be revoked")
+    return datetime.now(UTC)
+
+
+def test_the_loop_wakes_at_the_expiry_of_a_grant_made_after_it_went_to_sleep(
+        session_factory: SessionFactory, catalog: Catalog,
         request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
-    clock.set(datetime.now(UTC))
+    """The web process makes a grant while the loop sleeps (nothing active, the sweep an
+    hour away): the loop finds it by looking at the database, and revokes it at its
+    expiry, not at the sweep."""
+    work = LifecycleExpiryWork(request_service, session_factory)
+    with leading_loop(work, SystemClock(), due_poll_interval=timedelta(seconds=0.5)):
+        time.sleep(0.3)  # asleep, knowing of no grant
+        # Approved 30 minutes ago, by the lifecycle's clock: it expires in 1.5 s.
+        clock.set(datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=1.5))
+        grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+        expires_at = grant_row(session_factory, grant_id).expires_at
+        seen = revoked_when(session_factory, [grant_id], 20)
+    assert seen >= expires_at  # not early
+    # Within the poll interval and a loaded machine's slack; the sweep would be an hour.
+    assert (seen - expires_at).total_seconds() < 5
+    assert len(granter.revoke_calls) == 1
+
+
+def test_a_mass_expiry_is_drained_in_batches_by_one_wake_up(
+        session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
     grant_ids = [make_active(request_service, entry, 30, requester)
                  for requester in ("U0ALICE", "U0BOB") for entry in entries(catalog, 10)]
-    # All expire at one instant, shortly ahead on the wall clock APScheduler runs on.
-    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    # All expire at one instant, shortly ahead on the wall clock the loop runs on.
+    expiry = datetime.now(UTC) + timedelta(seconds=1.5)
     with session_factory.begin() as session:
         session.execute(sa.update(Grant).values(expires_at=expiry))
-    work = CountingWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock, job_workers=2,
-                           due_jobs_per_wakeup=2):
-        assert len(stored_jobs(engine)) == 20
-        clock.set(expiry + timedelta(seconds=1))  # the lifecycle sees them due from now on
-        wait_until(lambda: {grant_row(session_factory, g).state for g in grant_ids}
-                   == {"revoked"} and not stored_jobs(engine), 60,
-                   "every grant to be revoked and every job to be gone")
-        assert sorted(call[2] for call in granter.revoke_calls) == sorted(
-            (f"connect-access-{g}",) for g in grant_ids)
-        # The first job's drain took every grant; APScheduler ran the jobs it had fetched
-        # (2 per wakeup) and then none: the drain deleted the other jobs first.
-        assert work.job_runs < len(grant_ids) // 2
+    work = LifecycleExpiryWork(request_service, session_factory, batch_size=4)
+    batches: list[int] = []
+    original = request_service.revoke_due_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        outcomes = original(*args, **kwargs)
+        batches.append(len(outcomes))
+        return outcomes
+
+    request_service.revoke_due_batch = counted  # type: ignore[method-assign]
+    with leading_loop(work, SystemClock()) as loop:
+        clock.set(expiry)  # the lifecycle records the revocations at the expiry
+        revoked_when(session_factory, grant_ids, 30)
+        assert loop.last_sweep is not None and loop.last_sweep[1].revoked == 0  # not the sweep
+    assert sorted(call[2] for call in granter.revoke_calls) == sorted(
+        (f"connect-access-{g}",) for g in grant_ids)
+    # Batches of 4 until one comes back empty; the start-up sweep found nothing due.
+    drained = [size for size in batches if size]
+    assert drained == [4, 4, 4, 4, 4]
+
+
+def test_a_grant_left_for_a_retry_is_finished_by_the_sweep(
+        session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    loop = ExpiryLoop(work=work, clock=clock, leadership=NoOpLeadership(),
+                      sweep_interval=timedelta(seconds=30))
+    clock.advance(timedelta(minutes=31))
+    granter.fail_revoke("throttled", transient=True, times=1)
+    assert loop.drain_if_due() is True
+    assert grant_row(session_factory, grant_id).state == "revoking"
+    # Nothing more for the loop's drains: the retry is the sweep's.
+    assert loop.drain_if_due() is False
+
+    clock.advance(timedelta(minutes=1))  # past the first backoff
+    assert loop.sweep().revoked == 1
+    assert grant_row(session_factory, grant_id).state == "revoked"
+
+
+def test_a_due_grant_the_drain_cannot_take_waits_for_the_sweep_without_spinning(
+        session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock) -> None:
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    loop = ExpiryLoop(work=work, clock=clock, leadership=NoOpLeadership(),
+                      sweep_interval=timedelta(seconds=30))
+    clock.advance(timedelta(minutes=31))
+    taken = request_service.revoke_due_batch
+    request_service.revoke_due_batch = lambda *a, **k: []  # type: ignore[method-assign]
+    assert loop.drain_if_due() is True  # tried: the grant stayed (its row was busy)
+    assert loop.drain_if_due() is False  # and is not drained again and again
+    request_service.revoke_due_batch = taken  # type: ignore[method-assign]
+    assert loop.sweep().revoked == 1
+    assert grant_row(session_factory, grant_id).state == "revoked"
+
+
+def test_a_failing_drain_is_tried_again_after_the_poll_interval(
+        session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock) -> None:
+    grant_id = make_active(request_service, entries(catalog, 1)[0], minutes=30)
+    work = LifecycleExpiryWork(request_service, session_factory)
+    loop = ExpiryLoop(work=work, clock=clock, leadership=NoOpLeadership(),
+                      sweep_interval=timedelta(seconds=30),
+                      due_poll_interval=timedelta(seconds=2))
+    clock.advance(timedelta(minutes=31))
+    taken = request_service.revoke_due_batch
+
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database unreachable"))
+
+    request_service.revoke_due_batch = unreachable  # type: ignore[method-assign]
+    assert loop.drain_if_due() is False
+    request_service.revoke_due_batch = taken  # type: ignore[method-assign]
+    assert loop.drain_if_due() is False  # not at once: no loop hammering the database
+    clock.advance(timedelta(seconds=2))
+    assert loop.drain_if_due() is True
+    assert grant_row(session_factory, grant_id).state == "revoked"
+
+
+def test_stop_ends_a_sleeping_loop_at_once_and_lost_leadership_ends_leading(
+        session_factory: SessionFactory, catalog: Catalog,
+        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
+    make_active(request_service, entries(catalog, 1)[0], minutes=30)  # an hour away
+    work = LifecycleExpiryWork(request_service, session_factory)
+    started = time.monotonic()
+    with leading_loop(work, clock, sweep_interval=timedelta(hours=1),
+                      due_poll_interval=timedelta(hours=1)):
+        pass  # stopped (SIGTERM's stop event) while it sleeps for an hour
+    assert time.monotonic() - started < 5
+
+    leadership = LosableLeadership()
+    loop = ExpiryLoop(work=work, clock=clock, leadership=leadership,
+                      sweep_interval=timedelta(seconds=1),
+                      due_poll_interval=timedelta(seconds=0.1))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run_forever, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: loop.leading, 10, "the loop to lead")
+        leadership.held = False  # another process leads now
+        wait_until(lambda: not loop.leading, 10, "the loop to stop leading")
+        clock.advance(timedelta(minutes=31))
+        time.sleep(0.5)
+        assert granter.revoke_calls == []  # a process that does not lead revokes nothing
+        assert leadership.acquired >= 2  # it stands by, asking again
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 POSTGRES_ONLY = pytest.mark.parametrize(
@@ -438,44 +495,13 @@ def test_the_leader_reconciles_when_it_starts_and_then_every_interval_until_stop
         return 0
 
     work = LifecycleExpiryWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock, reconcile=reconcile,
-                           reconcile_interval=timedelta(hours=1)), ran:
+    with leading_loop(work, clock, reconcile=reconcile,
+                      reconcile_interval=timedelta(hours=1)), ran:
         assert ran.wait_for(lambda: len(runs) == 1, timeout=10)  # at start, not after 1h
     runs.clear()
-    with running_scheduler(engine, work, clock, reconcile=reconcile,
-                           reconcile_interval=timedelta(seconds=0.3)), ran:
+    with leading_loop(work, clock, reconcile=reconcile,
+                      reconcile_interval=timedelta(seconds=0.3)), ran:
         assert ran.wait_for(lambda: len(runs) >= 3, timeout=10)
     stopped_with = len(runs)
     time.sleep(0.6)
-    assert len(runs) == stopped_with  # stop() ends the loop
-
-
-def test_a_due_job_comes_from_the_store_bound_to_the_work_and_revokes_only_its_grant(
-        engine: sa.Engine, session_factory: SessionFactory, catalog: Catalog,
-        request_service: RequestService, clock: FakeClock, granter: InMemoryGranter) -> None:
-    clock.set(datetime.now(UTC))
-    first, second = entries(catalog, 2)
-    mine = make_active(request_service, first, minutes=30)
-    other = make_active(request_service, second, minutes=90)
-    work = LifecycleExpiryWork(request_service, session_factory)
-    with running_scheduler(engine, work, clock):  # stores both jobs, due in real minutes
-        assert set(stored_jobs(engine)) == {job_id_for(mine), job_id_for(other)}
-    # A second store over the same table, as a restarted leader builds it.
-    store = ExpiryJobStore(engine=engine, work=work)
-    store.start(None, "default")
-    due = store.get_due_jobs(datetime.now(UTC) + timedelta(minutes=31))
-    assert [j.id for j in due] == [job_id_for(mine)]
-    job = due[0]
-    assert job.func_ref == "bot.scheduler:revoke_expired_grant"  # what stays pickled
-    assert job.args == (mine,)
-    clock.advance(timedelta(minutes=31))
-    revokes = len(granter.revoke_calls)
-
-    job.func(*job.args, **job.kwargs)  # as APScheduler's executor runs it
-
-    assert len(granter.revoke_calls) == revokes + 1
-    assert grant_row(session_factory, mine).state == "revoked"
-    assert grant_row(session_factory, other).state == "active"  # not due: untouched
-    with pytest.raises(RuntimeError, match="without expiry work"):
-        revoke_expired_grant(other)  # the bare reference does nothing on its own
-    assert grant_row(session_factory, other).state == "active"
+    assert len(runs) == stopped_with  # stopping ends the loop

@@ -32,7 +32,7 @@ WRITE = "telephony/enable-disable-telephony-options"
 
 
 class FakeScheduler:
-    """What HeartbeatWriter reads from an ExpiryScheduler."""
+    """What HeartbeatWriter reads from an ExpiryLoop."""
 
     def __init__(self) -> None:
         self.leading = False
@@ -50,7 +50,7 @@ def test_status_shows_the_leader_its_last_sweep_and_a_standby(
     leader_source, standby_source = FakeScheduler(), FakeScheduler()
     leader_source.leading = True
     leader_source.last_sweep = (clock.now(), SweepResult(revoked=2, timed_out=1, retried=0,
-                                                         reminded=3, scheduled=4, recovered=1))
+                                                         reminded=3, recovered=1))
     writer(session_factory, clock, leader_source, "host-a", 11).beat()
     writer(session_factory, clock, standby_source, "host-b", 22).beat()
     clock.advance(timedelta(seconds=5))
@@ -63,7 +63,7 @@ def test_status_shows_the_leader_its_last_sweep_and_a_standby(
     assert roles == {"host-a:11": ("leader", False), "host-b:22": ("standby", False)}
     leader = next(s for s in report["schedulers"] if s["id"] == "host-a:11")
     assert leader["last_sweep"] == {"revoked": 2, "timed_out": 1, "retried": 0,
-                                    "reminded": 3, "scheduled": 4, "recovered": 1}
+                                    "reminded": 3, "recovered": 1}
     assert leader["beat_age_seconds"] == 5.0
     assert report["overdue_grants"] == 0
 

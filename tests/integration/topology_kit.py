@@ -238,7 +238,7 @@ class Topology:
         return process
 
     def scheduler(self) -> Process:
-        process = Process(["scheduler", "--revoke-workers", "2", "--job-workers", "2"],
+        process = Process(["scheduler", "--revoke-workers", "2"],
                           self.env(), self.tmp_path / f"scheduler-{len(self.processes)}.log")
         self.processes.append(process)
         return process

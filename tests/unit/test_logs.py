@@ -56,7 +56,7 @@ def test_json_lines_carry_level_logger_process_and_the_traceback() -> None:
 def test_level_applies_to_libraries_and_bolts_token_notice_is_dropped() -> None:
     stream = io.StringIO()
     configure_logging(load_settings(log_level="INFO"), "web", stream=stream)
-    logging.getLogger("apscheduler.scheduler").info("Added job")  # chatty library: held back
+    logging.getLogger("botocore.credentials").info("Found credentials")  # chatty: held back
     noisy = logging.getLogger("werkzeug")
     noisy.setLevel(logging.DEBUG)  # a library lowering its own logger is still bounded
     noisy.debug("GET / 200")
