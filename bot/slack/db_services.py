@@ -15,7 +15,6 @@ from typing import TypeVar
 from sqlalchemy import or_
 
 from bot.catalog import Catalog
-from bot.config import Route
 from bot.iamref import IamReference
 from bot.lifecycle import LifecycleError, RequestService
 from bot.models import AccessRequest, Grant
@@ -24,7 +23,6 @@ from bot.resolve import Resolver
 from bot.scoping import InstanceResources
 from bot.slack.request_views import DbRequestViews
 from bot.slack.services import (
-    ApprovalRoute,
     EntryDescription,
     EntryListing,
     HomeSummary,
@@ -56,16 +54,6 @@ def _as_service_errors() -> Iterator[None]:
         raise ServiceError(str(exc)) from None
 
 
-def _approval_route(route: Route) -> ApprovalRoute:
-    return ApprovalRoute(
-        channel=route.channel,
-        approvers=route.approvers,
-        approvals=route.approvals,
-        max_duration=route.max_duration,
-        auto_approve=route.auto_approve,
-    )
-
-
 class DbSlackServices:
     """Implements bot.slack.services.SlackServices."""
 
@@ -88,7 +76,7 @@ class DbSlackServices:
         entry = catalog_entry(self.catalog, entry_id)
         route = self.service.config.router.route_for(entry)
         instances = [InstanceChoice(i.alias, i.arn) for i in self.service.config.instances]
-        return describe(self.catalog, entry.id, _approval_route(route), instances)
+        return describe(self.catalog, entry.id, route, instances)
 
     def list_entries(self, page: str | None) -> EntryListing:
         return list_catalog(self.catalog, page)

@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 from bot import durations
 from bot.catalog import Catalog, CatalogEntry
+from bot.config import Route
 from bot.decisions import Decision, RequestFacts, may_vote
 from bot.iamref import IamReference
 from bot.policy import PolicyError
@@ -62,17 +63,6 @@ class Resolved:
 class InstanceChoice:
     alias: str
     arn: str
-
-
-@dataclass(frozen=True)
-class ApprovalRoute:
-    """Who approves an entry and how long it may be granted (from the operator config)."""
-
-    channel: str | None
-    approvers: tuple[str, ...]  # Slack user ids (U/W) or user-group ids (S)
-    approvals: int
-    max_duration: timedelta
-    auto_approve: bool = False
 
 
 @dataclass(frozen=True)
@@ -340,7 +330,7 @@ def catalog_entry(catalog: Catalog, entry_id: str) -> CatalogEntry:
 def describe(
     catalog: Catalog,
     entry_id: str,
-    route: ApprovalRoute,
+    route: Route,
     instances: Sequence[InstanceChoice],
 ) -> EntryDescription:
     entry = catalog_entry(catalog, entry_id)

@@ -17,7 +17,7 @@ from bot.slack.blocks.primitives import (
     section,
 )
 from bot.slack.blocks.request_text import entry_title, request_line
-from bot.slack.escape import escape
+from bot.slack.escape import escape, slack_date
 from bot.slack.services import (
     EntryBrief,
     EntryDescription,
@@ -140,3 +140,22 @@ def status_blocks(views: Sequence[RequestView], now: datetime) -> list[Block]:
         return [section("You have no requests yet. Try `/connect-access Edit chat transcripts`.")]
     lines = [request_line(v, now) for v in views[:STATUS_LINES]]
     return [section("*Your requests*"), *(section(c) for c in chunk_lines(lines))]
+
+
+# What the user is told after acting on a request, the same from a button, a modal or a
+# command (in mrkdwn, the entry's name escaped).
+
+
+def ending_access(view: RequestView) -> str:
+    return f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
+
+
+def cancelled(view: RequestView) -> str:
+    return f"Cancelled request *#{view.id}* ({escape(view.entry.name)})."
+
+
+def extended(view: RequestView) -> str:
+    """An extension applied at once (the tier needs no re-approval)."""
+    if view.expires_at is None:
+        return f"Extended *#{view.id}*."
+    return f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."

@@ -7,33 +7,21 @@ from datetime import datetime, timedelta
 
 from bot.slack.escape import escape
 from bot.slack.services import EntryBrief, RequestView, format_duration
-from bot.states import (
-    ACTIVE,
-    APPROVED,
-    CANCELLED,
-    DENIED,
-    FAILED,
-    GRANTING,
-    IRREVOCABLE,
-    PENDING,
-    REVOKED,
-    REVOKING,
-    TIMED_OUT,
-)
+from bot.states import RequestState
 from bot.targets import AccessRoute
 
 STATE_LABELS: dict[str, str] = {
-    PENDING: ":hourglass_flowing_sand: Waiting for approval",
-    APPROVED: ":white_check_mark: Approved, granting access",
-    GRANTING: ":gear: Granting access",
-    ACTIVE: ":large_green_circle: Granted",
-    REVOKING: ":gear: Removing access",
-    REVOKED: ":white_circle: Revoked",
-    DENIED: ":no_entry: Denied",
-    CANCELLED: ":heavy_multiplication_x: Cancelled",
-    TIMED_OUT: ":zzz: Timed out without enough approvals",
-    FAILED: ":x: Granting failed, nothing was attached",
-    IRREVOCABLE: ":rotating_light: Could not remove access yet, retrying",
+    RequestState.PENDING: ":hourglass_flowing_sand: Waiting for approval",
+    RequestState.APPROVED: ":white_check_mark: Approved, granting access",
+    RequestState.GRANTING: ":gear: Granting access",
+    RequestState.ACTIVE: ":large_green_circle: Granted",
+    RequestState.REVOKING: ":gear: Removing access",
+    RequestState.REVOKED: ":white_circle: Revoked",
+    RequestState.DENIED: ":no_entry: Denied",
+    RequestState.CANCELLED: ":heavy_multiplication_x: Cancelled",
+    RequestState.TIMED_OUT: ":zzz: Timed out without enough approvals",
+    RequestState.FAILED: ":x: Granting failed, nothing was attached",
+    RequestState.IRREVOCABLE: ":rotating_light: Could not remove access yet, retrying",
 }
 
 
@@ -59,7 +47,7 @@ def time_left(expires_at: datetime | None, now: datetime) -> str:
 def request_line(view: RequestView, now: datetime) -> str:
     state = STATE_LABELS.get(view.state, view.state)
     extra = ""
-    if view.state == ACTIVE:
+    if view.state == RequestState.ACTIVE:
         extra = f" — {time_left(view.expires_at, now)}"
     elif view.note:
         extra = f" — {escape(view.note)}"

@@ -15,6 +15,7 @@ from bot.slack.listeners.common import (
     SlackDeps,
     lazy,
     parse_request_id,
+    say,
     tell_user,
 )
 from bot.slack.services import RequestView, ServiceError, vote_decision
@@ -45,10 +46,6 @@ def _from_home(incoming: Incoming) -> bool:
 def refresh_home(deps: SlackDeps, incoming: Incoming) -> None:
     summary = deps.services.home(incoming.user_id)
     incoming.client.views_publish(user_id=incoming.user_id, view=home.home_view(summary))
-
-
-def _say(deps: SlackDeps, incoming: Incoming, message: str) -> None:
-    tell_user(deps, incoming, message, primitives.notice(message))
 
 
 def run_open_request_modal(deps: SlackDeps, incoming: Incoming) -> None:
@@ -122,14 +119,14 @@ def run_open_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
 
 def run_end_grant(deps: SlackDeps, incoming: Incoming) -> None:
     view = deps.services.revoke(_request_id(incoming), incoming.user_id)
-    _say(deps, incoming, f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now.")
+    say(deps, incoming, answers.ending_access(view))
     if _from_home(incoming):
         refresh_home(deps, incoming)
 
 
 def run_cancel_request(deps: SlackDeps, incoming: Incoming) -> None:
     view = deps.services.cancel(_request_id(incoming), incoming.user_id)
-    _say(deps, incoming, f"Cancelled request *#{view.id}* ({escape(view.entry.name)}).")
+    say(deps, incoming, answers.cancelled(view))
     if _from_home(incoming):
         refresh_home(deps, incoming)
 

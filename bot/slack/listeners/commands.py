@@ -18,7 +18,7 @@ from slack_bolt import Ack, App
 
 from bot.request_ids import is_request_number
 from bot.slack.blocks import answers, primitives
-from bot.slack.escape import escape, slack_date
+from bot.slack.escape import escape
 from bot.slack.listeners.common import Incoming, SlackDeps, lazy, parse_request_id
 from bot.slack.services import ServiceError, format_duration, parse_duration
 
@@ -120,17 +120,11 @@ def run_request_command(deps: SlackDeps, incoming: Incoming) -> None:
                 "sent to the approvers."
             )
         else:
-            message = (
-                f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."
-                if view.expires_at
-                else f"Extended *#{view.id}*."
-            )
+            message = answers.extended(view)
     elif verb == "cancel":
-        view = services.cancel(request_id, user)
-        message = f"Cancelled request *#{view.id}* ({escape(view.entry.name)})."
+        message = answers.cancelled(services.cancel(request_id, user))
     else:
-        view = services.revoke(request_id, user)
-        message = f"Ending your access *#{view.id}* ({escape(view.entry.name)}) now."
+        message = answers.ending_access(services.revoke(request_id, user))
     incoming.respond(text=message, blocks=primitives.notice(message), response_type="ephemeral")
 
 

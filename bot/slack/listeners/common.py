@@ -86,6 +86,11 @@ def tell_user(deps: SlackDeps, incoming: Incoming, text: str, message_blocks: li
         deps.dms.send(incoming.user_id, text, message_blocks)
 
 
+def say(deps: SlackDeps, incoming: Incoming, message: str) -> None:
+    """tell_user one section of mrkdwn the caller built (user text in it escaped)."""
+    tell_user(deps, incoming, message, primitives.notice(message))
+
+
 def report_failure(deps: SlackDeps, incoming: Incoming, error: Exception) -> None:
     if isinstance(error, ServiceError | ApproverLookupError):
         message = str(error)

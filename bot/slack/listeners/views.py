@@ -10,9 +10,9 @@ from typing import Any
 
 from slack_bolt import Ack, App
 
-from bot.slack.blocks import forms, modals, primitives
-from bot.slack.escape import escape, slack_date
-from bot.slack.listeners.common import Incoming, SlackDeps, lazy, tell_user
+from bot.slack.blocks import answers, forms, modals
+from bot.slack.escape import escape
+from bot.slack.listeners.common import Incoming, SlackDeps, lazy, say
 from bot.slack.services import ServiceError, format_duration
 
 
@@ -62,8 +62,7 @@ def run_deny_modal(deps: SlackDeps, incoming: Incoming) -> None:
         return
     request_id, reason = form
     view = deps.services.vote(request_id, incoming.user_id, False, reason)
-    message = f"You denied request *#{view.id}* ({escape(view.entry.name)})."
-    tell_user(deps, incoming, message, primitives.notice(message))
+    say(deps, incoming, f"You denied request *#{view.id}* ({escape(view.entry.name)}).")
 
 
 def ack_extend_modal(ack: Ack, view: dict[str, Any]) -> None:
@@ -80,11 +79,9 @@ def run_extend_modal(deps: SlackDeps, incoming: Incoming) -> None:
         message = (
             f"Asked the approvers to extend *#{view.id}* by {format_duration(view.extension)}."
         )
-    elif view.expires_at is not None:
-        message = f"Extended *#{view.id}*; it now ends {slack_date(view.expires_at)}."
     else:
-        message = f"Extended *#{view.id}*."
-    tell_user(deps, incoming, message, primitives.notice(message))
+        message = answers.extended(view)
+    say(deps, incoming, message)
 
 
 def register(app: App, deps: SlackDeps) -> None:
