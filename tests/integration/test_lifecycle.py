@@ -557,7 +557,7 @@ def test_claimed_revocation_is_not_taken_twice(request_service: RequestService,
     with request_service.sessions.begin() as session:
         grant = session.get_one(Grant, grant_id)
         request = session.get_one(AccessRequest, request_id)
-        request_service._start_revoking(session, request, "system", "expiry")
+        request_service.revocation._start_revoking(session, request, "system", "expiry")
         grant_lease = grant.next_attempt_at
     assert grant_lease == clock.now() + timedelta(minutes=5)
     assert request_service.due_for_revocation() == []

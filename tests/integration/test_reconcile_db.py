@@ -250,7 +250,6 @@ def test_a_grant_that_cannot_be_rebuilt_as_granted_is_reported_and_left_alone(
                              PolicyDocument=json.dumps(edited))
     # As if the catalog entry had changed since the grant: the compiler now builds
     # something else, so the bot can no longer tell what was approved.
-    service = copy.copy(flow.service)
     compile_now = flow.service.plan_builder
 
     def changed_catalog(context: GrantContext) -> GrantPlan:
@@ -262,8 +261,8 @@ def test_a_grant_that_cannot_be_rebuilt_as_granted_is_reported_and_left_alone(
                          (PolicyDocument(policy.name, document),), plan.expires_at,
                          plan.instance_arn)
 
-    service.plan_builder = changed_catalog
-    store = DbReconcileStore(service)
+    flow.service.plan_builder = changed_catalog
+    store = DbReconcileStore(flow.service)
 
     findings = reconcile(flow.granter, store, now=flow.clock.now())
 

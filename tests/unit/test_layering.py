@@ -19,7 +19,9 @@ CORE = ("bot.catalog", "bot.resolve", "bot.policy", "bot.lifecycle", "bot.audit"
         "bot.persistence", "bot.tiers", "bot.durations", "bot.config", "bot.alerts",
         "bot.reconcile_model", "bot.reconcile_store", "bot.expiry", "bot.scheduler",
         "bot.leader", "bot.heartbeat", "bot.request_ids", "bot.slacklimits", "bot.iamref",
-        "bot.times", "bot.decisions", "bot.request_rules")
+        "bot.times", "bot.decisions", "bot.request_rules", "bot.lifecycle.errors",
+        "bot.lifecycle.transitions", "bot.lifecycle.intake", "bot.lifecycle.granting",
+        "bot.lifecycle.revocation", "bot.lifecycle.timers")
 
 
 def _path(module: str) -> Path:
