@@ -15,19 +15,21 @@ from typing import Any
 
 import pytest
 from doubles import FakeClock
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from test_audit_anchors import (
     BUCKET,
     RecordingAlerts,
+    cut_tail,
+    forge_checkpoint,
     granted_and_revoked,
     make_locked_bucket,
     pending,
-    recompute_chain,
+    rewrite_as_mallory,
     write_config,
 )
 from typer.testing import CliRunner, Result
 
-from bot.anchors import Checkpoint, CheckpointWriter, SignedCheckpoint
+from bot.anchors import CheckpointWriter, SignedCheckpoint
 from bot.cli import build_cli
 from bot.config import parse_config
 from bot.db import SessionFactory
@@ -106,6 +108,13 @@ def history(anchored: ChannelAnchored, request_service: RequestService,
     return request_id
 
 
+def post_forged(slack: FakeSlack, forged: SignedCheckpoint) -> str:
+    """Mallory posts a checkpoint in the channel, formatted as the bot formats them; its ts."""
+    return slack.post_as("U0MALLORY", CHANNEL, f"Audit checkpoint: event {forged.checkpoint.seq}",
+                         [{"type": "section", "text": {"type": "mrkdwn",
+                                                       "text": f"```{forged.to_json()}```"}}])
+
+
 def test_channel_only_anchoring_is_accepted() -> None:
     config = parse_config({"audit": {"signing_key_file": "/k", "anchor_channel": CHANNEL}})
     assert config.audit.anchored and config.audit.anchor_bucket is None
@@ -136,11 +145,7 @@ def test_untouched_log_verifies_against_the_channel_across_pages(
 
 def test_channel_only_anchors_catch_a_recomputed_chain(anchored: ChannelAnchored, history: int,
                                                        engine: Engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' "
-                                "WHERE action = 'vote'"))
-        connection.execute(text("UPDATE votes SET approver = 'U0MALLORY'"))
-    recompute_chain(engine)
+    rewrite_as_mallory(engine, votes=True)
     code, report = anchored.verify()
     assert code == 1 and report["fault"]["kind"] == "checkpoint_mismatch"
     assert report["fault"]["seq"] == report["last_checkpoint_seq"]
@@ -148,13 +153,7 @@ def test_channel_only_anchors_catch_a_recomputed_chain(anchored: ChannelAnchored
 
 def test_channel_only_anchors_catch_a_truncation(anchored: ChannelAnchored, history: int,
                                                  engine: Engine) -> None:
-    with engine.begin() as connection:
-        last = connection.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
-        connection.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": last - 2})
-        prev = connection.execute(text("SELECT hash FROM audit_events WHERE seq = :s"),
-                                  {"s": last - 2}).scalar_one()
-        connection.execute(text("UPDATE audit_chain_head SET seq = :s, hash = :h"),
-                           {"s": last - 2, "h": prev})
+    last = cut_tail(engine, 2)
     code, report = anchored.verify()
     assert code == 1 and report["fault"]["kind"] == "truncated"
     assert report["fault"]["expected"] == f"at least {last} events"
@@ -166,19 +165,10 @@ def test_a_checkpoint_forged_into_the_channel_is_a_fault(
         clock: FakeClock) -> None:
     # Mallory rewrites the chain and posts a checkpoint for it, as the bot formats them,
     # with the real key's id but her own key.
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' "
-                                "WHERE action = 'vote'"))
-    recompute_chain(engine)
-    with engine.connect() as connection:
-        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
+    rewrite_as_mallory(engine)
     mallory = write_new_key(tmp_path / "mallory.pem")
-    forged = Checkpoint(seq=seq + 1, head_hash=head, event_count=seq + 1, at=clock.now(),
-                        key_id=anchored.signer.key_id)
-    body = SignedCheckpoint(forged, "ED25519", mallory.sign(forged.payload())).to_json()
-    ts = anchored.slack.post_as("U0MALLORY", CHANNEL, f"Audit checkpoint: event {seq + 1}",
-                                [{"type": "section", "text": {"type": "mrkdwn",
-                                                              "text": f"```{body}```"}}])
+    ts = post_forged(anchored.slack,
+                     forge_checkpoint(engine, mallory, anchored.signer.key_id, clock.now()))
     code, report = anchored.verify()
     assert code == 1 and report["fault"]["kind"] == "forged_checkpoint"
     assert "does not verify" in report["fault"]["message"]
@@ -189,15 +179,10 @@ def test_a_forged_checkpoint_in_the_channel_does_not_stop_the_writer(
         anchored: ChannelAnchored, history: int, request_service: RequestService,
         engine: Engine, tmp_path: Path, clock: FakeClock) -> None:
     # Mallory posts a well-formed checkpoint far ahead of the chain, signed by her key.
-    with engine.connect() as connection:
-        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
     mallory = write_new_key(tmp_path / "mallory.pem")
-    forged = Checkpoint(seq=seq + 1000, head_hash=head, event_count=seq + 1000,
-                        at=clock.now(), key_id=anchored.signer.key_id)
-    body = SignedCheckpoint(forged, "ED25519", mallory.sign(forged.payload())).to_json()
-    anchored.slack.post_as("U0MALLORY", CHANNEL, f"Audit checkpoint: event {seq + 1000}",
-                           [{"type": "section", "text": {"type": "mrkdwn",
-                                                         "text": f"```{body}```"}}])
+    forged = forge_checkpoint(engine, mallory, anchored.signer.key_id, clock.now(), ahead=1000)
+    post_forged(anchored.slack, forged)
+    seq = forged.checkpoint.seq - 1000  # the genuine head
     before = len(anchored.checkpoint_messages())
     pending(request_service, requester="U0ALICE")  # new events to anchor
 
@@ -258,9 +243,7 @@ def test_with_both_stores_a_checkpoint_deleted_from_the_channel_is_reported(
     assert (f"warning: checkpoint at event {first_seq} is in s3://{BUCKET}/checkpoints/ but "
             f"missing from slack:{CHANNEL}") in output
     # ... and the S3 copy still anchors the chain: a rewrite up to it is caught.
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' WHERE seq = 1"))
-    recompute_chain(engine)
+    rewrite_as_mallory(engine, "seq = 1")
     code, report = both.verify()
     assert code == 1 and report["fault"]["kind"] == "checkpoint_mismatch"
     assert report["fault"]["seq"] == first_seq

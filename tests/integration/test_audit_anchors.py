@@ -131,6 +131,42 @@ def recompute_chain(engine: Engine) -> None:
         connection.execute(update(AuditChainHead.__table__).values(seq=len(rows), hash=prev))
 
 
+def rewrite_as_mallory(engine: Engine, where: str = "action = 'vote'", *,
+                       votes: bool = False) -> None:
+    """Put U0MALLORY on the events `where` picks (with `votes`, in the votes table too, so
+    the tables agree), then rehash the chain as recompute_chain does."""
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE audit_events SET actor = 'U0MALLORY' WHERE {where}"))
+        if votes:
+            connection.execute(text("UPDATE votes SET approver = 'U0MALLORY'"))
+    recompute_chain(engine)
+
+
+def cut_tail(engine: Engine, events: int = 2) -> int:
+    """Delete the last `events` events and move the chain head back to the new end; the
+    number of events there were."""
+    with engine.begin() as connection:
+        last: int = connection.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
+        kept = last - events
+        connection.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": kept})
+        prev = connection.execute(text("SELECT hash FROM audit_events WHERE seq = :s"),
+                                  {"s": kept}).scalar_one()
+        connection.execute(text("UPDATE audit_chain_head SET seq = :s, hash = :h"),
+                           {"s": kept, "h": prev})
+    return last
+
+
+def forge_checkpoint(engine: Engine, forger: Ed25519Signer, key_id: str, at: datetime,
+                     ahead: int = 1) -> SignedCheckpoint:
+    """A well-formed checkpoint `ahead` events past the chain head that claims `key_id`
+    but is signed with `forger` (an attacker has the database, not the real key)."""
+    with engine.connect() as connection:
+        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
+    forged = Checkpoint(seq=seq + ahead, head_hash=head, event_count=seq + ahead, at=at,
+                        key_id=key_id)
+    return SignedCheckpoint(forged, "ED25519", forger.sign(forged.payload()))
+
+
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     with engine.connect() as connection:
         return {table.name: [dict(row._mapping) for row in connection.execute(select(table))]
@@ -183,11 +219,7 @@ def test_without_anchors_verify_says_it_only_catches_careless_edits(
 
 def test_edit_and_recompute_is_caught_by_the_checkpoint(anchored: Anchored, history: int,
                                                         engine: Engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' "
-                                "WHERE action = 'vote'"))
-        connection.execute(text("UPDATE votes SET approver = 'U0MALLORY'"))
-    recompute_chain(engine)
+    rewrite_as_mallory(engine, votes=True)
     code, report = anchored.verify()
     assert code == 1 and not report["ok"]
     fault = report["fault"]
@@ -201,13 +233,7 @@ def test_edit_and_recompute_is_caught_by_the_checkpoint(anchored: Anchored, hist
 
 def test_deleting_the_tail_and_moving_the_head_is_caught(anchored: Anchored, history: int,
                                                          engine: Engine) -> None:
-    with engine.begin() as connection:
-        last = connection.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
-        connection.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": last - 2})
-        prev = connection.execute(text("SELECT hash FROM audit_events WHERE seq = :s"),
-                                  {"s": last - 2}).scalar_one()
-        connection.execute(text("UPDATE audit_chain_head SET seq = :s, hash = :h"),
-                           {"s": last - 2, "h": prev})
+    last = cut_tail(engine, 2)
     code, report = anchored.verify()
     assert code == 1
     assert report["fault"]["kind"] == "truncated"
@@ -289,16 +315,9 @@ def test_a_forged_checkpoint_is_caught(anchored: Anchored, history: int, engine:
                                        tmp_path: Path, clock: FakeClock) -> None:
     # The attacker rewrites the chain and plants a checkpoint for it, with the configured
     # key's id but their own key (they do not have the real one).
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' "
-                                "WHERE action = 'vote'"))
-    recompute_chain(engine)
-    with engine.connect() as connection:
-        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
+    rewrite_as_mallory(engine)
     mallory = write_new_key(tmp_path / "mallory.pem")
-    forged = Checkpoint(seq=seq + 1, head_hash=head, event_count=seq + 1, at=clock.now(),
-                        key_id=anchored.signer.key_id)
-    anchored.store.put(SignedCheckpoint(forged, "ED25519", mallory.sign(forged.payload())))
+    anchored.store.put(forge_checkpoint(engine, mallory, anchored.signer.key_id, clock.now()))
     code, report = anchored.verify()
     assert code == 1
     assert report["fault"]["kind"] == "forged_checkpoint"
@@ -490,9 +509,7 @@ def test_kms_anchored_checkpoint_and_verify_through_the_cli(
     assert f"signed by {kms_key}" in result.output
     result = runner.invoke(build_cli(), ["audit", "verify"], env=env)
     assert result.exit_code == 0 and "against 1 checkpoint(s)" in result.output
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' WHERE seq = 1"))
-    recompute_chain(engine)
+    rewrite_as_mallory(engine, "seq = 1")
     result = runner.invoke(build_cli(), ["audit", "verify"], env=env)
     assert result.exit_code == 1 and "rewritten" in result.output
 

@@ -15,18 +15,18 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives import serialization
 from doubles import FakeClock
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from test_audit_anchors import (
     BUCKET,
+    forge_checkpoint,
     granted_and_revoked,
     make_locked_bucket,
     pending,
-    recompute_chain,
+    rewrite_as_mallory,
     write_config,
 )
 from typer.testing import CliRunner
 
-from bot.anchors import Checkpoint, SignedCheckpoint
 from bot.aws.anchors import S3AnchorStore
 from bot.cli import build_cli
 from bot.config import parse_config
@@ -115,9 +115,7 @@ def test_a_retired_key_not_listed_makes_its_checkpoints_a_fault(rotated: Rotated
 
 def test_retired_key_checkpoints_still_catch_a_rewrite(rotated: Rotated,
                                                        engine: Engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_events SET actor = 'U0MALLORY' WHERE seq = 1"))
-    recompute_chain(engine)
+    rewrite_as_mallory(engine, "seq = 1")
     code, report = rotated.cli.verify(rotated.rotated)
     assert code == 1 and report["fault"]["kind"] == "checkpoint_mismatch"
     assert report["fault"]["seq"] == rotated.old_seq  # the retired key's checkpoint
@@ -128,18 +126,14 @@ def test_a_checkpoint_signed_by_an_unknown_key_is_forged(
         rotated: Rotated, engine: Engine, tmp_path: Path, clock: FakeClock,
         claims: str) -> None:
     mallory = write_new_key(tmp_path / "mallory.pem")
-    with engine.connect() as connection:
-        seq, head = connection.execute(text("SELECT seq, hash FROM audit_chain_head")).one()
     # Her own key id, or the retired key's id with her signature.
     key_id = mallory.key_id if claims == "unknown" else rotated.old.key_id
-    forged = Checkpoint(seq=seq + 1, head_hash=head, event_count=seq + 1, at=clock.now(),
-                        key_id=key_id)
+    forged = forge_checkpoint(engine, mallory, key_id, clock.now())
     S3AnchorStore(boto3.client("s3", region_name="us-east-1"), BUCKET,
-                  retention=timedelta(days=1)).put(
-        SignedCheckpoint(forged, "ED25519", mallory.sign(forged.payload())))
+                  retention=timedelta(days=1)).put(forged)
     code, report = rotated.cli.verify(rotated.rotated)
     assert code == 1 and report["fault"]["kind"] == "forged_checkpoint"
-    assert report["fault"]["seq"] == seq + 1
+    assert report["fault"]["seq"] == forged.checkpoint.seq
     if claims == "unknown":
         assert report["fault"]["found"] == mallory.key_id
         assert "neither the signing key nor one of audit.previous_keys" in \
