@@ -83,30 +83,36 @@ class Scene:
         local = self.iam.list_policies(Scope="Local")["Policies"]
         return bool(inline or attached or local)
 
+    def fails(self) -> GrantError:
+        with pytest.raises(GrantError) as caught:
+            self.run()
+        return caught.value
+
+
+@pytest.fixture
+def scene(iam: Any, granter: IamGranter, sleeps: SleepRecorder, flow: str) -> Scene:
+    """The test's flow (its `flow` parameter) set up before any fault is injected; what the
+    setup slept is not what the test measures."""
+    built = Scene(iam, granter, flow)
+    sleeps.delays.clear()
+    return built
+
 
 @pytest.mark.parametrize("code", TRANSIENT)
 @pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
 def test_a_transient_fault_botocore_gave_up_on_is_not_retried_again(
-    iam: Any,
-    granter: IamGranter,
-    inject: FaultFactory,
-    sleeps: SleepRecorder,
-    flow: str,
-    operation: str,
+    scene: Scene, inject: FaultFactory, sleeps: SleepRecorder, flow: str, operation: str,
     code: str,
 ) -> None:
     # botocore's retries are off in these fixtures, so what reaches the granter is the
     # fault botocore gave up on: one retry policy, so the granter does not try it again.
-    scene = Scene(iam, granter, flow)
-    sleeps.delays.clear()
     fault = inject(operation, code, times=None)
 
-    with pytest.raises(GrantError) as caught:
-        scene.run()
+    error = scene.fails()
 
-    assert caught.value.transient
-    assert caught.value.throttled is (code == "Throttling")
-    assert caught.value.code == ("ReadTimeoutError" if code == "ReadTimeout" else code)
+    assert error.transient
+    assert error.throttled is (code == "Throttling")
+    assert error.code == ("ReadTimeoutError" if code == "ReadTimeout" else code)
     assert fault.calls == 1
     assert sleeps.delays == []
     # A failed attach leaves nothing behind; a failed revoke leaves the grant in place
@@ -120,18 +126,11 @@ def test_a_transient_fault_botocore_gave_up_on_is_not_retried_again(
 @pytest.mark.parametrize("code", CONSISTENCY)
 @pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS + REVOKE_CALLS)
 def test_an_iam_consistency_conflict_is_retried_and_the_call_succeeds(
-    iam: Any,
-    granter: IamGranter,
-    inject: FaultFactory,
-    sleeps: SleepRecorder,
-    flow: str,
-    operation: str,
+    scene: Scene, inject: FaultFactory, sleeps: SleepRecorder, flow: str, operation: str,
     code: str,
 ) -> None:
     # botocore does not retry these (they are IAM's "still applying another change"), so
     # the granter does, with the backoff of its read-after-write retry.
-    scene = Scene(iam, granter, flow)
-    sleeps.delays.clear()
     fault = inject(operation, code, times=2)
 
     scene.run()
@@ -144,16 +143,14 @@ def test_an_iam_consistency_conflict_is_retried_and_the_call_succeeds(
 
 @pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS[:2] + REVOKE_CALLS[:1])
 def test_a_conflict_that_never_clears_becomes_a_transient_grant_error(
-    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+    scene: Scene, inject: FaultFactory, flow: str, operation: str
 ) -> None:
-    scene = Scene(iam, granter, flow)
     fault = inject(operation, "ConcurrentModification", times=None)
 
-    with pytest.raises(GrantError) as caught:
-        scene.run()
+    error = scene.fails()
 
-    assert (caught.value.transient, caught.value.throttled) == (True, False)
-    assert caught.value.code == "ConcurrentModification"
+    assert (error.transient, error.throttled) == (True, False)
+    assert error.code == "ConcurrentModification"
     assert fault.calls >= ATTEMPTS
     assert scene.policy_present() is flow.startswith("revoke")
 
@@ -161,47 +158,36 @@ def test_a_conflict_that_never_clears_becomes_a_transient_grant_error(
 @pytest.mark.parametrize("code", ["LimitExceeded", "MalformedPolicyDocument", "AccessDenied"])
 @pytest.mark.parametrize(("flow", "operation"), ATTACH_CALLS)
 def test_a_permanent_fault_on_attach_is_not_retried_and_leaves_nothing(
-    iam: Any,
-    granter: IamGranter,
-    inject: FaultFactory,
-    sleeps: SleepRecorder,
-    flow: str,
-    operation: str,
-    code: str,
+    scene: Scene, inject: FaultFactory, sleeps: SleepRecorder, operation: str, code: str
 ) -> None:
-    scene = Scene(iam, granter, flow)
     fault = inject(operation, code, times=None)
 
-    with pytest.raises(GrantError) as caught:
-        scene.run()
+    error = scene.fails()
 
-    assert not caught.value.transient
-    assert caught.value.code == code
+    assert not error.transient
+    assert error.code == code
     assert fault.calls == 1
     assert sleeps.delays == []
-    assert code in str(caught.value)
+    assert code in str(error)
     assert not scene.policy_present()
 
 
 @pytest.mark.parametrize(("flow", "operation"), REVOKE_CALLS)
 def test_a_permanent_fault_on_revoke_is_reported(
-    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+    scene: Scene, inject: FaultFactory, operation: str
 ) -> None:
-    scene = Scene(iam, granter, flow)
     inject(operation, "LimitExceeded", times=None)
 
-    with pytest.raises(GrantError) as caught:
-        scene.run()
+    error = scene.fails()
 
-    assert (caught.value.transient, caught.value.code) == (False, "LimitExceeded")
+    assert (error.transient, error.code) == (False, "LimitExceeded")
     assert scene.policy_present()
 
 
 @pytest.mark.parametrize(("flow", "operation"), REVOKE_CALLS)
 def test_no_such_entity_while_revoking_means_already_gone(
-    iam: Any, granter: IamGranter, inject: FaultFactory, flow: str, operation: str
+    scene: Scene, inject: FaultFactory, operation: str
 ) -> None:
-    scene = Scene(iam, granter, flow)
     fault = inject(operation, "NoSuchEntity", times=None)
 
     scene.run()  # no error
@@ -215,11 +201,10 @@ def test_no_such_entity_when_putting_is_a_permanent_error(
     scene = Scene(iam, granter, "attach-inline")
     inject("PutRolePolicy", "NoSuchEntity", times=None)
 
-    with pytest.raises(GrantError) as caught:
-        scene.run()
+    error = scene.fails()
 
-    assert (caught.value.transient, caught.value.code) == (False, "NoSuchEntity")
-    assert "principal mapping" in str(caught.value)
+    assert (error.transient, error.code) == (False, "NoSuchEntity")
+    assert "principal mapping" in str(error)
 
 
 def test_throttled_assume_role_is_a_throttled_grant_error_and_the_next_attach_works(

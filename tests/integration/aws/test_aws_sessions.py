@@ -3,7 +3,6 @@ explicit endpoint (moto's HTTP server standing in for AWS_ENDPOINT_URL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +15,6 @@ from aws_testkit import (
     make_plan,
     make_principal,
 )
-from moto.server import ThreadedMotoServer
 
 from bot.aws.errors import AwsConfigError
 from bot.aws.granter import IamGranter, decode_document
@@ -80,19 +78,9 @@ def test_an_external_id_without_a_role_is_a_config_error() -> None:
         account_of("role/x")
 
 
-@pytest.fixture
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def test_the_endpoint_url_sends_everything_to_that_server(moto_server: str) -> None:
-    sessions = AwsSessions(REGION, endpoint_url=moto_server, instances=[OTHER_INSTANCE])
+def test_the_endpoint_url_sends_everything_to_that_server(moto_url: str) -> None:
+    # moto_url: moto's HTTP server, from tests/integration/conftest.py
+    sessions = AwsSessions(REGION, endpoint_url=moto_url, instances=[OTHER_INSTANCE])
     granter = IamGranter(sessions.iam_for_principal, sleep=lambda _: None)
     home = make_principal(sessions.iam(), "role", "over-http")
     remote = make_principal(sessions.iam(OTHER_INSTANCE), "user", "remote-over-http")
@@ -100,7 +88,7 @@ def test_the_endpoint_url_sends_everything_to_that_server(moto_server: str) -> N
     granter.attach(make_plan(home, "inline", "h1"))
     granter.attach(make_plan(remote, "managed", "h2"))
 
-    assert sessions.iam().meta.endpoint_url == moto_server
+    assert sessions.iam().meta.endpoint_url == moto_url
     assert sessions.iam().list_role_policies(RoleName="over-http")["PolicyNames"] == [
         "connect-access-h1"
     ]
