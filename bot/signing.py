@@ -62,11 +62,12 @@ class Ed25519Verifier:
         return True
 
 
-class Ed25519Signer:
+class Ed25519Signer(Ed25519Verifier):
+    """bot.anchors.CheckpointSigner; it verifies what it signed as its public half does."""
+
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        super().__init__(private_key.public_key())
         self._private = private_key
-        self._public: Ed25519PublicKey = private_key.public_key()
-        self._key_id = ed25519_key_id(self._public)
 
     @classmethod
     def from_file(cls, path: Path) -> Ed25519Signer:
@@ -87,22 +88,11 @@ class Ed25519Signer:
         return cls(key)
 
     @property
-    def key_id(self) -> str:
-        return self._key_id
-
-    @property
     def algorithm(self) -> str:
         return ALGORITHM
 
     def sign(self, payload: bytes) -> bytes:
         return self._private.sign(payload)
-
-    def verify(self, payload: bytes, signature: bytes) -> bool:
-        try:
-            self._public.verify(signature, payload)
-        except InvalidSignature:
-            return False
-        return True
 
 
 def write_new_key(path: Path) -> Ed25519Signer:

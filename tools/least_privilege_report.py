@@ -46,19 +46,12 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _declared(catalog: Catalog, entry_id: str) -> dict[str, str]:
-    declared: dict[str, str] = {}
-    for dep in catalog.required_closure(entry_id):
-        for effect in getattr(catalog.get(dep), "persistent_effects", ()):
-            declared[effect.action] = effect.reason
-    return declared
+    # The catalog gathers them over the entry and what it requires, as the compiler sees them.
+    return {e.action: e.reason for e in catalog.declared_persistent_effects(entry_id)}
 
 
 def _star_exceptions(catalog: Catalog, entry_id: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for dep in catalog.required_closure(entry_id):
-        for exception in getattr(catalog.get(dep), "star_exceptions", ()):
-            found[exception.action] = exception.reason
-    return found
+    return {e.action: e.reason for e in catalog.star_exceptions(entry_id)}
 
 
 def analyse(catalog: Catalog, iam: IamReference, entry_id: str, compiled: Any) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +20,7 @@ from bot.audit_runtime import Anchoring, build_anchoring, verify_configured
 from bot.aws.sessions import AwsSessions
 from bot.commands.db_cmds import open_database, settings_or_exit
 from bot.config import ConfigError, OperatorConfig, load_config
+from bot.db import SessionFactory
 from bot.evidence import RequestStory, StoryNotFound, request_story
 from bot.ports import SystemClock
 from bot.request_ids import MAX_REQUEST_ID
@@ -61,6 +64,20 @@ def _anchoring_or_exit(settings: Settings) -> Anchoring | None:
     except AnchorError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _audit_trail() -> Iterator[SessionFactory]:
+    """The database for one command; a database error ends it with exit 2, and the engine
+    is disposed of however the command ends."""
+    engine, sessions = open_database()
+    try:
+        yield sessions
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: could not read the audit trail: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
 
 
 def _duration(seconds: float | None) -> str:
@@ -125,18 +142,13 @@ def register(app: typer.Typer) -> None:
         inconsistency, with what was expected and what was found."""
         settings = settings_or_exit()
         anchoring = _anchoring_or_exit(settings)
-        engine, sessions = open_database()
-        try:
-            with sessions() as session:
-                report = verify_configured(session, anchoring)
-        except SQLAlchemyError as exc:
-            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except AnchorError as exc:
-            typer.echo(f"error: could not read the anchors: {exc}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            engine.dispose()
+        with _audit_trail() as sessions:
+            try:
+                with sessions() as session:
+                    report = verify_configured(session, anchoring)
+            except AnchorError as exc:
+                typer.echo(f"error: could not read the anchors: {exc}", err=True)
+                raise typer.Exit(2) from None
         if as_json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         else:
@@ -160,19 +172,14 @@ def register(app: typer.Typer) -> None:
                        "config (CONNECT_ACCESS_CONFIG)", err=True)
             raise typer.Exit(2)
         config = _config_or_exit(settings)
-        engine, sessions = open_database()
-        try:
-            # A failure is printed (and the exit code says so): no alert from a command.
-            outcome = anchoring.writer(sessions, SystemClock(), config.audit,
-                                       LoggingAlerter()).write_now()
-        except SQLAlchemyError as exc:
-            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except AnchorError as exc:
-            typer.echo(f"error: checkpoint not written: {exc}", err=True)
-            raise typer.Exit(1) from None
-        finally:
-            engine.dispose()
+        with _audit_trail() as sessions:
+            try:
+                # A failure is printed (and the exit code says so): no alert from a command.
+                outcome = anchoring.writer(sessions, SystemClock(), config.audit,
+                                           LoggingAlerter()).write_now()
+            except AnchorError as exc:
+                typer.echo(f"error: checkpoint not written: {exc}", err=True)
+                raise typer.Exit(1) from None
         assert outcome.written is not None
         c = outcome.written.checkpoint
         stores = [s.name for s in anchoring.stores]
@@ -195,18 +202,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The whole story of one request: who asked and why, the votes, the policy
         documents as attached, grant, extensions, revocation and its lag, notifications."""
-        engine, sessions = open_database()
-        try:
-            with sessions() as session:
-                story = request_story(session, request_id)
-        except StoryNotFound as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        except SQLAlchemyError as exc:
-            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            engine.dispose()
+        with _audit_trail() as sessions:
+            try:
+                with sessions() as session:
+                    story = request_story(session, request_id)
+            except StoryNotFound as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
         if as_json:
             typer.echo(json.dumps(story.to_dict(), indent=2, ensure_ascii=False))
             return
@@ -247,15 +249,8 @@ def register(app: typer.Typer) -> None:
                        f"({end.isoformat()})", err=True)
             raise typer.Exit(2)
         filters = {"since": start, "until": end, "requester": requester, "entry_id": entry}
-        engine, sessions = open_database()
         out = sys.stdout
-        try:
-            with sessions() as session:
-                for line in export_lines(session, fmt.value, **filters):
-                    out.write(line)
-        except SQLAlchemyError as exc:
-            typer.echo(f"error: could not read the audit trail: {exc}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            engine.dispose()
+        with _audit_trail() as sessions, sessions() as session:
+            for line in export_lines(session, fmt.value, **filters):
+                out.write(line)
         out.flush()
