@@ -56,9 +56,10 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+
+from bot.sandbox.local_http import LocalHttpServer
 
 THROTTLE_BODY = (
     '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
@@ -157,8 +158,7 @@ class ThrottlingIamProxy:
         self.log: list[ProxyRecord] = []
         self.counts = ActionCounts(Counter(), Counter(), Counter())
         self._local = threading.local()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalHttpServer(self._handle, name="throttling-iam")
 
     # -- control ----------------------------------------------------------------------
 
@@ -203,41 +203,14 @@ class ThrottlingIamProxy:
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("proxy not started")
-        host, port = self._server.server_address[:2]
-        if isinstance(host, bytes):
-            host = host.decode()
-        return f"http://{host}:{port}"
+        return self._http.url
 
     def start(self) -> ThrottlingIamProxy:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as botocore's pool expects
-
-            def do_POST(self) -> None:
-                proxy._handle(self)
-
-            def do_GET(self) -> None:
-                proxy._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="throttling-iam",
-                                        daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.stop()
 
     def __enter__(self) -> ThrottlingIamProxy:
         return self.start()

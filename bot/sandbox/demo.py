@@ -60,6 +60,7 @@ from bot.models import AccessRequest, AuditEvent, Grant
 from bot.policy import INLINE_QUOTAS, MANAGED_POLICY_QUOTA
 from bot.runtime import Runtime, web_runtime
 from bot.sandbox.fake_slack import FakeSlack, Message, ResponsePost
+from bot.sandbox.polling import wait_until
 from bot.sandbox.slack_client import (
     AppServer,
     ButtonNotFound,
@@ -503,8 +504,8 @@ class Sandbox:
                                 f"{self.scheduler_output()}")
             return LEADER_LINE in log_path.read_text(errors="replace")
 
-        _wait_until(leads, 30.0, "the scheduler process to take the lead on the demo "
-                                 "database")
+        wait_until(leads, 30.0, "the scheduler process to take the lead on the demo database",
+                   DemoError)
 
     def scheduler_output(self, lines: int = 20) -> str:
         if self.scheduler_log is None or not self.scheduler_log.exists():
@@ -602,17 +603,6 @@ def cli_command() -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-c", "from bot.cli import main; main()"]
-
-
-def _wait_until(found: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = found()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _indent(text: str) -> str:
@@ -747,7 +737,8 @@ class Conversation:
             # to bob alone and leaves the request pending: report it instead of waiting.
             return "refused" if len(self.fake.ephemerals(BOB)) > refusals_before else None
 
-        state = _wait_until(settled, SLACK_WAIT_SECONDS, f"request #{request_id} to be granted")
+        state = wait_until(settled, SLACK_WAIT_SECONDS, f"request #{request_id} to be granted",
+                           DemoError)
         if state == FAILED:
             raise DemoError(f"the grant failed: {self.sandbox.grant_failure(request_id)}")
         if state == "refused":
@@ -759,8 +750,8 @@ class Conversation:
         self.facts.approval_message_active = rendered
         return f"the approval message now reads:\n{rendered}\n\nalice's DM:\n{_shown(dm)}"
 
-    # 6
-    def policy_is_in_iam(self) -> str:
+    def _active_grant(self) -> Grant:
+        """The request's grant, which must be active now; its id and expiry go in the facts."""
         assert self.request_id is not None
         grant = self.sandbox.grant(self.request_id)
         if grant is None or grant.state != ACTIVE:
@@ -768,6 +759,11 @@ class Conversation:
                             f"longer --grant-seconds than {self.sandbox.grant_seconds})")
         self.facts.grant_id = grant.id
         self.facts.expires_at = grant.expires_at
+        return grant
+
+    # 6
+    def policy_is_in_iam(self) -> str:
+        grant = self._active_grant()
         role = self.sandbox.role_arns[ALICE]
         policies = self.sandbox.policies_on(role)
         self.facts.policies_while_active = policies
@@ -799,13 +795,7 @@ class Conversation:
 
     # 6, with --identity-center
     def permission_set_is_assigned(self) -> str:
-        assert self.request_id is not None
-        grant = self.sandbox.grant(self.request_id)
-        if grant is None or grant.state != ACTIVE:
-            raise DemoError("the request has no active grant (did it expire already? use a "
-                            f"longer --grant-seconds than {self.sandbox.grant_seconds})")
-        self.facts.grant_id = grant.id
-        self.facts.expires_at = grant.expires_at
+        grant = self._active_grant()
         sets = self.sandbox.permission_sets()
         self.facts.policies_while_active = {name: doc for name, (doc, _) in sets.items()}
         if sorted(sets) != sorted(grant.policy_names):
@@ -847,8 +837,8 @@ class Conversation:
                 raise DemoError(f"the scheduler stopped: {self.sandbox.scheduler_error}")
             return self.sandbox.request(request_id).state == REVOKED
 
-        _wait_until(revoked, wait + REVOKE_GRACE_SECONDS,
-                    f"the scheduler to revoke request #{request_id}")
+        wait_until(revoked, wait + REVOKE_GRACE_SECONDS,
+                   f"the scheduler to revoke request #{request_id}", DemoError)
         grant = self.sandbox.grant(request_id)
         assert grant is not None and grant.revoked_at is not None
         self.facts.revoked_at, self.facts.revoke_reason = grant.revoked_at, grant.revoke_reason
@@ -880,8 +870,8 @@ class Conversation:
             text = _shown(self.fake.message(channel, ts))
             return text if "Expired" in text else None
 
-        rendered: str = _wait_until(final, SLACK_WAIT_SECONDS,
-                                    "the approval message to show the expiry")
+        rendered: str = wait_until(final, SLACK_WAIT_SECONDS,
+                                   "the approval message to show the expiry", DemoError)
         self.facts.approval_message_final = rendered
         self.facts.final_request_state = self.sandbox.request(self.request_id).state
         dm = self.driver.wait_for_dm(ALICE, "expired")

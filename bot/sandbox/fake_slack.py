@@ -25,10 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from bot.sandbox.local_http import LocalHttpServer
 from bot.sandbox.polling import wait_until
 from bot.slack.scopes import REQUIRED_BOT_SCOPES
 
@@ -128,49 +129,21 @@ class FakeSlack:
         self.bot_scopes: tuple[str, ...] = REQUIRED_BOT_SCOPES
         self._usergroups = {k: list(v) for k, v in (usergroups or {}).items()}
         self._users = dict(users or {})  # id -> real name
-        self._host = host
-        self._port = port
+        self._http = LocalHttpServer(self._handle, name="fake-slack", host=host, port=port)
         self._state = _State()
         self._lock = threading.Condition()
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._files = _FileUploads(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> FakeSlack:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def do_GET(self) -> None:
-                fake._handle(self)
-
-            def do_POST(self) -> None:
-                fake._handle(self)
-
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-slack",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.stop()
 
     def __enter__(self) -> FakeSlack:
         return self.start()
@@ -180,9 +153,7 @@ class FakeSlack:
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._http.url
 
     @property
     def api_url(self) -> str:
@@ -279,7 +250,7 @@ class FakeSlack:
         self, found: Callable[[FakeSlack], Any], timeout: float = 5.0, what: str = "condition"
     ) -> Any:
         """Poll until `found(self)` is truthy and return it; fail after `timeout` seconds."""
-        return wait_until(lambda: found(self), self._lock, timeout, what, FakeSlackTimeout)
+        return wait_until(lambda: found(self), timeout, what, FakeSlackTimeout, self._lock)
 
     def wait_for_calls(
         self, method: str, count: int = 1, timeout: float = 5.0
@@ -485,26 +456,20 @@ class FakeSlack:
         return {"messages": [_message_json(m) for m in page], "has_more": more,
                 "response_metadata": {"next_cursor": f"offset:{offset + limit}" if more else ""}}
 
-    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _open_view(self, params: dict[str, Any], method: str) -> dict[str, Any]:
         self._require(params, "trigger_id", "view")
         view = _as_view(params["view"])
-        fake_view = FakeView(
-            f"V{next(self._ids):08d}", _user_of_trigger(params), view, "views.open"
-        )
+        fake_view = FakeView(f"V{next(self._ids):08d}", _user_of_trigger(params), view, method)
         with self._lock:
             self._state.views[fake_view.id] = fake_view
         return {"view": {"id": fake_view.id, **view}}
 
+    def _m_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._open_view(params, "views.open")
+
     def _m_views_push(self, params: dict[str, Any]) -> dict[str, Any]:
         # Pushes a modal onto the stack of the one the trigger came from.
-        self._require(params, "trigger_id", "view")
-        view = _as_view(params["view"])
-        fake_view = FakeView(
-            f"V{next(self._ids):08d}", _user_of_trigger(params), view, "views.push"
-        )
-        with self._lock:
-            self._state.views[fake_view.id] = fake_view
-        return {"view": {"id": fake_view.id, **view}}
+        return self._open_view(params, "views.push")
 
     def _m_views_update(self, params: dict[str, Any]) -> dict[str, Any]:
         self._require(params, "view")

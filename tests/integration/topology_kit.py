@@ -18,10 +18,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from sqlalchemy import select, update
 from bot.db import SessionFactory, make_engine, make_session_factory
 from bot.models import AccessRequest, Grant
 from bot.sandbox.fake_slack import FakeSlack, Message
+from bot.sandbox.polling import wait_until as wait_for  # re-exported: the tests wait with it
 from bot.sandbox.slack_client import SlackClient, SlackDriver
 
 REGION = "us-east-1"
@@ -52,17 +52,6 @@ FAKE_CREDENTIALS = {
 TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
      "Action": "sts:AssumeRole"}]})
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class IamFaults:

@@ -289,7 +289,7 @@ class SocketModeHub:
     def wait_for(self, found: Callable[[SocketModeHub], Any], timeout: float = 5.0,
                  what: str = "condition") -> Any:
         """Poll until `found(self)` is truthy and return it; fail after `timeout` seconds."""
-        return wait_until(lambda: found(self), self._lock, timeout, what, SocketModeTimeout)
+        return wait_until(lambda: found(self), timeout, what, SocketModeTimeout, self._lock)
 
     def wait_for_connection(self, timeout: float = 5.0) -> SocketConnection:
         """The newest open connection that has been sent `hello`."""
