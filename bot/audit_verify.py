@@ -49,7 +49,7 @@ from bot.models import (
     Grant,
     PolicyEvidence,
 )
-from bot.states import REVOKED
+from bot.states import REVOKED, AuditAction
 
 _STREAM_BATCH = 5000
 GRANT_REVOKED = REVOKED  # the grant state whose event must exist
@@ -291,12 +291,13 @@ def _walk(session: Session, checkpoints: dict[int, SignedCheckpoint], notes: lis
                     _short(stored_hash), seq))
             if request_id is not None:
                 named_requests.add(request_id)
-                if action == "submitted":
+                if action == AuditAction.SUBMITTED:
                     submitted.add(request_id)
-            if action in ("granting", "revoked") and isinstance(details, dict):
+            names_grant = action in (AuditAction.GRANTING, AuditAction.REVOKED)
+            if names_grant and isinstance(details, dict):
                 grant_id = details.get("grant_id")
                 if isinstance(grant_id, str):
-                    (granting if action == "granting" else revoked).add(grant_id)
+                    (granting if action == AuditAction.GRANTING else revoked).add(grant_id)
             recorded = evidence.pop(seq, None)
             if recorded is not None:
                 _check_evidence(seq, request_id, details, recorded)

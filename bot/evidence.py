@@ -29,6 +29,7 @@ from bot.models import (
     Vote,
 )
 from bot.ports import Clock, Notification, Notifier
+from bot.states import AuditAction
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,11 @@ class RequestStory:
         extended: list[str] = []
         for event in self.events:
             action = event["action"]
-            if action == "grant_failed":
+            if action == AuditAction.GRANT_FAILED:
                 action = "failed"
             if action in first and first[action] is None:
                 first[action] = event["at"]
-            if action == "extended":
+            if action == AuditAction.EXTENDED:
                 extended.append(event["at"])
         return {**first, "extended": ", ".join(extended) or None}
 

@@ -59,3 +59,28 @@ WAITING_STATES = (PENDING, APPROVED, GRANTING)
 LIVE_STATES = (ACTIVE, REVOKING, IRREVOCABLE)
 # A grant row that may have a policy attached in IAM: being attached, or live.
 ATTACHED_STATES = (GRANTING, *LIVE_STATES)
+
+
+class AuditAction(StrEnum):
+    """What the lifecycle records in the audit log about a request: a vocabulary of its own
+    beside the states. A move records the action named after where it went (`approved`,
+    `revoking`...), except that entering `active` is `granted` and `failed` is
+    `grant_failed`; votes, failed revoke attempts and extensions move no state. Stored as
+    its string value, like RequestState."""
+
+    SUBMITTED = "submitted"
+    VOTE = "vote"
+    APPROVED = "approved"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    GRANTING = "granting"
+    GRANTED = "granted"
+    GRANT_FAILED = "grant_failed"
+    REVOKING = "revoking"
+    REVOKED = "revoked"
+    REVOKE_FAILED = "revoke_failed"
+    IRREVOCABLE = "irrevocable"
+    EXTENSION_REQUESTED = "extension_requested"
+    EXTENDED = "extended"
+    EXTENSION_DENIED = "extension_denied"

@@ -51,6 +51,8 @@ from bot.states import (
     APPROVED,
     FAILED,
     GRANTING,
+    AuditAction,
+    RequestState,
 )
 from bot.targets import (
     account_of_target,
@@ -133,7 +135,8 @@ class Granting:
                          "whoever moved it", request_id, request.state)
                 queued.stop()
                 return request
-            self.core.move(session, request, GRANTING, actor=SYSTEM, action="granting", details={
+            self.core.move(session, request, GRANTING, actor=SYSTEM,
+                           action=AuditAction.GRANTING, details={
                 "grant_id": plan.grant_id, "policy_names": [p.name for p in plan.policies],
                 "kind": plan.kind, "expires_at": context.expires_at.isoformat()})
             grant = Grant(
@@ -158,8 +161,9 @@ class Granting:
                 request = self.core.locked(session, request_id)
                 grant = session.get_one(Grant, plan.grant_id)
                 grant.state, grant.last_error = FAILED, str(exc)
-                self.core.move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
-                           details={"grant_id": grant.id, "error": str(exc), "code": exc.code})
+                self.core.move(session, request, FAILED, actor=SYSTEM,
+                               action=AuditAction.GRANT_FAILED,
+                               details={"grant_id": grant.id, "error": str(exc), "code": exc.code})
             self.core.notify("failed", request, error=str(exc), grant_id=plan.grant_id)
             return request
         queued.stop()
@@ -175,7 +179,7 @@ class Granting:
             grant.document_hash = combined_hash([a.document_hash for a in attached])
             documents = attached_documents(plan, attached)
             [event] = append_events(session, [self.core.moved(
-                request, ACTIVE, actor=SYSTEM, action="granted", details={
+                request, ACTIVE, actor=SYSTEM, action=AuditAction.GRANTED, details={
                     "grant_id": grant.id, "policy_names": grant.policy_names,
                     "document_hash": grant.document_hash,
                     "expires_at": grant.expires_at.isoformat(),
@@ -184,9 +188,9 @@ class Granting:
                                    audit_seq=event.seq, attached_at=self.core.clock.now(),
                                    documents=documents)
         self.core.notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
-                     expires_at=grant.expires_at.isoformat(),
-                     access=self.core.access(request.principal_arn, request.instance_arn,
-                                         grant.policy_names[0], request.group_members))
+                         expires_at=grant.expires_at.isoformat(),
+                         access=self.core.access(request.principal_arn, request.instance_arn,
+                                                 grant.policy_names[0], request.group_members))
         return request
 
     def _watch_queue(self, request: AccessRequest, now: datetime) -> _QueuedNotice:
@@ -243,8 +247,8 @@ class Granting:
     def _fail_before_attach(self, request_id: int, error: str) -> AccessRequest:
         with self.core.transaction() as session:
             request = self.core.locked(session, request_id)
-            self.core.move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
-                       details={"error": error, "attached": False})
+            self.core.move(session, request, FAILED, actor=SYSTEM, action=AuditAction.GRANT_FAILED,
+                           details={"error": error, "attached": False})
         self.core.notify("failed", request, error=error)
         return request
 
@@ -323,7 +327,7 @@ class Granting:
                 log.info("recovering request %s: %s", request_id, exc)
                 return None
             outcome = "failed it (too long after the approval); nothing was attached"
-        self._alert_recovered(result, "approved", outcome, ())
+        self._alert_recovered(result, APPROVED, outcome, ())
         return request_id
 
     def _recover_granting(self, grant_id: str, now: datetime) -> int | None:
@@ -360,13 +364,13 @@ class Granting:
                     return None  # the process that was attaching it finished meanwhile
                 row.state, row.attached_at = ACTIVE, self.core.clock.now()
                 row.document_hash = combined_hash([a.document_hash for a in attached])
-                self.core.move(session, request, ACTIVE, actor=SYSTEM, action="granted",
-                           details={"grant_id": row.id, "recovered": True,
-                                    "policy_names": list(names),
-                                    "expires_at": row.expires_at.isoformat()})
+                self.core.move(session, request, ACTIVE, actor=SYSTEM, action=AuditAction.GRANTED,
+                               details={"grant_id": row.id, "recovered": True,
+                                        "policy_names": list(names),
+                                        "expires_at": row.expires_at.isoformat()})
             self.core.notify("granted", request, grant_id=grant_id, policy_names=list(names),
-                         expires_at=grant.expires_at.isoformat(), recovered=True)
-            self._alert_recovered(request, "granting", "attached it again, with the "
+                             expires_at=grant.expires_at.isoformat(), recovered=True)
+            self._alert_recovered(request, GRANTING, "attached it again, with the "
                                   "expiry that was planned", names)
             return request.id
         try:
@@ -395,14 +399,14 @@ class Granting:
             if row.state != GRANTING:
                 return None
             row.state, row.last_error = FAILED, error
-            self.core.move(session, request, FAILED, actor=SYSTEM, action="grant_failed",
-                       details={"grant_id": row.id, "recovered": True, "error": error})
+            self.core.move(session, request, FAILED, actor=SYSTEM, action=AuditAction.GRANT_FAILED,
+                           details={"grant_id": row.id, "recovered": True, "error": error})
         self.core.notify("failed", request, grant_id=grant_id, error=error)
-        self._alert_recovered(request, "granting", f"failed it ({problem}) and removed "
+        self._alert_recovered(request, GRANTING, f"failed it ({problem}) and removed "
                               "whatever reached IAM", names)
         return request.id
 
-    def _alert_recovered(self, request: AccessRequest, was: str, outcome: str,
+    def _alert_recovered(self, request: AccessRequest, was: RequestState, outcome: str,
                          policy_names: tuple[str, ...]) -> None:
         self.core.send_alert(request, Alert(
             kind="stuck_request",
@@ -439,16 +443,17 @@ class Granting:
                 raise InvalidTransition(f"Grant {grant_id} is {grant.state}, not granting.")
             if attached:
                 grant.state, grant.attached_at = ACTIVE, self.core.clock.now()
-                self.core.move(session, request, ACTIVE, actor=actor, action="granted",
-                           details={"grant_id": grant.id, "recovered": True,
-                                    "expires_at": grant.expires_at.isoformat()})
+                self.core.move(session, request, ACTIVE, actor=actor, action=AuditAction.GRANTED,
+                               details={"grant_id": grant.id, "recovered": True,
+                                        "expires_at": grant.expires_at.isoformat()})
             else:
                 grant.state, grant.last_error = FAILED, "not attached (found by reconciliation)"
-                self.core.move(session, request, FAILED, actor=actor, action="grant_failed",
-                           details={"grant_id": grant.id, "recovered": True})
+                self.core.move(session, request, FAILED, actor=actor,
+                               action=AuditAction.GRANT_FAILED,
+                               details={"grant_id": grant.id, "recovered": True})
         if attached:
             self.core.notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
-                         expires_at=grant.expires_at.isoformat())
+                             expires_at=grant.expires_at.isoformat())
         else:
             self.core.notify("failed", request, grant_id=grant.id, error=grant.last_error)
         return request

@@ -47,6 +47,7 @@ from bot.states import (
     DENIED,
     OPEN_STATES,
     PENDING,
+    AuditAction,
 )
 from bot.targets import (
     ApproverMapping,
@@ -126,20 +127,21 @@ class Intake:
             )
             session.add(request)
             session.flush()
-            self.core.audit(session, request, requester, "submitted", {
+            self.core.audit(session, request, requester, AuditAction.SUBMITTED, {
                 "entry_id": entry.id, "entry_hash": request.entry_hash, "tier": route.tier,
                 "principal_arn": principal_arn, "instance_arn": instance_arn,
                 "reason": reason, "duration_seconds": seconds,
                 "required_approvals": route.approvals, **target_detail})
         self.core.notify("submitted", request, reason=reason, duration_seconds=seconds,
-                     channel=route.channel, approvers=list(route.approvers),
-                     required_approvals=route.approvals, auto_approve=route.auto_approve,
-                     **target_detail)
+                         channel=route.channel, approvers=list(route.approvers),
+                         required_approvals=route.approvals, auto_approve=route.auto_approve,
+                         **target_detail)
         if route.auto_approve:
             with self.core.transaction() as session:
                 request = self.core.locked(session, request.id)
-                self.core.move(session, request, APPROVED, actor=AUTO_APPROVER, action="approved",
-                           details={"auto_approve": True})
+                self.core.move(session, request, APPROVED, actor=AUTO_APPROVER,
+                               action=AuditAction.APPROVED,
+                               details={"auto_approve": True})
             self.core.notify("approved", request, auto_approve=True)
             return self.granting.grant(request.id)
         return request
@@ -168,7 +170,7 @@ class Intake:
             except PrincipalError as exc:
                 raise NotAllowed(str(exc)) from None
         detail["access"] = self.core.access(ref, instance_arn,
-                                        group_members=detail.get("group_members"))
+                                            group_members=detail.get("group_members"))
         return detail
 
     def approve(self, request_id: int, approver: str, comment: str | None = None
@@ -186,14 +188,15 @@ class Intake:
             if approved and extending:
                 extended_to = self.timers.apply_extension(session, request, approver)
             elif approved:
-                self.core.move(session, request, APPROVED, actor=approver, action="approved",
-                           details={"approvals": approvals})
+                self.core.move(session, request, APPROVED, actor=approver,
+                               action=AuditAction.APPROVED,
+                               details={"approvals": approvals})
         self.core.notify("vote", request, approver=approver, decision="approve", comment=comment,
-                     approvals=approvals, required_approvals=request.required_approvals,
-                     extension=extending, channel=route.channel)
+                         approvals=approvals, required_approvals=request.required_approvals,
+                         extension=extending, channel=route.channel)
         if extended_to is not None:
             self.core.notify("extended", request, approver=approver,
-                         expires_at=extended_to.isoformat())
+                             expires_at=extended_to.isoformat())
             return request
         if approved:
             self.core.notify("approved", request, approver=approver)
@@ -213,11 +216,11 @@ class Intake:
                 request.extension_seconds = None
                 request.extension_requested_at = None
                 request.updated_at = self.core.clock.now()
-                self.core.audit(session, request, approver, "extension_denied",
-                            {"comment": comment})
+                self.core.audit(session, request, approver, AuditAction.EXTENSION_DENIED,
+                                {"comment": comment})
             else:
-                self.core.move(session, request, DENIED, actor=approver, action="denied",
-                           details={"comment": comment})
+                self.core.move(session, request, DENIED, actor=approver, action=AuditAction.DENIED,
+                               details={"comment": comment})
         self.core.notify("denied", request, approver=approver, comment=comment, extension=extending)
         return request
 
@@ -229,7 +232,7 @@ class Intake:
         facts = facts_of(request)
         if not facts.open_for_votes:  # refused as such (raises) before any look-up
             require(may_vote(facts, approver, approvers=(), is_approver=False,
-                              has_voted=False))
+                             has_voted=False))
         route = self.core.route(request)
         has_voted = session.execute(
             select(Vote.id).where(Vote.request_id == request.id,
@@ -257,8 +260,8 @@ class Intake:
             raise DuplicateVote(f"You have already voted on request #{request.id}; each "
                                 "approver votes once.") from None
         request.updated_at = self.core.clock.now()
-        self.core.audit(session, request, approver, "vote",
-                    {"decision": decision, "comment": comment, "round": request.approval_round})
+        self.core.audit(session, request, approver, AuditAction.VOTE,
+                        {"decision": decision, "comment": comment, "round": request.approval_round})
         count = session.execute(
             select(func.count()).select_from(Vote).where(
                 Vote.request_id == request.id, Vote.approval_round == request.approval_round,
@@ -270,7 +273,7 @@ class Intake:
         with self.core.transaction() as session:
             request = self.core.locked(session, request_id)
             require(may_cancel(facts_of(request), actor))
-            self.core.move(session, request, CANCELLED, actor=actor, action="cancelled")
+            self.core.move(session, request, CANCELLED, actor=actor, action=AuditAction.CANCELLED)
         self.core.notify("cancelled", request)
         return request
 

@@ -45,6 +45,7 @@ from bot.states import (
     LIVE_STATES,
     REVOKED,
     REVOKING,
+    AuditAction,
 )
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,8 @@ class Revocation:
         # Claimed for the lease: a sweeper elsewhere leaves it alone until then.
         grant.next_attempt_at = now + self.core.claim_lease
         request.extension_seconds = request.extension_requested_at = None
-        return self.core.moved(request, REVOKING, actor=actor, action="revoking",
-                           details={"grant_id": grant.id, "reason": reason})
+        return self.core.moved(request, REVOKING, actor=actor, action=AuditAction.REVOKING,
+                               details={"grant_id": grant.id, "reason": reason})
 
     def due_for_revocation(self, now: datetime | None = None) -> list[str]:
         """Grant ids the sweeper should act on: expired active ones, and revocations whose
@@ -296,7 +297,8 @@ class Revocation:
         if error is None:
             after_irrevocable = grant.state == IRREVOCABLE
             grant.state, grant.revoked_at, grant.next_attempt_at = REVOKED, now, None
-            event = self.core.moved(request, REVOKED, actor=SYSTEM, action="revoked", details={
+            event = self.core.moved(request, REVOKED, actor=SYSTEM,
+                                    action=AuditAction.REVOKED, details={
                 "grant_id": grant.id, "reason": grant.revoke_reason,
                 "attempts": grant.revoke_attempts + 1,
                 "lag_seconds": grant.revocation_lag_seconds})
@@ -310,7 +312,7 @@ class Revocation:
             # with the other due grants.
             grant.last_error = f"{error.code}: {error}" if error.code else str(error)
             grant.next_attempt_at = now + self.core.throttle_retry
-            return self.core.event(request, SYSTEM, "revoke_failed", {
+            return self.core.event(request, SYSTEM, AuditAction.REVOKE_FAILED, {
                 "grant_id": grant.id, "error": grant.last_error, "throttled": True,
                 "attempts": grant.revoke_attempts,
                 "next_attempt_at": grant.next_attempt_at.isoformat()}), None
@@ -320,9 +322,10 @@ class Revocation:
         if grant.state == REVOKING and exhausted:
             grant.state = IRREVOCABLE
             grant.next_attempt_at = now + self.core.config.timings.irrevocable_retry
-            event = self.core.moved(request, IRREVOCABLE, actor=SYSTEM, action="irrevocable",
-                                details={"grant_id": grant.id, "error": grant.last_error,
-                                         "attempts": grant.revoke_attempts})
+            event = self.core.moved(request, IRREVOCABLE, actor=SYSTEM,
+                                    action=AuditAction.IRREVOCABLE,
+                                    details={"grant_id": grant.id, "error": grant.last_error,
+                                             "attempts": grant.revoke_attempts})
             return event, ("irrevocable", {"grant_id": grant.id, "error": grant.last_error,
                                            "policy_names": grant.policy_names,
                                            "attempts": grant.revoke_attempts})
@@ -332,7 +335,7 @@ class Revocation:
             delay = min(self.core.revoke_backoff * 2 ** (grant.revoke_attempts - 1),
                         self.core.revoke_backoff_cap)
         grant.next_attempt_at = now + delay
-        return self.core.event(request, SYSTEM, "revoke_failed", {
+        return self.core.event(request, SYSTEM, AuditAction.REVOKE_FAILED, {
             "grant_id": grant.id, "error": grant.last_error,
             "attempts": grant.revoke_attempts,
             "next_attempt_at": grant.next_attempt_at.isoformat()}), None
@@ -357,12 +360,12 @@ class Revocation:
             # A pending extension has nothing left to extend.
             request.extension_seconds = request.extension_requested_at = None
             details = {"grant_id": grant.id, "reason": "reconcile", "error": error}
-            self.core.move(session, request, REVOKING, actor=actor, action="revoking",
-                       details=details)
-            self.core.move(session, request, REVOKED, actor=actor, action="revoked",
-                       details=details)
+            self.core.move(session, request, REVOKING, actor=actor, action=AuditAction.REVOKING,
+                           details=details)
+            self.core.move(session, request, REVOKED, actor=actor, action=AuditAction.REVOKED,
+                           details=details)
         self.core.notify("revoked", request, grant_id=grant_id, reason="reconcile",
-                     revoked_by=actor, error=error)
+                         revoked_by=actor, error=error)
         return request
 
 

@@ -42,6 +42,7 @@ from bot.states import (
     ACTIVE,
     PENDING,
     TIMED_OUT,
+    AuditAction,
 )
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,10 @@ class Timers:
                 request = self.core.lock(session, request_id, skip_locked=True)
                 if request is None or request.state != PENDING or request.created_at > cutoff:
                     continue  # decided meanwhile, or another worker has it
-                self.core.move(session, request, TIMED_OUT, actor=SYSTEM, action="timed_out",
-                           details={"pending_ttl_seconds":
-                                    int(self.core.config.timings.pending_ttl.total_seconds())})
+                self.core.move(session, request, TIMED_OUT, actor=SYSTEM,
+                               action=AuditAction.TIMED_OUT,
+                               details={"pending_ttl_seconds":
+                                        int(self.core.config.timings.pending_ttl.total_seconds())})
             timed_out.append(request_id)
             self.core.notify("timed_out", request)
         return timed_out
@@ -109,7 +111,7 @@ class Timers:
                 told.append((grant.request, grant))
         for request, grant in told:
             self.core.notify("expiring_soon", request, grant_id=grant.id,
-                         expires_at=grant.expires_at.isoformat())
+                             expires_at=grant.expires_at.isoformat())
         return [g.id for _, g in told]
 
     def request_extension(self, request_id: int, actor: str, extra: timedelta
@@ -147,17 +149,17 @@ class Timers:
             request.approval_round += 1
             request.required_approvals = route.approvals
             request.updated_at = self.core.clock.now()
-            self.core.audit(session, request, actor, "extension_requested",
-                        {"extension_seconds": seconds, "round": request.approval_round})
+            self.core.audit(session, request, actor, AuditAction.EXTENSION_REQUESTED,
+                            {"extension_seconds": seconds, "round": request.approval_round})
             if auto:
                 extended_to = self.apply_extension(session, request, AUTO_APPROVER)
         self.core.notify("extension_requested", request, extension_seconds=seconds,
-                     channel=route.channel, approvers=list(route.approvers),
-                     required_approvals=route.approvals,
-                     auto_approve=extended_to is not None)
+                         channel=route.channel, approvers=list(route.approvers),
+                         required_approvals=route.approvals,
+                         auto_approve=extended_to is not None)
         if extended_to is not None:
             self.core.notify("extended", request, approver=AUTO_APPROVER,
-                         expires_at=extended_to.isoformat())
+                             expires_at=extended_to.isoformat())
         return request
 
     def apply_extension(self, session: Session, request: AccessRequest, actor: str
@@ -195,7 +197,7 @@ class Timers:
         request.extension_requested_at = None
         request.updated_at = now
         documents = attached_documents(plan, attached)
-        [event] = append_events(session, [self.core.event(request, actor, "extended", {
+        [event] = append_events(session, [self.core.event(request, actor, AuditAction.EXTENDED, {
             "grant_id": grant.id, "old_expires_at": old_expiry.isoformat(),
             "expires_at": new_expiry.isoformat(), "extension_seconds": extension,
             "policies": evidence_summary(documents)})])

@@ -68,6 +68,7 @@ from bot.states import (
     REVOKING,
     TIMED_OUT,
     TRANSITIONS,
+    AuditAction,
     RequestState,
 )
 from bot.targets import (
@@ -233,12 +234,14 @@ class Transitions:
         return request
 
     def move(self, session: Session, request: AccessRequest, to_state: RequestState, *,
-             actor: str, action: str, details: Mapping[str, Any] | None = None) -> None:
+             actor: str, action: AuditAction,
+             details: Mapping[str, Any] | None = None) -> None:
         """Change state (checked against TRANSITIONS), stamp it and audit it."""
         append_events(session, [self.moved(request, to_state, actor=actor, action=action,
-                                            details=details)])
+                                           details=details)])
 
-    def moved(self, request: AccessRequest, to_state: RequestState, *, actor: str, action: str,
+    def moved(self, request: AccessRequest, to_state: RequestState, *, actor: str,
+              action: AuditAction,
               details: Mapping[str, Any] | None = None) -> NewEvent:
         """_move without the append: the caller appends the returned event (batches append
         many under one chain-head lock)."""
@@ -257,11 +260,11 @@ class Transitions:
             setattr(request, stamp[to_state], now)
         return self.event(request, actor, action, {"to": to_state, **(details or {})})
 
-    def audit(self, session: Session, request: AccessRequest | None, actor: str, action: str,
-              details: Mapping[str, Any]) -> None:
+    def audit(self, session: Session, request: AccessRequest | None, actor: str,
+              action: AuditAction, details: Mapping[str, Any]) -> None:
         append_events(session, [self.event(request, actor, action, details)])
 
-    def event(self, request: AccessRequest | None, actor: str, action: str,
+    def event(self, request: AccessRequest | None, actor: str, action: AuditAction,
               details: Mapping[str, Any]) -> NewEvent:
         return NewEvent(at=self.clock.now(), actor=actor, action=action,
                         request_id=None if request is None else request.id, details=details)

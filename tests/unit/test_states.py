@@ -9,6 +9,7 @@ from bot.states import (
     OPEN_STATES,
     TRANSITIONS,
     WAITING_STATES,
+    AuditAction,
     RequestState,
 )
 
@@ -31,3 +32,11 @@ def test_every_transition_targets_a_known_state() -> None:
     for source, targets in TRANSITIONS.items():
         assert RequestState(source) in RequestState
         assert targets <= set(RequestState)
+
+
+def test_audit_actions_are_stored_and_hashed_as_their_names() -> None:
+    """The audit chain hashes the action through json: an AuditAction must serialise as
+    the plain name older events carry, or a verify would see a different chain."""
+    assert json.dumps([AuditAction.GRANTED, AuditAction.GRANT_FAILED]) == (
+        '["granted", "grant_failed"]')
+    assert len({action.value for action in AuditAction}) == len(AuditAction)
