@@ -23,7 +23,11 @@ from bot.aws.reconcile import format_summary, reconcile
 from bot.ports import GrantPlan, PolicyKind
 from bot.reconcile_model import ExpectedGrant
 
-NOW = datetime.now(UTC)
+
+def now() -> datetime:
+    """The time of the call: plans are made relative to it (make_plan), so a module-level
+    "now" would go stale in a long session and turn an expired plan into a live one."""
+    return datetime.now(UTC)
 
 
 def expected(
@@ -73,7 +77,7 @@ def test_reconcile_repairs_orphan_missing_and_tampered_policies(
 ) -> None:
     store: InMemoryReconcileStore = world["store"]
 
-    findings = reconcile(granter, store, now=NOW, notifier=notifier)
+    findings = reconcile(granter, store, now=now(), notifier=notifier)
 
     by_policy = {f.policy_name: f.kind for f in findings}
     assert by_policy == {
@@ -98,7 +102,7 @@ def test_reconcile_repairs_orphan_missing_and_tampered_policies(
     assert {n.event for n in notifier.sent} == {"reconcile_finding"}
     assert store.failed == {}
     # A second run finds everything in order.
-    assert {f.kind for f in reconcile(granter, store, now=NOW)} == {"ok"}
+    assert {f.kind for f in reconcile(granter, store, now=now())} == {"ok"}
 
 
 def test_dry_run_reports_the_same_findings_and_changes_nothing(
@@ -107,7 +111,7 @@ def test_dry_run_reports_the_same_findings_and_changes_nothing(
     store: InMemoryReconcileStore = world["store"]
     before = inline_policies(iam, "agent")
 
-    findings = reconcile(granter, store, now=NOW, dry_run=True, notifier=notifier)
+    findings = reconcile(granter, store, now=now(), dry_run=True, notifier=notifier)
 
     assert sorted(f.kind for f in findings) == ["missing", "ok", "orphan", "tampered"]
     assert not any(f.applied for f in findings)
@@ -141,10 +145,10 @@ def test_a_crash_between_the_iam_call_and_the_commit_is_repaired(
     assert iam.list_user_policies(UserName="erin")["PolicyNames"] or managed_names(iam)
 
     store = InMemoryReconcileStore(
-        grants=[expected(plan, "granting", since=NOW - timedelta(minutes=10))],
+        grants=[expected(plan, "granting", since=now() - timedelta(minutes=10))],
         principals=[arn],
     )
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
 
     assert [f.kind for f in findings] == ["stranded"]
     assert iam.list_user_policies(UserName="erin")["PolicyNames"] == []
@@ -160,10 +164,10 @@ def test_a_grant_being_attached_right_now_is_left_alone(iam: Any, granter: IamGr
     plan = make_plan(arn, "inline", "in-flight")
     granter.attach(plan)
     store = InMemoryReconcileStore(
-        grants=[expected(plan, "granting", since=NOW - timedelta(seconds=20))], principals=[arn]
+        grants=[expected(plan, "granting", since=now() - timedelta(seconds=20))], principals=[arn]
     )
 
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
 
     assert findings == []
     assert iam.list_role_policies(RoleName="busy")["PolicyNames"] == ["connect-access-in-flight"]
@@ -178,7 +182,7 @@ def test_a_missing_policy_that_cannot_be_restored_fails_the_grant(
     store = InMemoryReconcileStore(grants=[expected(plan)], principals=[arn])
     inject("PutRolePolicy", "LimitExceeded", times=None)
 
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
 
     assert [f.kind for f in findings] == ["missing"]
     assert "LimitExceeded" in findings[0].error
@@ -203,7 +207,7 @@ def test_managed_orphans_and_tampering_are_repaired(iam: Any, granter: IamGrante
     )
     store = InMemoryReconcileStore(grants=[expected(kept)], principals=[arn])
 
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
 
     assert sorted((f.kind, f.policy_name) for f in findings) == [
         ("orphan", "connect-access-attached-orphan"),
@@ -223,7 +227,7 @@ def test_tagged_principals_are_scanned_too(iam: Any, granter: IamGranter) -> Non
     store = InMemoryReconcileStore()  # the database never heard of this principal
 
     extra = [found for found, _ in tagged_principals(iam)]
-    findings = reconcile(granter, store, now=NOW, extra_principals=extra)
+    findings = reconcile(granter, store, now=now(), extra_principals=extra)
 
     assert extra == [arn]
     assert [(f.kind, f.principal_arn) for f in findings] == [("orphan", arn)]
@@ -237,7 +241,7 @@ def test_an_expired_grant_missing_its_policy_is_not_re_attached(
     plan = make_plan(arn, "inline", "expired", expires_in=timedelta(minutes=-5))
     store = InMemoryReconcileStore(grants=[expected(plan)], principals=[arn])
 
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
 
     assert [f.kind for f in findings] == ["missing"]
     assert "expiry sweep" in findings[0].action
@@ -247,11 +251,11 @@ def test_an_expired_grant_missing_its_policy_is_not_re_attached(
 def test_principals_deleted_from_iam_are_skipped(iam: Any, granter: IamGranter) -> None:
     store = InMemoryReconcileStore(principals=[f"arn:aws:iam::{HOME_ACCOUNT}:role/deleted"])
 
-    assert reconcile(granter, store, now=NOW) == []
+    assert reconcile(granter, store, now=now()) == []
 
 
 def test_the_summary_table_lists_every_finding(granter: IamGranter, world: dict[str, Any]) -> None:
-    findings = reconcile(granter, world["store"], now=NOW)
+    findings = reconcile(granter, world["store"], now=now())
 
     table = format_summary(findings)
 
@@ -279,11 +283,11 @@ def test_a_grant_made_after_the_snapshot_is_not_removed_as_an_orphan(
     plan = make_plan(arn, "inline", "fresh01")
     granter.attach(plan)
     store = SnapshotTakenTooEarly(grants=[expected(plan)], principals=[arn])
-    findings = reconcile(granter, store, now=NOW)
+    findings = reconcile(granter, store, now=now())
     assert [f.kind for f in findings] == []
     assert "connect-access-fresh01" in inline_policies(iam, "latecomer")
     # Without the live grant the same policy is an orphan and goes.
-    findings = reconcile(granter, SnapshotTakenTooEarly(principals=[arn]), now=NOW)
+    findings = reconcile(granter, SnapshotTakenTooEarly(principals=[arn]), now=now())
     assert [f.kind for f in findings] == ["orphan"]
     assert inline_policies(iam, "latecomer") == {}
 
