@@ -78,3 +78,43 @@ def test_every_bot_module_is_classified() -> None:
         m == a or m.startswith(a + ".") for a in ADAPTERS)}
     assert unclassified <= {"bot.db", "bot.dbcheck", "bot.resources", "bot.settings",
                             "bot.logs", "bot.signing"}, sorted(unclassified)
+
+
+# What runs in production: the console script, `python -m bot`, and the Procfile's
+# gunicorn config and app factory; migrations/env.py imports bot modules too.
+ENTRY_POINTS = ("bot.cli", "bot.__main__", "bot.gunicorn_conf", "bot.slack.wsgi")
+
+
+def _named_modules(path: Path) -> set[str]:
+    """Modules a file imports, by statement or by name in a string (importlib, gunicorn's
+    `logger_class`), within bot."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            parts = node.value.split(".")
+            names.update(".".join(parts[:n]) for n in range(2, len(parts) + 1)
+                         if parts[0] == "bot")
+    return {n for n in names if n.split(".")[0] == "bot" and _path(n).exists()}
+
+
+def test_every_bot_module_is_reached_from_an_entry_point() -> None:
+    """bot/ ships only what runs: a module nothing but tests imports belongs under tests/."""
+    modules = {".".join(p.relative_to(BOT.parent).with_suffix("").parts).removesuffix(
+        ".__init__") for p in BOT.rglob("*.py")}
+    todo = [*ENTRY_POINTS, *_named_modules(BOT.parent / "migrations" / "env.py")]
+    reached: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in reached:
+            continue
+        reached.add(module)
+        # Importing bot.x.y runs bot/x/__init__.py first.
+        todo.extend(".".join(module.split(".")[:n]) for n in range(1, module.count(".") + 1))
+        todo.extend(_named_modules(_path(module)) - reached)
+    unreached = sorted(m for m in modules if m not in reached)
+    assert not unreached, f"only tests import: {unreached}"
