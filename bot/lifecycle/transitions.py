@@ -243,7 +243,7 @@ class Transitions:
     def moved(self, request: AccessRequest, to_state: RequestState, *, actor: str,
               action: AuditAction,
               details: Mapping[str, Any] | None = None) -> NewEvent:
-        """_move without the append: the caller appends the returned event (batches append
+        """move without the append: the caller appends the returned event (batches append
         many under one chain-head lock)."""
         if to_state not in TRANSITIONS.get(request.state, frozenset()):
             raise InvalidTransition(
