@@ -58,6 +58,40 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgres))
 
 
+# -- scheduling on xdist workers --------------------------------------------------------
+
+# Modules whose tests share an expensive module- or session-scoped fixture: test_packaging
+# builds a wheel and installs it in a fresh venv, test_demo runs the whole demo. Each goes
+# to one worker, so that is done once per run rather than once per worker.
+SHARED_FIXTURE_MODULES = ("tests/integration/test_packaging.py",
+                          "tests/integration/test_demo.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow (real processes and servers, most of the run's wall time) run
+    first, in their collected order: on a few xdist workers the run then ends with many
+    short tests that share out evenly, instead of one worker finishing a long test while
+    the others idle. The order is the same on every worker, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n` (xdist's default `--dist load`): test by test, except that each module in
+    SHARED_FIXTURE_MODULES is one unit of work, handed out first (xdist's loadscope sends
+    the largest units first). xdist's own `--dist loadgroup` would do this with markers,
+    but xdist 3.8 tags the group onto `item._nodeid`, which pytest 9 no longer reads."""
+    if config.getoption("dist") != "load":
+        return None  # an explicit --dist other than load is the caller's choice
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureScheduling(config, log)
+
+
 def _with_search_path(url: str, schema: str) -> str:
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
