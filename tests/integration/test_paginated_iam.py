@@ -43,16 +43,20 @@ class Fixture:
 
     def __init__(self, iam: Any) -> None:
         tag = f"{random.randrange(16**6):06x}"
+        # Under a path of their own, so the account-wide lists below list only these,
+        # however many roles other tests left in this worker's moto.
+        self.path = path = f"/pg-{tag}/"
         self.role, self.user, self.group = f"pg-{tag}-r", f"pg-{tag}-u", f"pg-{tag}-g"
-        iam.create_role(RoleName=self.role, AssumeRolePolicyDocument=TRUST,
+        iam.create_role(RoleName=self.role, AssumeRolePolicyDocument=TRUST, Path=path,
                         Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(3)])
-        iam.create_user(UserName=self.user,
+        iam.create_user(UserName=self.user, Path=path,
                         Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(3)])
-        iam.create_group(GroupName=self.group)
+        iam.create_group(GroupName=self.group, Path=path)
         for i in range(3):
-            iam.create_role(RoleName=f"{self.role}{i}", AssumeRolePolicyDocument=TRUST)
-            iam.create_user(UserName=f"{self.user}{i}")
-            iam.create_group(GroupName=f"{self.group}{i}")
+            iam.create_role(RoleName=f"{self.role}{i}", AssumeRolePolicyDocument=TRUST,
+                            Path=path)
+            iam.create_user(UserName=f"{self.user}{i}", Path=path)
+            iam.create_group(GroupName=f"{self.group}{i}", Path=path)
             iam.add_user_to_group(GroupName=self.group, UserName=f"{self.user}{i}")
             iam.add_user_to_group(GroupName=f"{self.group}{i}", UserName=self.user)
             iam.put_role_policy(RoleName=self.role, PolicyName=f"p{i}", PolicyDocument=DOCUMENT)
@@ -64,7 +68,6 @@ class Fixture:
             iam.attach_role_policy(RoleName=self.role, PolicyArn=arn)
             iam.attach_user_policy(UserName=self.user, PolicyArn=arn)
             iam.attach_group_policy(GroupName=self.group, PolicyArn=arn)
-        self.path = f"/pg-{tag}/"
         self.policy_arn = arn
         for _ in range(2):
             iam.create_policy_version(PolicyArn=arn, PolicyDocument=OTHER_DOCUMENT)
@@ -73,9 +76,9 @@ class Fixture:
         """operation -> (parameters, the list it pages) for every list call paged here."""
         return {
             "get_account_authorization_details": ({}, "RoleDetailList"),
-            "list_roles": ({"PathPrefix": "/"}, "Roles"),
-            "list_users": ({}, "Users"),
-            "list_groups": ({}, "Groups"),
+            "list_roles": ({"PathPrefix": self.path}, "Roles"),
+            "list_users": ({"PathPrefix": self.path}, "Users"),
+            "list_groups": ({"PathPrefix": self.path}, "Groups"),
             "list_role_policies": ({"RoleName": self.role}, "PolicyNames"),
             "list_user_policies": ({"UserName": self.user}, "PolicyNames"),
             "list_group_policies": ({"GroupName": self.group}, "PolicyNames"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,10 +48,20 @@ class Principals:
     def policies(self, name: str) -> list[str]:
         return list(self.iam.list_role_policies(RoleName=name)["PolicyNames"])
 
+    def remove(self) -> None:
+        """moto's state outlives the test in this worker: 300 roles left behind would
+        swell every account-wide listing of the tests that run after it."""
+        for name in self.names:
+            for policy in self.policies(name):
+                self.iam.delete_role_policy(RoleName=name, PolicyName=policy)
+            self.iam.delete_role(RoleName=name)
+
 
 @pytest.fixture
-def principals(moto_url: str, fake_aws_credentials: None) -> Principals:
-    return Principals(moto_url, 300)
+def principals(moto_url: str, fake_aws_credentials: None) -> Iterator[Principals]:
+    made = Principals(moto_url, 300)
+    yield made
+    made.remove()
 
 
 def test_reconcile_over_300_principals_reads_the_account_not_each_principal(
