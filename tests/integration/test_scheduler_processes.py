@@ -375,13 +375,16 @@ def quick_deployment(tmp_path: Path, database_url: str, moto: tuple[str, DeleteC
 def test_pending_requests_time_out_and_reminders_are_sent_once(
         quick_deployment: Deployment) -> None:
     deployment = quick_deployment
+    # Granted before the scheduler runs: the grant's request is backdated 30 s, past this
+    # deployment's 5 s pending_ttl, so a sweep between its submit and approve (a loaded
+    # machine widens that gap) would time it out.
+    grant_id = deployment.grant_expiring_in(30, entry_index=1)
     scheduler = deployment.scheduler("scheduler")
     scheduler.wait_for_log("now the scheduler leader")
     deployment.clock.set(datetime.now(UTC))
     pending = deployment.runtime.service.submit(
         requester="U0BOB", entry_id=deployment.entries[0], reason="incident 43",
         duration=timedelta(minutes=30)).id
-    grant_id = deployment.grant_expiring_in(30, entry_index=1)
 
     wait_for(lambda: deployment.grant(grant_id).expiry_reminded_at is not None, 15,
              "the expiring-soon reminder")
