@@ -205,7 +205,7 @@ class IdentityCenterGranter:
     def managed_permission_sets(self) -> list[PermissionSetInfo]:
         """Every permission set of the instance named connect-access-*."""
         found = []
-        for arn in self._list_arns("list_permission_sets"):
+        for arn in self._list_arns("list permission sets", self._sso().list_permission_sets):
             name = self._name_of(arn)
             if name is not None and name.startswith(PERMISSION_SET_PREFIX):
                 found.append(PermissionSetInfo(name, arn))
@@ -213,8 +213,10 @@ class IdentityCenterGranter:
 
     def assignments(self, permission_set_arn: str) -> list[Assignment]:
         found = []
-        for account in self._list_arns("list_accounts_for_provisioned_permission_set",
-                                       key="AccountIds", PermissionSetArn=permission_set_arn):
+        for account in self._list_arns(
+                f"list accounts of {permission_set_arn}",
+                self._sso().list_accounts_for_provisioned_permission_set,
+                key="AccountIds", PermissionSetArn=permission_set_arn):
             for page in self._pages(f"list assignments of {permission_set_arn}",
                                     self._sso().list_account_assignments,
                                     InstanceArn=self.instance_arn, AccountId=account,
@@ -236,9 +238,10 @@ class IdentityCenterGranter:
             del self._known[name]
         sources: list[Iterator[str]] = []
         if account is not None:
-            sources.append(self._list_arns("list_permission_sets_provisioned_to_account",
-                                           AccountId=account))
-        sources.append(self._list_arns("list_permission_sets"))
+            sources.append(self._list_arns(
+                f"list permission sets on account {account}",
+                self._sso().list_permission_sets_provisioned_to_account, AccountId=account))
+        sources.append(self._list_arns("list permission sets", self._sso().list_permission_sets))
         seen: set[str] = set()
         for source in sources:
             for arn in source:
@@ -411,10 +414,9 @@ class IdentityCenterGranter:
                              code="InvalidPrincipal")
         return target
 
-    def _list_arns(self, operation: str, key: str = "PermissionSets",
+    def _list_arns(self, action: str, fn: Callable[..., Any], key: str = "PermissionSets",
                    **kwargs: Any) -> Iterator[str]:
-        fn = getattr(self._sso(), operation)
-        for page in self._pages(operation, fn, InstanceArn=self.instance_arn, **kwargs):
+        for page in self._pages(action, fn, InstanceArn=self.instance_arn, **kwargs):
             yield from page.get(key, [])
 
     def _pages(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:

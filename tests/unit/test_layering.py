@@ -118,3 +118,14 @@ def test_every_bot_module_is_reached_from_an_entry_point() -> None:
         todo.extend(_named_modules(_path(module)) - reached)
     unreached = sorted(m for m in modules if m not in reached)
     assert not unreached, f"only tests import: {unreached}"
+
+
+def test_no_aws_call_is_built_by_name() -> None:
+    """Every boto3 call is spelled out, so it is typed and findable (`put_role_policy`
+    appears in the source): no getattr in the AWS adapters."""
+    found = [f"{path.relative_to(BOT.parent)}:{node.lineno}"
+             for path in sorted((BOT / "aws").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id == "getattr"]
+    assert not found, found
