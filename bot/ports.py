@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # bot.targets imports bot.policy, which imports these ports
@@ -107,26 +108,28 @@ class ApproverDirectory(Protocol):
         ...
 
 
-NotificationEvent = Literal[
-    "submitted",
-    "vote",
-    "approved",
-    "denied",
-    "cancelled",
-    "timed_out",
-    "granted",
-    "failed",
-    "revoked",
-    "extension_requested",
-    "extended",
-    "expiring_soon",
-    "irrevocable",
-    "pending_reminder",
-    "reconcile_finding",
+class NotificationEvent(StrEnum):
+    """What the lifecycle tells the notifier (Slack DMs, message updates): a vocabulary of
+    its own beside the states and the audit actions, though many names are shared."""
+
+    SUBMITTED = "submitted"
+    VOTE = "vote"
+    APPROVED = "approved"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    GRANTED = "granted"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    EXTENSION_REQUESTED = "extension_requested"
+    EXTENDED = "extended"
+    EXPIRING_SOON = "expiring_soon"
+    IRREVOCABLE = "irrevocable"
+    PENDING_REMINDER = "pending_reminder"
+    RECONCILE_FINDING = "reconcile_finding"
     # The grant is approved but waits behind IAM's request rate limit (detail:
-    # waited_seconds, expected_wait_seconds); "granted" follows.
-    "grant_queued",
-]
+    # waited_seconds, expected_wait_seconds); GRANTED follows.
+    GRANT_QUEUED = "grant_queued"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,14 @@ from typing import Any
 
 from bot.aws.granter import POLICY_PREFIX, IamGranter, decode_document, document_hash
 from bot.aws.principals import parse_principal_arn
-from bot.ports import GrantError, Notification, Notifier, PolicyKind, PrincipalError
+from bot.ports import (
+    GrantError,
+    Notification,
+    NotificationEvent,
+    Notifier,
+    PolicyKind,
+    PrincipalError,
+)
 from bot.reconcile_model import (
     ExpectedGrant,
     Finding,
@@ -111,7 +118,8 @@ def reconcile(
         if finding.kind != "ok" and finding.applied:
             store.record_finding(finding)
             if notifier is not None:
-                notifier.notify(Notification("reconcile_finding", None, finding.as_dict()))
+                notifier.notify(Notification(NotificationEvent.RECONCILE_FINDING, None,
+                                             finding.as_dict()))
 
     # Policies in IAM that no live grant explains. A grant made after our snapshot of the
     # database looks like an orphan here, so ask again before removing its policy.

@@ -41,11 +41,7 @@ from bot.lifecycle.transitions import (
     fmt_duration,
 )
 from bot.models import AccessRequest, Grant
-from bot.ports import (
-    GrantError,
-    GrantPlan,
-    PolicyKind,
-)
+from bot.ports import GrantError, GrantPlan, NotificationEvent, PolicyKind
 from bot.states import (
     ACTIVE,
     APPROVED,
@@ -164,7 +160,8 @@ class Granting:
                 self.core.move(session, request, FAILED, actor=SYSTEM,
                                action=AuditAction.GRANT_FAILED,
                                details={"grant_id": grant.id, "error": str(exc), "code": exc.code})
-            self.core.notify("failed", request, error=str(exc), grant_id=plan.grant_id)
+            self.core.notify(NotificationEvent.FAILED, request,
+                             error=str(exc), grant_id=plan.grant_id)
             return request
         queued.stop()
 
@@ -187,7 +184,8 @@ class Granting:
             record_policy_evidence(session, grant_id=grant.id, request_id=request.id,
                                    audit_seq=event.seq, attached_at=self.core.clock.now(),
                                    documents=documents)
-        self.core.notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
+        self.core.notify(NotificationEvent.GRANTED, request,
+                         grant_id=grant.id, policy_names=grant.policy_names,
                          expires_at=grant.expires_at.isoformat(),
                          access=self.core.access(request.principal_arn, request.instance_arn,
                                                  grant.policy_names[0], request.group_members))
@@ -249,7 +247,7 @@ class Granting:
             request = self.core.locked(session, request_id)
             self.core.move(session, request, FAILED, actor=SYSTEM, action=AuditAction.GRANT_FAILED,
                            details={"error": error, "attached": False})
-        self.core.notify("failed", request, error=error)
+        self.core.notify(NotificationEvent.FAILED, request, error=error)
         return request
 
     def unsettled(self) -> dict[int, int]:
@@ -368,7 +366,8 @@ class Granting:
                                details={"grant_id": row.id, "recovered": True,
                                         "policy_names": list(names),
                                         "expires_at": row.expires_at.isoformat()})
-            self.core.notify("granted", request, grant_id=grant_id, policy_names=list(names),
+            self.core.notify(NotificationEvent.GRANTED, request,
+                             grant_id=grant_id, policy_names=list(names),
                              expires_at=grant.expires_at.isoformat(), recovered=True)
             self._alert_recovered(request, GRANTING, "attached it again, with the "
                                   "expiry that was planned", names)
@@ -401,7 +400,7 @@ class Granting:
             row.state, row.last_error = FAILED, error
             self.core.move(session, request, FAILED, actor=SYSTEM, action=AuditAction.GRANT_FAILED,
                            details={"grant_id": row.id, "recovered": True, "error": error})
-        self.core.notify("failed", request, grant_id=grant_id, error=error)
+        self.core.notify(NotificationEvent.FAILED, request, grant_id=grant_id, error=error)
         self._alert_recovered(request, GRANTING, f"failed it ({problem}) and removed "
                               "whatever reached IAM", names)
         return request.id
@@ -452,10 +451,12 @@ class Granting:
                                action=AuditAction.GRANT_FAILED,
                                details={"grant_id": grant.id, "recovered": True})
         if attached:
-            self.core.notify("granted", request, grant_id=grant.id, policy_names=grant.policy_names,
+            self.core.notify(NotificationEvent.GRANTED, request,
+                             grant_id=grant.id, policy_names=grant.policy_names,
                              expires_at=grant.expires_at.isoformat())
         else:
-            self.core.notify("failed", request, grant_id=grant.id, error=grant.last_error)
+            self.core.notify(NotificationEvent.FAILED, request,
+                             grant_id=grant.id, error=grant.last_error)
         return request
 
 
@@ -476,7 +477,7 @@ class _QueuedNotice:
                 return
             self._closed = True
         self.core.notify(
-            "grant_queued", self.request,
+            NotificationEvent.GRANT_QUEUED, self.request,
             waited_seconds=None if waited is None else round(waited, 1),
             expected_wait_seconds=round(expected, 1))
 

@@ -36,9 +36,7 @@ from bot.lifecycle.transitions import (
     require,
 )
 from bot.models import AccessRequest, Vote
-from bot.ports import (
-    PrincipalError,
-)
+from bot.ports import NotificationEvent, PrincipalError
 from bot.request_rules import reason_problem
 from bot.states import (
     ACTIVE,
@@ -132,7 +130,8 @@ class Intake:
                 "principal_arn": principal_arn, "instance_arn": instance_arn,
                 "reason": reason, "duration_seconds": seconds,
                 "required_approvals": route.approvals, **target_detail})
-        self.core.notify("submitted", request, reason=reason, duration_seconds=seconds,
+        self.core.notify(NotificationEvent.SUBMITTED, request,
+                         reason=reason, duration_seconds=seconds,
                          channel=route.channel, approvers=list(route.approvers),
                          required_approvals=route.approvals, auto_approve=route.auto_approve,
                          **target_detail)
@@ -142,7 +141,7 @@ class Intake:
                 self.core.move(session, request, APPROVED, actor=AUTO_APPROVER,
                                action=AuditAction.APPROVED,
                                details={"auto_approve": True})
-            self.core.notify("approved", request, auto_approve=True)
+            self.core.notify(NotificationEvent.APPROVED, request, auto_approve=True)
             return self.granting.grant(request.id)
         return request
 
@@ -191,15 +190,16 @@ class Intake:
                 self.core.move(session, request, APPROVED, actor=approver,
                                action=AuditAction.APPROVED,
                                details={"approvals": approvals})
-        self.core.notify("vote", request, approver=approver, decision="approve", comment=comment,
+        self.core.notify(NotificationEvent.VOTE, request,
+                         approver=approver, decision="approve", comment=comment,
                          approvals=approvals, required_approvals=request.required_approvals,
                          extension=extending, channel=route.channel)
         if extended_to is not None:
-            self.core.notify("extended", request, approver=approver,
+            self.core.notify(NotificationEvent.EXTENDED, request, approver=approver,
                              expires_at=extended_to.isoformat())
             return request
         if approved:
-            self.core.notify("approved", request, approver=approver)
+            self.core.notify(NotificationEvent.APPROVED, request, approver=approver)
             return self.granting.grant(request.id)
         return request
 
@@ -221,7 +221,8 @@ class Intake:
             else:
                 self.core.move(session, request, DENIED, actor=approver, action=AuditAction.DENIED,
                                details={"comment": comment})
-        self.core.notify("denied", request, approver=approver, comment=comment, extension=extending)
+        self.core.notify(NotificationEvent.DENIED, request,
+                         approver=approver, comment=comment, extension=extending)
         return request
 
     def _check_voter(self, session: Session, request: AccessRequest, approver: str,
@@ -274,7 +275,7 @@ class Intake:
             request = self.core.locked(session, request_id)
             require(may_cancel(facts_of(request), actor))
             self.core.move(session, request, CANCELLED, actor=actor, action=AuditAction.CANCELLED)
-        self.core.notify("cancelled", request)
+        self.core.notify(NotificationEvent.CANCELLED, request)
         return request
 
     def set_approval_message(self, request_id: int, channel: str, ts: str) -> None:

@@ -302,10 +302,10 @@ class Revocation:
                 "grant_id": grant.id, "reason": grant.revoke_reason,
                 "attempts": grant.revoke_attempts + 1,
                 "lag_seconds": grant.revocation_lag_seconds})
-            return event, ("revoked", {"grant_id": grant.id, "reason": grant.revoke_reason,
-                                       "revoked_by": grant.revoked_by,
-                                       "policy_names": list(grant.policy_names),
-                                       "after_irrevocable": after_irrevocable})
+            return event, (NotificationEvent.REVOKED, {
+                "grant_id": grant.id, "reason": grant.revoke_reason,
+                "revoked_by": grant.revoked_by, "policy_names": list(grant.policy_names),
+                "after_irrevocable": after_irrevocable})
         if error.throttled:
             # IAM refused our pace, not this revoke: no attempt is counted (throttling alone
             # never makes a grant irrevocable) and it is tried again soon, in expiry order
@@ -326,9 +326,9 @@ class Revocation:
                                     action=AuditAction.IRREVOCABLE,
                                     details={"grant_id": grant.id, "error": grant.last_error,
                                              "attempts": grant.revoke_attempts})
-            return event, ("irrevocable", {"grant_id": grant.id, "error": grant.last_error,
-                                           "policy_names": grant.policy_names,
-                                           "attempts": grant.revoke_attempts})
+            return event, (NotificationEvent.IRREVOCABLE, {
+                "grant_id": grant.id, "error": grant.last_error,
+                "policy_names": grant.policy_names, "attempts": grant.revoke_attempts})
         if grant.state == IRREVOCABLE:
             delay = self.core.config.timings.irrevocable_retry
         else:
@@ -364,7 +364,7 @@ class Revocation:
                            details=details)
             self.core.move(session, request, REVOKED, actor=actor, action=AuditAction.REVOKED,
                            details=details)
-        self.core.notify("revoked", request, grant_id=grant_id, reason="reconcile",
+        self.core.notify(NotificationEvent.REVOKED, request, grant_id=grant_id, reason="reconcile",
                          revoked_by=actor, error=error)
         return request
 

@@ -35,9 +35,7 @@ from bot.lifecycle.transitions import (
     require,
 )
 from bot.models import AccessRequest, Grant
-from bot.ports import (
-    GrantError,
-)
+from bot.ports import GrantError, NotificationEvent
 from bot.states import (
     ACTIVE,
     PENDING,
@@ -75,7 +73,7 @@ class Timers:
                                details={"pending_ttl_seconds":
                                         int(self.core.config.timings.pending_ttl.total_seconds())})
             timed_out.append(request_id)
-            self.core.notify("timed_out", request)
+            self.core.notify(NotificationEvent.TIMED_OUT, request)
         return timed_out
 
     def pending_reminders(self, now: datetime | None = None) -> list[int]:
@@ -93,7 +91,7 @@ class Timers:
                 request.reminded_at = now
                 reminded.append(request)
         for request in reminded:
-            self.core.notify("pending_reminder", request)
+            self.core.notify(NotificationEvent.PENDING_REMINDER, request)
         return [r.id for r in reminded]
 
     def expiring_soon(self, now: datetime | None = None) -> list[str]:
@@ -110,7 +108,7 @@ class Timers:
                 grant.expiry_reminded_at = now
                 told.append((grant.request, grant))
         for request, grant in told:
-            self.core.notify("expiring_soon", request, grant_id=grant.id,
+            self.core.notify(NotificationEvent.EXPIRING_SOON, request, grant_id=grant.id,
                              expires_at=grant.expires_at.isoformat())
         return [g.id for _, g in told]
 
@@ -153,12 +151,12 @@ class Timers:
                             {"extension_seconds": seconds, "round": request.approval_round})
             if auto:
                 extended_to = self.apply_extension(session, request, AUTO_APPROVER)
-        self.core.notify("extension_requested", request, extension_seconds=seconds,
+        self.core.notify(NotificationEvent.EXTENSION_REQUESTED, request, extension_seconds=seconds,
                          channel=route.channel, approvers=list(route.approvers),
                          required_approvals=route.approvals,
                          auto_approve=extended_to is not None)
         if extended_to is not None:
-            self.core.notify("extended", request, approver=AUTO_APPROVER,
+            self.core.notify(NotificationEvent.EXTENDED, request, approver=AUTO_APPROVER,
                              expires_at=extended_to.isoformat())
         return request
 

@@ -276,7 +276,7 @@ class Transitions:
                 "approval_channel": request.approval_channel, "approval_ts": request.approval_ts}
         self.notifier.notify(Notification(event=event, request_id=request.id,
                                           detail={**base, **detail}))
-        if event == "irrevocable":
+        if event == NotificationEvent.IRREVOCABLE:
             self.send_alert(request, Alert(
                 kind="irrevocable",
                 summary=(f"Access #{request.id} ({request.entry_id}) could not be removed "
@@ -293,8 +293,8 @@ class Transitions:
                 principal_arn=request.principal_arn,
                 policy_names=tuple(detail.get("policy_names") or ()),
             ))
-        elif (event == "revoked" and detail.get("after_irrevocable") and request.alert_ts
-              and request.alert_channel):
+        elif (event == NotificationEvent.REVOKED and detail.get("after_irrevocable")
+              and request.alert_ts and request.alert_channel):
             self.send_alert(request, Alert(
                 kind="irrevocable_resolved",
                 summary=f"Access #{request.id} ({request.entry_id}) has now been removed; "

@@ -20,7 +20,7 @@ import logging
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.ports import Clock, Notification, SystemClock
+from bot.ports import Clock, Notification, NotificationEvent, SystemClock
 from bot.slack.blocks import approval, dms
 from bot.slack.request_views import ApprovalMessages, RequestViews
 from bot.slack.services import RequestView, ServiceError
@@ -29,10 +29,11 @@ from bot.slack.webapi import DirectMessages
 logger = logging.getLogger(__name__)
 
 # Events after which the requester hears from us directly.
-DM_EVENTS = frozenset(
-    {"denied", "cancelled", "timed_out", "granted", "failed", "revoked", "extended", "irrevocable",
-     "grant_queued"}
-)
+DM_EVENTS = frozenset({
+    NotificationEvent.DENIED, NotificationEvent.CANCELLED, NotificationEvent.TIMED_OUT,
+    NotificationEvent.GRANTED, NotificationEvent.FAILED, NotificationEvent.REVOKED,
+    NotificationEvent.EXTENDED, NotificationEvent.IRREVOCABLE, NotificationEvent.GRANT_QUEUED,
+})
 
 
 class SlackNotifier:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.decisions import may_extend, may_revoke
+from bot.ports import NotificationEvent
 from bot.slack.blocks.primitives import Block, actions, button, section
 from bot.slack.blocks.request_text import access_lines, time_left
 from bot.slack.escape import escape, mention, quote, slack_date
@@ -17,17 +18,18 @@ EXTEND = "extend_grant"
 DONE = "end_grant"
 
 OUTCOME_SENTENCES = {
-    "approved": "was approved; granting access now.",
-    "denied": "was denied.",
-    "cancelled": "was cancelled.",
-    "timed_out": "timed out without enough approvals.",
-    "failed": "could not be granted; nothing was attached.",
-    "revoked": "has ended; the access was removed.",
-    "extended": "was extended.",
-    "extension_requested": "has an extension waiting for approval.",
-    "irrevocable": "could not be removed yet; we keep retrying and the operators were alerted.",
-    "grant_queued": "is approved and queued behind AWS IAM's request rate limit; you will "
-    "get a message as soon as it is active.",
+    NotificationEvent.APPROVED: "was approved; granting access now.",
+    NotificationEvent.DENIED: "was denied.",
+    NotificationEvent.CANCELLED: "was cancelled.",
+    NotificationEvent.TIMED_OUT: "timed out without enough approvals.",
+    NotificationEvent.FAILED: "could not be granted; nothing was attached.",
+    NotificationEvent.REVOKED: "has ended; the access was removed.",
+    NotificationEvent.EXTENDED: "was extended.",
+    NotificationEvent.EXTENSION_REQUESTED: "has an extension waiting for approval.",
+    NotificationEvent.IRREVOCABLE: "could not be removed yet; we keep retrying and the operators "
+    "were alerted.",
+    NotificationEvent.GRANT_QUEUED: "is approved and queued behind AWS IAM's request rate limit; "
+    "you will get a message as soon as it is active.",
 }
 
 
@@ -44,7 +46,8 @@ def grant_buttons(view: RequestView, *, extend: bool) -> list[Block]:
     return [actions(f"grant_{view.id}", *elements)] if elements else []
 
 
-def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[Block]]:
+def outcome_dm(view: RequestView, event: NotificationEvent, now: datetime
+               ) -> tuple[str, list[Block]]:
     subject = (
         f"Your request *#{view.id}* for *{escape(view.entry.name)}* "
         f"on `{escape(view.instance_alias)}`"
@@ -60,13 +63,14 @@ def outcome_dm(view: RequestView, event: str, now: datetime) -> tuple[str, list[
         return text, blocks
     sentence = OUTCOME_SENTENCES.get(event, f"is now {view.state.replace('_', ' ')}.")
     text = f"{subject} {sentence}"
-    if event == "revoked" and view.note == "expired":
+    if event == NotificationEvent.REVOKED and view.note == "expired":
         text = f"{subject} expired; the access was removed."
     lines = [text]
     denial = [v for v in view.votes if not v.approve]
-    if event == "denied" and denial:
+    if event == NotificationEvent.DENIED and denial:
         lines.append(f"{mention(denial[0].approver)} said:\n{quote(denial[0].comment)}")
-    elif view.note and event in ("failed", "revoked", "irrevocable") and view.note != "expired":
+    elif view.note and event in (NotificationEvent.FAILED, NotificationEvent.REVOKED,
+                                    NotificationEvent.IRREVOCABLE) and view.note != "expired":
         lines.append(f"Detail: {escape(view.note)}")
     return text, [section("\n".join(lines))]
 
