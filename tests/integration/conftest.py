@@ -8,6 +8,7 @@ import aws_testkit and grant_flow_kit from here too.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,8 +89,15 @@ def moto_url() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    # Each module starts from an empty moto, whatever ran before it in this process: a
+    # walk of the whole account (test_paginated_iam's tiny pages) after another module's
+    # hundreds of principals took minutes.
+    urllib.request.urlopen(
+        urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10
+    ).close()
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         server.stop()
 
