@@ -24,8 +24,10 @@ lifecycle's row claims make each revocation happen once even if two processes dr
 the same moment.
 
 The leader also runs reconcile once when it starts leading and then every
-`timings.reconcile_interval`, on a thread of its own so a long IAM listing never holds up
-expiry.
+`timings.reconcile_interval`: an APScheduler interval job on its own thread, so a long IAM
+listing never holds up expiry. (Expiry itself is not an APScheduler job per grant: such a
+job would only say "drain now", which the loop's own sleep already does, and keeping jobs
+in step with grants made and extended by other processes was most of the old code.)
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.leader import Leadership, wait_for_leadership
 from bot.ports import Clock
@@ -107,8 +111,7 @@ class ExpiryLoop:
         self.reconcile_interval = reconcile_interval
         self._leading = False
         self._sweep_lock = threading.Lock()
-        self._reconcile_stop = threading.Event()
-        self._reconcile_thread: threading.Thread | None = None
+        self._reconcile_jobs: BackgroundScheduler | None = None
         # Everything due at this instant has been drained (what could be taken): the next
         # drain waits for a later expiry, or for the sweep.
         self._drained_to: datetime | None = None
@@ -221,31 +224,32 @@ class ExpiryLoop:
             self._leading = False
 
     def _start_reconcile(self) -> None:
+        """Reconcile now, then every reconcile_interval, until leading stops: an interval
+        job on APScheduler, in its own thread, so a long IAM listing never holds up expiry.
+        One run at a time; a run that overran its interval is not repeated to catch up."""
         if self.reconcile is None:
             return
-        self._reconcile_stop.clear()
-        self._reconcile_thread = threading.Thread(
-            target=self._reconcile_loop, name="scheduled-reconcile", daemon=True)
-        self._reconcile_thread.start()
+        jobs = BackgroundScheduler(timezone=UTC)
+        jobs.add_job(self._reconcile_once, "interval", id="scheduled-reconcile",
+                     seconds=self.reconcile_interval.total_seconds(),
+                     next_run_time=datetime.now(UTC), max_instances=1, coalesce=True,
+                     misfire_grace_time=None)
+        jobs.start()
+        self._reconcile_jobs = jobs
 
-    def _reconcile_loop(self) -> None:
-        """Reconcile now, then every reconcile_interval, until leading stops."""
+    def _reconcile_once(self) -> None:
         assert self.reconcile is not None
-        while True:
-            try:
-                self.reconcile(self.clock.now())
-            except Exception:
-                log.exception("scheduled reconcile failed; it runs again in %s",
-                              self.reconcile_interval)
-            if self._reconcile_stop.wait(self.reconcile_interval.total_seconds()):
-                return
+        try:
+            self.reconcile(self.clock.now())
+        except Exception:
+            log.exception("scheduled reconcile failed; it runs again in %s",
+                          self.reconcile_interval)
 
     def _stop_reconcile(self) -> None:
-        self._reconcile_stop.set()
-        if self._reconcile_thread is not None:
+        if self._reconcile_jobs is not None:
             # A run in flight finishes (its repairs are each one IAM call and one commit).
-            self._reconcile_thread.join()
-            self._reconcile_thread = None
+            self._reconcile_jobs.shutdown(wait=True)
+            self._reconcile_jobs = None
 
     def run_forever(self, stop: threading.Event) -> None:
         """Wait to lead, then lead until `stop` is set; after losing leadership, wait
