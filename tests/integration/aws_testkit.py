@@ -66,6 +66,12 @@ class MotoIamSeed:
     def role_policy(self, role: str, name: str, document: str) -> None:
         self._iam.put_role_policy(role_name=role, policy_name=name, policy_json=document)
 
+    def remove_role(self, name: str) -> None:
+        """The role and its inline policies, as the HTTP deletes would leave the account."""
+        for policy in list(self._iam.get_role(name).policies):
+            self._iam.delete_role_policy(role_name=name, policy_name=policy)
+        self._iam.delete_role(role_name=name)
+
 
 def make_principal(iam: Any, kind: str, name: str, tags: dict[str, str] | None = None) -> str:
     tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]
