@@ -21,9 +21,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
 from sqlalchemy.types import TypeDecorator
 
 # Named constraints keep migrations reproducible and let SQLite batch mode find them.
@@ -263,3 +271,12 @@ class SchedulerHeartbeat(Base):
     sweep_interval_seconds: Mapped[float] = mapped_column(Float)
     last_sweep_at: Mapped[datetime | None]
     last_sweep: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+def load_request(session: Session, request_id: int) -> AccessRequest | None:
+    """The request with its votes and grants loaded, as every reader of one request needs
+    them (the lifecycle, the Slack views)."""
+    return session.execute(
+        select(AccessRequest).where(AccessRequest.id == request_id)
+        .options(selectinload(AccessRequest.votes), selectinload(AccessRequest.grants))
+    ).scalar_one_or_none()

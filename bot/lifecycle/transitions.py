@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from bot.alerts import Alert, Alerter, AlertRef, LoggingAlerter
@@ -43,7 +43,7 @@ from bot.lifecycle.errors import (
     NotFound,
     SelfApproval,
 )
-from bot.models import AccessRequest, Grant
+from bot.models import AccessRequest, Grant, load_request
 from bot.ports import (
     ApproverDirectory,
     AttachedPolicy,
@@ -338,10 +338,7 @@ class Transitions:
     def get(self, request_id: int) -> AccessRequest:
         """The request with its votes and grants loaded (detached, read-only use)."""
         with self.sessions() as session:
-            request = session.execute(
-                select(AccessRequest).where(AccessRequest.id == request_id)
-                .options(selectinload(AccessRequest.votes), selectinload(AccessRequest.grants))
-            ).scalar_one_or_none()
+            request = load_request(session, request_id)
             if request is None:
                 raise NotFound(f"There is no request #{request_id}.")
             return request

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from bot.catalog import Catalog
 from bot.config import ApprovalRouter, IdentityCenter
 from bot.db import SessionFactory
-from bot.models import AccessRequest, Grant
+from bot.models import AccessRequest, Grant, load_request
 from bot.slack.services import (
     HistoryItem,
     RequesterHistory,
@@ -73,10 +73,7 @@ class DbRequestViews:
 
     def request_view(self, request_id: int) -> RequestView:
         with self.sessions() as session:
-            request = session.execute(
-                select(AccessRequest).where(AccessRequest.id == request_id)
-                .options(selectinload(AccessRequest.votes), selectinload(AccessRequest.grants))
-            ).scalar_one_or_none()
+            request = load_request(session, request_id)
             if request is None:
                 raise ServiceError(f"There is no request #{request_id}.")
             return replace(self.view_of(request), history=self._history(session, request))
